@@ -1,0 +1,1 @@
+"""Data preparation: RefCOCO/+/g and ReasonSeg to verl parquet (filled in by the data-preparation issue)."""

@@ -1,0 +1,1 @@
+"""verl recipes: ``common`` (shared by both), ``samr1`` and ``veteran``."""

@@ -1,0 +1,247 @@
+"""The one parser of model responses, shared by every recipe's rewards and by evaluation.
+
+A response is ``<think>...</think>`` followed by ``<answer>...</answer>`` whose content is one JSON object. Parsing
+never raises: a malformed response is data (a failed format check, a missing answer, an invalid field), each with a
+reason that rewards log and counters aggregate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers as numbers_abc
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from reward_server.masks import MODEL_SIZE, clip_box
+
+T = TypeVar("T")
+Box = tuple[float, float, float, float]
+Point = tuple[float, float]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+_DEFAULT_HW = (MODEL_SIZE, MODEL_SIZE)
+
+
+@dataclass(frozen=True)
+class Field(Generic[T]):
+    """A typed answer field: its value, or the reason it is invalid.
+
+    ``ok`` with ``value is None`` means an explicit JSON ``null`` where one is allowed (a refinement point).
+    """
+
+    value: T | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _invalid(reason: str) -> Field[Any]:
+    return Field(error=reason)
+
+
+def _finite_numbers(value: Any, count: int) -> list[float] | str:
+    """The value as ``count`` finite floats, or the reason it is not."""
+    if not isinstance(value, list | tuple) or len(value) != count:
+        return f"expected a list of {count} numbers, got {value!r:.80}"
+    numbers = []
+    for item in value:
+        # bool is an int subclass in Python; JSON true/false are not coordinates.
+        if isinstance(item, bool | np.bool_) or not isinstance(item, numbers_abc.Real):
+            return f"expected numbers, got {item!r:.40}"
+        try:
+            number = float(item)
+        except OverflowError:
+            return f"number out of range: {item}"
+        if not math.isfinite(number):
+            return f"non-finite number: {item}"
+        numbers.append(number)
+    return numbers
+
+
+def validate_box(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW) -> Field[Box]:
+    """A valid box: 4 finite numbers with ``x1 < x2`` and ``y1 < y2`` after clipping to the image.
+
+    Returns:
+        The clipped box, or the reason it is invalid.
+    """
+    numbers = _finite_numbers(value, 4)
+    if isinstance(numbers, str):
+        return _invalid(numbers)
+    box = tuple(clip_box(numbers, image_hw))
+    if not (box[0] < box[2] and box[1] < box[3]):
+        return _invalid(f"empty box after clipping to the image: {numbers}")
+    return Field(value=box)
+
+
+def validate_point(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW, allow_null: bool = False) -> Field[Point]:
+    """A valid point: 2 finite numbers inside the image, ``0 <= x < W`` and ``0 <= y < H`` (it lies on a pixel).
+
+    Args:
+        value: The JSON value.
+        image_hw: ``(H, W)`` of the image the coordinates refer to.
+        allow_null: Whether JSON ``null`` is valid (refinement answers); it yields ``ok`` with value None.
+    """
+    if value is None and allow_null:
+        return Field()
+    numbers = _finite_numbers(value, 2)
+    if isinstance(numbers, str):
+        return _invalid(numbers)
+    x, y = numbers
+    height, width = image_hw
+    if not (0.0 <= x < width and 0.0 <= y < height):
+        return _invalid(f"point outside the {width}x{height} image: {numbers}")
+    return Field(value=(x, y))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    counts = Counter(key for key, _ in pairs)
+    duplicates = sorted(key for key, count in counts.items() if count > 1)
+    if duplicates:
+        raise ValueError(f"duplicate keys {duplicates}")
+    return dict(pairs)
+
+
+def _strip_fence(text: str) -> str:
+    """Removes one surrounding Markdown code fence (```json ... ``` or ``` ... ```), if present."""
+    text = text.strip()
+    if text.startswith("```") and text.endswith("```") and len(text) >= 6:
+        inner = text[3:-3]
+        if inner.startswith("json"):
+            inner = inner[4:]
+        return inner.strip()
+    return text
+
+
+def _tag_rule_error(text: str) -> str | None:
+    """Why ``text`` is not exactly ``<think>...</think>`` then ``<answer>...</answer>``, or None when it is."""
+    for tag in _TAGS:
+        count = text.count(tag)
+        if count != 1:
+            return f"{tag} appears {count} times, expected once"
+    t_open, t_close = text.index(THINK_OPEN), text.index(THINK_CLOSE)
+    a_open, a_close = text.index(ANSWER_OPEN), text.index(ANSWER_CLOSE)
+    if not t_open < t_close < a_open < a_close:
+        return "tags out of order, expected <think>...</think><answer>...</answer>"
+    outside = (text[:t_open], text[t_close + len(THINK_CLOSE) : a_open], text[a_close + len(ANSWER_CLOSE) :])
+    if any(part.strip() for part in outside):
+        return "text outside the <think> and <answer> blocks"
+    return None
+
+
+def _answer_block(text: str) -> tuple[str | None, str | None]:
+    """The content of the single ``<answer>`` block, or the reason there is none."""
+    opens, closes = text.count(ANSWER_OPEN), text.count(ANSWER_CLOSE)
+    if opens == 0 or closes == 0:
+        return None, "no <answer>...</answer> block"
+    if opens > 1 or closes > 1:
+        return None, "more than one <answer> or </answer> tag"
+    start, end = text.index(ANSWER_OPEN) + len(ANSWER_OPEN), text.index(ANSWER_CLOSE)
+    if end < start:
+        return None, "</answer> before <answer>"
+    return text[start:end], None
+
+
+def _load_answer(content: str) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        answer = json.loads(_strip_fence(content), parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+    except (ValueError, RecursionError) as err:
+        return None, f"answer is not valid JSON: {str(err)[:120]}"
+    if not isinstance(answer, dict):
+        return None, f"answer is JSON {type(answer).__name__}, expected an object"
+    return answer, None
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """A response split into its reasoning-format verdict and its JSON answer.
+
+    Attributes:
+        format_ok: Whether the whole response is ``<think>...</think>`` then ``<answer>...</answer>`` (whitespace
+            around and between allowed), each tag exactly once.
+        format_error: Why the tag rule fails, or None.
+        answer: The JSON object inside the single ``<answer>`` block, or None.
+        answer_error: Why there is no answer, or None.
+        image_hw: ``(H, W)`` of the image the coordinates refer to (840x840 model space by default).
+    """
+
+    format_ok: bool
+    format_error: str | None
+    answer: dict[str, Any] | None
+    answer_error: str | None
+    image_hw: tuple[int, int] = _DEFAULT_HW
+
+    def _get(self, key: str) -> Any:
+        return self.answer.get(key, _MISSING) if self.answer is not None else _MISSING
+
+    def _field(self, key: str) -> tuple[Any, Field[Any] | None]:
+        if self.answer is None:
+            return None, _invalid(self.answer_error or "no answer")
+        value = self._get(key)
+        if value is _MISSING:
+            return None, _invalid(f"missing key {key!r}")
+        return value, None
+
+    def bbox_2d(self) -> Field[Box]:
+        """The ``bbox_2d`` box, clipped to the image."""
+        value, failure = self._field("bbox_2d")
+        return failure or validate_box(value, self.image_hw)
+
+    def point_2d(self) -> Field[Point]:
+        """The ``point_2d`` point (SAM-R1's positive click)."""
+        value, failure = self._field("point_2d")
+        return failure or validate_point(value, self.image_hw)
+
+    def label(self) -> Field[str]:
+        """The ``label`` flag: a non-empty string."""
+        value, failure = self._field("label")
+        if failure:
+            return failure
+        if not isinstance(value, str) or not value.strip():
+            return _invalid("label must be a non-empty string")
+        return Field(value=value.strip())
+
+    def pos_point(self) -> Field[Point]:
+        """The ``pos_point`` refinement click (false-negative area); ``null`` is valid and means no click."""
+        value, failure = self._field("pos_point")
+        return failure or validate_point(value, self.image_hw, allow_null=True)
+
+    def neg_point(self) -> Field[Point]:
+        """The ``neg_point`` refinement click (false-positive area); ``null`` is valid and means no click."""
+        value, failure = self._field("neg_point")
+        return failure or validate_point(value, self.image_hw, allow_null=True)
+
+
+_MISSING = object()
+
+
+def parse_response(text: Any, image_hw: tuple[int, int] = _DEFAULT_HW) -> ParsedResponse:
+    """Parses a model response; never raises.
+
+    Args:
+        text: The decoded response (anything else yields a failed parse).
+        image_hw: ``(H, W)`` of the image that the answer's coordinates refer to.
+
+    Returns:
+        The tag-rule verdict and the answer object, each with the reason when it fails.
+    """
+    if not isinstance(text, str):
+        reason = f"response is {type(text).__name__}, not text"
+        return ParsedResponse(False, reason, None, reason, image_hw)
+    format_error = _tag_rule_error(text)
+    content, answer_error = _answer_block(text)
+    answer = None
+    if content is not None:
+        answer, answer_error = _load_answer(content)
+    return ParsedResponse(format_error is None, format_error, answer, answer_error, image_hw)

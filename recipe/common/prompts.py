@@ -1,0 +1,69 @@
+"""Prompt templates of both recipes, and the chat messages built from them.
+
+SAM-Veteran's two prompts are verbatim from its Figure 5. SAM-R1 publishes no template; ours keeps the same
+reasoning format and asks for what its section 3.3 rewards: a box, a reference point and a short label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+QUESTION_SLOT = "{Question}"
+
+GROUNDING_PROMPT = (
+    'Let\'s find out "{Question}" with bbox step by step. Output the thinking process in <think> </think> and '
+    "final answer in <answer> </answer> tags. Output the bbox of the target object in JSON format. Here is an "
+    'example: <think> thinking process here </think> <answer> {"bbox_2d": [x1, y1, x2, y2]} </answer>'
+)
+"""SAM-Veteran ``Q^B``: textual grounding."""
+
+REFINEMENT_PROMPT = (
+    'Please point out any errors in the green segmentation mask according to the question "{Question}". Output '
+    "the thinking process in <think> </think> and final answer in <answer> </answer> tags. Output the center point "
+    'of the error area in JSON format, with the key "pos_point" for the false negative and "neg_point" for the false '
+    "positive. Set the point to null if there are no errors. i.e., <think> thinking process here </think> <answer> "
+    '{"pos_point": null, "neg_point": [x,y]} </answer>'
+)
+"""SAM-Veteran ``Q^P``: mask comprehension and the auxiliary task."""
+
+SAMR1_PROMPT = (
+    'Let\'s find out "{Question}" with bbox and point step by step. Output the thinking process in <think> </think> '
+    "and final answer in <answer> </answer> tags. Output the bbox of the target object, a point on the target "
+    "object and a short label naming the target in JSON format. Here is an example: <think> thinking process here "
+    '</think> <answer> {"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "<few words naming the target>"} '
+    "</answer>"
+)
+"""SAM-R1: box, positive reference point and descriptive flag in one answer."""
+
+PROMPTS: dict[str, str] = {
+    "samr1": SAMR1_PROMPT,
+    "grounding": GROUNDING_PROMPT,
+    "mask_comprehension": REFINEMENT_PROMPT,
+    "auxiliary": REFINEMENT_PROMPT,
+}
+"""Prompt template per task name (the ``task`` of a dataset row)."""
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def build_prompt(task: str, question: str) -> str:
+    """The prompt text of ``task`` with ``question`` substituted.
+
+    Args:
+        task: One of :data:`PROMPTS`.
+        question: The referring expression or reasoning question, inserted as is.
+
+    Raises:
+        KeyError: For an unknown task, naming the known ones.
+    """
+    try:
+        template = PROMPTS[task]
+    except KeyError:
+        raise KeyError(f"unknown prompt task {task!r}; known: {sorted(PROMPTS)}") from None
+    # str.format would trip over the JSON braces of the examples.
+    return template.replace(QUESTION_SLOT, question)
+
+
+def build_messages(task: str, question: str) -> list[dict[str, Any]]:
+    """One user turn with the image placeholder first, as verl's ``RLHFDataset`` expects in its prompt column."""
+    return [{"role": "user", "content": IMAGE_PLACEHOLDER + build_prompt(task, question)}]

