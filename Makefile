@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench lock clean-venv
+.PHONY: setup test lint format bench bench-reward lock clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# SAM2 reward server versus the naive predictor loop; pass flags with ARGS="--model sam2.1_hiera_l ...".
+bench-reward: $(STAMP)
+	$(BIN)/python -m bench.reward $(ARGS)
 
 # Regenerates requirements.lock from pyproject.toml: one universal lock (CPython 3.11 and 3.12, CPU-only and GPU
 # nodes alike) with hashes.

@@ -2,9 +2,9 @@
 
 import argparse
 
-from bench import edge_iou
+from bench import edge_iou, reward
 
-BENCHMARKS = {"edge_iou": edge_iou.main}
+BENCHMARKS = {"edge_iou": edge_iou.main, "reward": reward.main}
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARKS)}")
     for name in names or BENCHMARKS:
-        BENCHMARKS[name]()
+        BENCHMARKS[name]([])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def _best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def main(rollouts: int = 8, repeats: int = 20) -> None:
+def main(argv: list[str] | None = None, rollouts: int = 8, repeats: int = 20) -> None:
     gt, preds = _masks(np.random.default_rng(0), rollouts)
 
     def recompute() -> list[float]:

@@ -1,34 +1,22 @@
 """Builds SAM2 models from the configs packaged with ``sam2``, without Hydra's global state.
 
 ``sam2.build_sam.build_sam2`` composes its config through the process-wide Hydra instance that ``import sam2``
-initialises, which clashes with our own Hydra apps (training entry points, evaluation) in either order. Here the
-packaged YAML is loaded with OmegaConf and instantiated directly, so SAM2 builds the same way inside or outside a
-Hydra app.
+initialises, which clashes with our own Hydra apps (training entry points, evaluation). Here the packaged YAML is
+loaded with OmegaConf and instantiated directly, so SAM2 builds the same way inside or outside a Hydra app (see also
+``reward_server/__init__.py``).
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-
-
-def _import_sam2_quietly() -> None:
-    """Imports ``sam2`` and undoes the Hydra initialisation its ``__init__`` performs as a side effect."""
-    hydra_was_initialised = GlobalHydra.instance().is_initialized()
-    import sam2  # noqa: F401
-
-    if not hydra_was_initialised and GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-
-
-_import_sam2_quietly()
-
-from sam2.modeling.sam2_base import SAM2Base  # noqa: E402
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+from sam2.modeling.sam2_base import SAM2Base
 
 # SAM2's own post-processing defaults (build_sam2's apply_postprocessing): fall back to the most stable of the
 # multimask outputs when the single-mask output is unstable.
@@ -67,12 +55,18 @@ def resolve_config(config: str) -> Path:
     raise FileNotFoundError(f"no SAM2 config {config!r}; packaged configs: {packaged_configs()}")
 
 
-def load_config(config: str, apply_postprocessing: bool = True) -> DictConfig:
-    """The resolved model config, with SAM2's post-processing overrides when ``apply_postprocessing``."""
+def load_config(config: str, apply_postprocessing: bool = True, overrides: dict[str, Any] | None = None) -> DictConfig:
+    """The resolved model config.
+
+    Args:
+        config: Packaged config name, packaged path or YAML file.
+        apply_postprocessing: Add SAM2's post-processing overrides, as its own builder does by default.
+        overrides: Further dotted-key overrides, e.g. ``{"model.image_size": 512}``.
+    """
     cfg = OmegaConf.load(resolve_config(config))
-    if apply_postprocessing:
-        for key, value in POSTPROCESSING_OVERRIDES.items():
-            OmegaConf.update(cfg, key, value, force_add=True)
+    updates = {**(POSTPROCESSING_OVERRIDES if apply_postprocessing else {}), **(overrides or {})}
+    for key, value in updates.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -103,22 +97,45 @@ def load_checkpoint(model: SAM2Base, ckpt_path: str | Path) -> None:
         )
 
 
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint file: a local path, or a Hugging Face id (``facebook/sam2.1-hiera-large``) downloaded to the
+    local hub cache where the machine is online.
+
+    Raises:
+        FileNotFoundError: When it is neither an existing file nor a known SAM2 hub id.
+    """
+    path = Path(checkpoint)
+    if path.is_file():
+        return path
+    if str(checkpoint) in HF_MODEL_ID_TO_FILENAMES:
+        from huggingface_hub import hf_hub_download
+
+        _, filename = HF_MODEL_ID_TO_FILENAMES[str(checkpoint)]
+        return Path(hf_hub_download(repo_id=str(checkpoint), filename=filename))
+    raise FileNotFoundError(
+        f"SAM2 checkpoint {checkpoint!s} is neither a file nor a known hub id ({sorted(HF_MODEL_ID_TO_FILENAMES)})"
+    )
+
+
 def build_sam2_model(
     config: str,
     ckpt_path: str | Path | None = None,
     device: str | torch.device = "cpu",
     apply_postprocessing: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> SAM2Base:
     """Builds a SAM2 model in eval mode.
 
     Args:
         config: Packaged config name (``sam2.1_hiera_l``, ``sam2.1_hiera_t``), packaged path or YAML file.
-        ckpt_path: Checkpoint to load; None keeps the random initialisation (tests and smoke runs).
+        ckpt_path: Checkpoint file or hub id (see :func:`resolve_checkpoint`); None keeps the random initialisation
+            (tests and smoke runs).
         device: Where to put the model.
         apply_postprocessing: Apply SAM2's dynamic multimask fallback, as ``build_sam2`` does by default.
+        overrides: Dotted-key config overrides, e.g. ``{"model.image_size": 512}``.
     """
-    cfg = load_config(config, apply_postprocessing)
+    cfg = load_config(config, apply_postprocessing, overrides)
     model = instantiate(cfg.model, _recursive_=True)
     if ckpt_path is not None:
-        load_checkpoint(model, ckpt_path)
+        load_checkpoint(model, resolve_checkpoint(ckpt_path))
     return model.to(device).eval()

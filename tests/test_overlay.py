@@ -11,8 +11,8 @@ from recipe.common.overlay import (
     draw_mask_outline,
     draw_points,
     overlay_mask,
-    to_rgb_array,
 )
+from reward_server.images import to_rgb
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_overlay_rejects_mismatched_masks(image_and_mask):
     with pytest.raises(ValueError, match="does not match"):
         overlay_mask(image, np.zeros((10, 10), bool))
     with pytest.raises(ValueError, match="uint8"):
-        to_rgb_array(image.astype(np.float32))
+        to_rgb(image.astype(np.float32))
 
 
 def test_draw_box_outlines_exclusive_edges():

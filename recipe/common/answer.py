@@ -8,19 +8,14 @@ reason that rewards log and counters aggregate.
 from __future__ import annotations
 
 import json
-import math
-import numbers as numbers_abc
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-from reward_server.masks import MODEL_SIZE, clip_box
+from reward_server.masks import MODEL_SIZE
+from reward_server.validation import Box, Point, check_box, check_point
 
 T = TypeVar("T")
-Box = tuple[float, float, float, float]
-Point = tuple[float, float]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -47,38 +42,14 @@ def _invalid(reason: str) -> Field[Any]:
     return Field(error=reason)
 
 
-def _finite_numbers(value: Any, count: int) -> list[float] | str:
-    """The value as ``count`` finite floats, or the reason it is not."""
-    if not isinstance(value, list | tuple) or len(value) != count:
-        return f"expected a list of {count} numbers, got {value!r:.80}"
-    numbers = []
-    for item in value:
-        # bool is an int subclass in Python; JSON true/false are not coordinates.
-        if isinstance(item, bool | np.bool_) or not isinstance(item, numbers_abc.Real):
-            return f"expected numbers, got {item!r:.40}"
-        try:
-            number = float(item)
-        except OverflowError:
-            return f"number out of range: {item}"
-        if not math.isfinite(number):
-            return f"non-finite number: {item}"
-        numbers.append(number)
-    return numbers
-
-
 def validate_box(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW) -> Field[Box]:
     """A valid box: 4 finite numbers with ``x1 < x2`` and ``y1 < y2`` after clipping to the image.
 
     Returns:
         The clipped box, or the reason it is invalid.
     """
-    numbers = _finite_numbers(value, 4)
-    if isinstance(numbers, str):
-        return _invalid(numbers)
-    box = tuple(clip_box(numbers, image_hw))
-    if not (box[0] < box[2] and box[1] < box[3]):
-        return _invalid(f"empty box after clipping to the image: {numbers}")
-    return Field(value=box)
+    box, error = check_box(value, image_hw)
+    return Field(value=box, error=error)
 
 
 def validate_point(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW, allow_null: bool = False) -> Field[Point]:
@@ -91,14 +62,8 @@ def validate_point(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW, allow_nu
     """
     if value is None and allow_null:
         return Field()
-    numbers = _finite_numbers(value, 2)
-    if isinstance(numbers, str):
-        return _invalid(numbers)
-    x, y = numbers
-    height, width = image_hw
-    if not (0.0 <= x < width and 0.0 <= y < height):
-        return _invalid(f"point outside the {width}x{height} image: {numbers}")
-    return Field(value=(x, y))
+    point, error = check_point(value, image_hw)
+    return Field(value=point, error=error)
 
 
 def _reject_constant(name: str) -> Any:

@@ -11,25 +11,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from reward_server.images import to_rgb
+
 MASK_COLOR = (0, 255, 0)
 MASK_ALPHA = 0.5
 POSITIVE_COLOR = (30, 144, 255)
 NEGATIVE_COLOR = (255, 40, 40)
 BOX_COLOR = (255, 200, 0)
-
-
-def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """An RGB uint8 ``(H, W, 3)`` copy of a PIL image or array (grayscale and RGBA are converted)."""
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8, got {array.dtype}")
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=2)
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        return array[..., :3].copy()
-    raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
 
 
 def overlay_mask(
@@ -49,7 +37,7 @@ def overlay_mask(
         color: RGB blend color.
         alpha: Blend weight of the color.
     """
-    out = to_rgb_array(image)
+    out = to_rgb(image)
     mask = np.asarray(mask).astype(bool)
     if mask.shape != out.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image {out.shape[:2]}")
@@ -66,7 +54,7 @@ def draw_box(
     image: Image.Image | np.ndarray, box: Sequence[float], color: Sequence[int] = BOX_COLOR, thickness: int = 0
 ) -> np.ndarray:
     """Draws an xyxy box outline; ``thickness`` 0 scales with the image size."""
-    out = to_rgb_array(image)
+    out = to_rgb(image)
     x1, y1, x2, y2 = (round(float(v)) for v in box)
     # xyxy edges are exclusive at x2/y2; cv2 draws inclusive pixel coordinates.
     cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), tuple(int(c) for c in color), thickness or _thickness(out))
@@ -89,7 +77,7 @@ def draw_points(
     """
     if len(points) != len(labels):
         raise ValueError(f"{len(points)} points but {len(labels)} labels")
-    out = to_rgb_array(image)
+    out = to_rgb(image)
     radius = radius or 3 * _thickness(out) + 3
     for (x, y), label in zip(points, labels, strict=True):
         center = (round(float(x)), round(float(y)))
@@ -107,7 +95,7 @@ def draw_mask_outline(
     image: Image.Image | np.ndarray, mask: np.ndarray, color: Sequence[int] = (255, 255, 255), thickness: int = 0
 ) -> np.ndarray:
     """Draws the outline of a mask (e.g. the ground truth next to a filled prediction)."""
-    out = to_rgb_array(image)
+    out = to_rgb(image)
     mask = np.asarray(mask).astype(np.uint8)
     if mask.shape != out.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image {out.shape[:2]}")

@@ -1,0 +1,126 @@
+"""Dataclass configs of the SAM2 reward server; ``conf/reward_server/*.yaml`` fill them, Hydra overrides them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+GiB = 1 << 30
+
+
+@dataclass
+class EngineConfig:
+    """How one process loads and runs SAM2.
+
+    Attributes:
+        model: Packaged SAM2 config name (``sam2.1_hiera_l``) or a YAML path.
+        checkpoint: Checkpoint path, or a Hugging Face id such as ``facebook/sam2.1-hiera-large`` where online.
+        allow_random_weights: Permit ``checkpoint=None`` (tests and smoke runs); otherwise a missing checkpoint is an
+            error, so a training run never rewards against random SAM2 weights by accident.
+        seed: Torch seed before building, so random-weight actors (and their restarts) are identical.
+        image_size: Override the model's input resolution (the tiny CPU preset runs at 512); None keeps 1024.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: Autocast dtype on CUDA (``bfloat16`` or ``float32``); CPU always runs float32.
+        compile_encoder: ``torch.compile`` the image encoder; batches are padded to ``encoder_batch_sizes``.
+        compile_backend: The torch.compile backend.
+        encoder_batch_sizes: Fixed encoder batch sizes (ascending); the largest is the encode chunk size.
+        max_decode_batch: Prompts per mask-decoder call.
+        cache_bytes: Bound of the image-embedding LRU cache (SAM2-Large: ~8 MB per image in bf16, ~16 MB fp32).
+        gt_cache_bytes: Bound of the ground-truth cache (masks and their edge-ignore masks).
+        multimask_output: Ask SAM2 for three masks and keep the one with the highest predicted IoU.
+        apply_postprocessing: SAM2's dynamic multimask fallback for unstable single masks (its builder's default).
+        ignore_edge: Kernel side of the edge-excluded IoU.
+        logits_dtype: dtype of returned low-res logits (``float16`` keeps results small; ``float32`` for parity).
+    """
+
+    model: str = "sam2.1_hiera_l"
+    checkpoint: str | None = None
+    allow_random_weights: bool = False
+    seed: int = 0
+    image_size: int | None = None
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    compile_encoder: bool = False
+    compile_backend: str = "inductor"
+    encoder_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    max_decode_batch: int = 64
+    cache_bytes: int = 4 * GiB
+    gt_cache_bytes: int = 1 * GiB
+    multimask_output: bool = False
+    apply_postprocessing: bool = True
+    ignore_edge: int = 20
+    logits_dtype: str = "float16"
+
+
+@dataclass
+class ActorConfig:
+    """Micro-batching of one actor.
+
+    Attributes:
+        batch_window_ms: How long the first request of a batch waits for others to join it.
+        max_batch_prompts: Most prompts handed to the engine at once.
+    """
+
+    batch_window_ms: float = 2.0
+    max_batch_prompts: int = 256
+
+
+@dataclass
+class PoolConfig:
+    """The named actor pool every process reaches by name.
+
+    Attributes:
+        name: Pool name; actors are ``{name}-{i}``, the placement group ``{name}-pg``.
+        namespace: Ray namespace of the actors.
+        num_actors: Actors (one per SAM GPU).
+        gpus_per_actor: GPUs reserved per actor (0 on CPU-only machines).
+        cpus_per_actor: CPUs reserved per actor.
+        strategy: Placement-group strategy for the actors' bundles (``PACK``, ``SPREAD``, ``STRICT_SPREAD``, ...).
+        detached: Keep the pool alive after the starting driver exits (a standalone server on a cluster).
+        max_restarts: Actor restarts after a crash (-1: unlimited).
+        max_task_retries: Ray-level retries of a call whose actor died.
+    """
+
+    name: str = "sam2_reward"
+    namespace: str = "samrl"
+    num_actors: int = 1
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 2.0
+    strategy: str = "PACK"
+    detached: bool = False
+    max_restarts: int = -1
+    max_task_retries: int = 3
+
+
+@dataclass
+class ClientConfig:
+    """Backpressure and retries of a client.
+
+    Attributes:
+        max_in_flight: Calls a client process may have outstanding; further calls wait.
+        max_attempts: Attempts per call across actor restarts before answering ``unavailable``.
+        retry_backoff_s: First retry delay; doubles per attempt.
+    """
+
+    max_in_flight: int = 64
+    max_attempts: int = 6
+    retry_backoff_s: float = 0.5
+
+
+@dataclass
+class ServerConfig:
+    """The ``reward_server`` config group."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+
+def server_config(cfg: Any = None) -> ServerConfig:
+    """A validated :class:`ServerConfig` from a DictConfig or dict (unknown keys and wrong types raise)."""
+    schema = OmegaConf.structured(ServerConfig)
+    merged = OmegaConf.merge(schema, cfg) if cfg is not None else schema
+    return OmegaConf.to_object(merged)

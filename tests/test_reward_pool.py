@@ -1,0 +1,199 @@
+"""The SAM2 actor pool on a local Ray: micro-batching, health, bad input, restarts, reach by name."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from reward_server.client import SamClient
+from reward_server.config import ServerConfig, server_config
+from reward_server.engine import SamEngine
+from reward_server.masks import encode_rle, mask_iou
+from reward_server.pool import actor_name, connect_pool, pool_health, shutdown_pool, start_pool
+from reward_server.protocol import ErrorCode, ImageRef, Prompt, SegRequest
+
+pytestmark = pytest.mark.slow
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_server(preset: str, *overrides: str) -> ServerConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose("reward_server_app", overrides=[f"reward_server={preset}", *overrides])
+    return server_config(cfg.reward_server)
+
+
+def random_image(seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((840, 840, 3)) * 255).astype(np.uint8)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, namespace="samrl")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(local_ray):
+    config = compose_server("tiny_cpu", "reward_server.pool.name=test_pool", "reward_server.actor.batch_window_ms=20")
+    actors = start_pool(config)
+    yield config, actors
+    shutdown_pool(config.pool)
+
+
+def test_presets_compose_into_the_config_schema():
+    large = compose_server("large")
+    assert large.engine.model == "sam2.1_hiera_l" and large.engine.checkpoint is None
+    assert not large.engine.allow_random_weights and large.pool.gpus_per_actor == 1
+    tiny = compose_server("tiny_cpu", "reward_server.pool.num_actors=3")
+    assert tiny.engine.model == "sam2.1_hiera_t" and tiny.engine.allow_random_weights
+    assert tiny.pool.gpus_per_actor == 0 and tiny.pool.num_actors == 3
+    assert tiny.client == large.client  # inherited from the large preset
+    with pytest.raises(Exception, match="typo"):
+        compose_server("tiny_cpu", "+reward_server.engine.typo=1")
+
+
+def test_concurrent_requests_for_one_image_encode_once(pool):
+    config, actors = pool
+    client = SamClient(actors, config.client)
+    image = random_image(0)
+    before = pool_health(actors)
+
+    async def rollouts():
+        return await asyncio.gather(
+            *(client.segment(image, [Prompt(box=(100 + 10 * i, 100, 500, 600))]) for i in range(8))
+        )
+
+    results = [result for batch in run(rollouts()) for result in batch]
+    assert all(result.ok for result in results)
+    routed = actor_name(config.pool, client.route(ImageRef.of(image).key))
+    assert {result.served_by for result in results} == {routed}
+    after = pool_health(actors)
+    encodes = sum(h["encodes"] for h in after) - sum(h["encodes"] for h in before)
+    hits = sum(h["cache_hits"] for h in after) - sum(h["cache_hits"] for h in before)
+    assert (encodes, hits) == (1, 7)
+
+
+def test_results_are_small_and_scored(pool):
+    config, actors = pool
+    client = SamClient(actors, config.client)
+    gt = np.zeros((840, 840), bool)
+    gt[100:600, 200:500] = True
+    (result,) = run(client.segment(random_image(1), [Prompt(box=(200, 100, 500, 600))], encode_rle(gt), True))
+    assert result.ok and 0.0 <= result.iou <= 1.0 and 0.0 <= result.edge_iou <= 1.0
+    assert isinstance(result.mask["counts"], str)
+    assert result.logits.dtype == np.float16 and result.logits.shape == (128, 128)
+
+
+def test_health_answers_while_the_device_is_busy(pool):
+    config, actors = pool
+    client = SamClient(actors, config.client)
+    images = [random_image(100 + i) for i in range(6)]
+    target = [i for i, image in enumerate(images) if client.route(ImageRef.of(image).key) == 0]
+
+    async def busy_then_health():
+        work = asyncio.gather(*(client.segment(images[i], [Prompt(box=(10, 10, 400, 400))]) for i in target))
+        await asyncio.sleep(0.3)
+        started = time.perf_counter()
+        health = await actors[0].health.remote()
+        elapsed = time.perf_counter() - started
+        await work
+        return health, elapsed
+
+    health, elapsed = run(busy_then_health())
+    assert health["busy_s"] > 0 or health["queued_calls"] > 0
+    assert elapsed < 1.0
+
+
+def test_bad_input_is_answered_and_the_actor_keeps_serving(pool):
+    config, actors = pool
+    client = SamClient(actors, config.client)
+    image = random_image(2)
+    prompts = [
+        Prompt(box=(float("nan"), 0, 10, 10)),
+        Prompt(box=(300, 300, 100, 100)),
+        Prompt(points=((2000, 5),), labels=(1,)),
+        Prompt(box=(0, 0, 100, 100), mask_input=np.zeros((3, 3), np.float32)),
+        Prompt(box=(10, 10, 300, 300)),
+    ]
+    results = run(client.segment(image, prompts))
+    assert [result.code for result in results[:4]] == [ErrorCode.BAD_PROMPT] * 4
+    assert results[4].ok
+    (broken,) = run(client.segment(b"not an image", [Prompt(box=(0, 0, 5, 5))]))
+    assert broken.code == ErrorCode.BAD_IMAGE and "undecodable" in broken.error
+    (bad_gt,) = run(client.segment(image, [Prompt(box=(0, 0, 50, 50))], {"size": [840, 840], "counts": "x"}))
+    assert bad_gt.code == ErrorCode.BAD_GT
+    assert all(result.ok for result in run(client.segment(image, [Prompt(box=(20, 20, 200, 200))])))
+    errors = {code: sum(h["errors"].get(code, 0) for h in pool_health(actors)) for code in ("bad_prompt", "bad_image")}
+    assert errors["bad_prompt"] >= 4 and errors["bad_image"] >= 1
+
+
+def test_pool_is_reached_by_name_from_another_process(pool):
+    config, _ = pool
+
+    @ray.remote(num_cpus=0)
+    def segment_elsewhere(config: ServerConfig, image: np.ndarray) -> tuple[bool, int]:
+        client = SamClient.connect(config)
+        results = asyncio.run(client.segment(image, [Prompt(box=(10, 10, 300, 300))]))
+        return results[0].ok, len(client.actors)
+
+    assert ray.get(segment_elsewhere.remote(config, random_image(3))) == (True, config.pool.num_actors)
+
+
+def test_killed_actor_loses_no_request(local_ray):
+    config = compose_server("tiny_cpu", "reward_server.pool.name=kill_pool", "reward_server.actor.max_batch_prompts=2")
+    actors = start_pool(config)
+    try:
+        client = SamClient(actors, config.client)
+        images = [random_image(200 + i) for i in range(6)]
+        prompts = [Prompt(box=(50, 60, 500, 700)), Prompt(box=(100, 100, 300, 300), points=((200, 200),), labels=(1,))]
+        pid_before = pool_health(actors)[0]["pid"]
+
+        async def requests_with_a_crash():
+            work = asyncio.gather(*(client.segment(image, prompts, return_logits=True) for image in images))
+            await asyncio.sleep(1.0)  # mid-stream: some batches done, others queued or running
+            ray.kill(actors[0], no_restart=False)
+            return await work
+
+        answers = run(requests_with_a_crash())
+        assert pool_health(actors)[0]["pid"] != pid_before  # it really restarted
+        reference = SamEngine(config.engine)
+        for image, results in zip(images, answers, strict=True):
+            assert [result.ok for result in results] == [True, True], [r.error for r in results]
+            ref = ImageRef.of(image)
+            expected = reference.segment(
+                [SegRequest(ref.key, p, return_logits=True) for p in prompts], {ref.key: ref.data}
+            )
+            for result, local in zip(results, expected, strict=True):
+                # Same weights; only float reduction order differs (the actor runs one OpenMP thread).
+                assert np.abs(result.logits.astype(np.float32) - local.logits.astype(np.float32)).max() < 2e-2
+                assert mask_iou(result.mask_array(), local.mask_array()) > 0.995
+    finally:
+        shutdown_pool(config.pool)
+
+
+def test_client_answers_unavailable_when_the_pool_is_gone(local_ray):
+    config = compose_server(
+        "tiny_cpu",
+        "reward_server.pool.name=gone_pool",
+        "reward_server.client.max_attempts=2",
+        "reward_server.client.retry_backoff_s=0.05",
+    )
+    actors = start_pool(config)
+    client = SamClient(actors, config.client)
+    shutdown_pool(config.pool)
+    (result,) = run(client.segment(random_image(4), [Prompt(box=(0, 0, 10, 10))]))
+    assert result.code == ErrorCode.UNAVAILABLE and "after 2 attempts" in result.error
+    with pytest.raises(RuntimeError, match="no SAM2 pool"):
+        connect_pool(config.pool)
