@@ -24,6 +24,7 @@ def init_ray(
     """
     # On one machine Ray binds loopback only; a cluster keeps its own node addresses.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = address or None  # an exported but empty RAY_ADDRESS means "start locally"
     kwargs: dict[str, Any] = {"address": address, "namespace": namespace, "ignore_reinit_error": True}
     if address is None:
         kwargs.update(

@@ -1,7 +1,10 @@
 """The SAM2 actor pool on a local Ray: micro-batching, health, bad input, restarts, reach by name."""
 
 import asyncio
+import re
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +40,17 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, namespace="samrl")
-    yield
+    port = free_port()
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, namespace="samrl", _metrics_export_port=port)
+    yield port
     ray.shutdown()
 
 
@@ -197,3 +207,21 @@ def test_client_answers_unavailable_when_the_pool_is_gone(local_ray):
     assert result.code == ErrorCode.UNAVAILABLE and "after 2 attempts" in result.error
     with pytest.raises(RuntimeError, match="no SAM2 pool"):
         connect_pool(config.pool)
+
+
+def test_metrics_reach_rays_prometheus_export(pool, local_ray):
+    """What the dashboard's Metrics page plots: Ray exports application metrics as ray_<name>[_total]."""
+    config, actors = pool
+    run(SamClient(actors, config.client).segment(random_image(5), [Prompt(box=(0, 0, 100, 100))]))
+    pattern = re.compile(r'^ray_samrl_sam_encodes_total\{[^}]*actor="test_pool-\d"[^}]*\} ([0-9.e+]+)$', re.M)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{local_ray}/metrics", timeout=5).read().decode()
+        values = [float(value) for value in pattern.findall(body)]
+        if values and sum(values) >= 1:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("ray_samrl_sam_encodes_total never appeared on the metrics export port")
+    for name in ("requests_total", "cache_hits_total", "batch_prompts_bucket", "service_latency_s_bucket"):
+        assert f"ray_samrl_sam_{name}" in body

@@ -10,7 +10,13 @@ from hydra.core.global_hydra import GlobalHydra
 from sam2.build_sam import build_sam2
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from reward_server.sam2_build import build_sam2_model, load_config, packaged_configs, resolve_config
+from reward_server.sam2_build import (
+    build_sam2_model,
+    load_config,
+    packaged_configs,
+    resolve_checkpoint,
+    resolve_config,
+)
 
 
 def test_packaged_configs_include_the_recipes_models():
@@ -81,3 +87,21 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="cannot read SAM2 checkpoint"):
         build_sam2_model("sam2.1_hiera_t", ckpt_path=path)
+
+
+def test_hub_ids_resolve_to_their_checkpoint_file(tiny_sam2, tmp_path: Path, monkeypatch):
+    """A known hub id downloads SAM2's own file name for it (here a local stand-in for the download)."""
+    import huggingface_hub
+
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": tiny_sam2.state_dict()}, path)
+    asked = []
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda repo_id, filename: asked.append((repo_id, filename)) or str(path)
+    )
+    assert resolve_checkpoint("facebook/sam2.1-hiera-tiny") == path
+    assert asked == [("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt")]
+    model = build_sam2_model("sam2.1_hiera_t", ckpt_path="facebook/sam2.1-hiera-tiny")
+    assert torch.equal(model.state_dict()["no_mem_embed"], tiny_sam2.state_dict()["no_mem_embed"])
+    with pytest.raises(FileNotFoundError, match="neither a file nor a known hub id"):
+        resolve_checkpoint("someone/unknown-model")
