@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward lock clean-venv
+.PHONY: setup test lint format bench bench-reward data data-veteran lock clean-venv
 
 setup: $(STAMP)
 
@@ -43,6 +43,30 @@ bench: $(STAMP)
 # SAM2 reward server versus the naive predictor loop; pass flags with ARGS="--model sam2.1_hiera_l ...".
 bench-reward: $(STAMP)
 	$(BIN)/python -m bench.reward $(ARGS)
+
+# Datasets (README, "Data"): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
+# COCO_IMAGES is COCO train2014; REASONSEG_ROOT holds train/, val/, test/ (optional). Outputs go to DATA_DIR.
+DATA_DIR ?= data
+DATA_WORKERS ?= 8
+REFER = $(BIN)/python -m data_prep refer --refer-root "$(REFER_ROOT)" --image-root "$(COCO_IMAGES)" --workers $(DATA_WORKERS)
+
+data: $(STAMP)
+	@test -n "$(REFER_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data: set REFER_ROOT=... COCO_IMAGES=... [REASONSEG_ROOT=...]"; exit 2; }
+	$(REFER) --dataset refcocog --split train --limit 3000 --seed 0 --recipe samr1 --out $(DATA_DIR)/samr1/refcocog_train_3k.parquet
+	$(REFER) --dataset refcocog --split train --limit 9000 --seed 0 --recipe veteran --out $(DATA_DIR)/veteran/grounding_9k.parquet
+	$(REFER) --dataset refcoco --split testA --out $(DATA_DIR)/eval/refcoco_testA.parquet
+	$(REFER) --dataset refcoco+ --split testA --out $(DATA_DIR)/eval/refcoco+_testA.parquet
+	$(REFER) --dataset refcocog --split test --out $(DATA_DIR)/eval/refcocog_test.parquet
+	@if [ -n "$(REASONSEG_ROOT)" ]; then for split in val test; do \
+		$(BIN)/python -m data_prep reasonseg --root "$(REASONSEG_ROOT)" --split $$split --out $(DATA_DIR)/eval/reasonseg_$$split.parquet || exit 1; \
+	done; else echo "REASONSEG_ROOT not set: ReasonSeg evaluation sets skipped"; fi
+
+# SAM-Veteran's mask-comprehension and auxiliary sets; runs SAM2 (set SAM2_CHECKPOINT; a GPU is much faster).
+data-veteran: $(STAMP)
+	@test -n "$(SAM2_CHECKPOINT)" || { echo "make data-veteran: set SAM2_CHECKPOINT=/path/sam2.1_hiera_large.pt (or a hub id)"; exit 2; }
+	$(BIN)/python -m data_prep veteran --grounding $(DATA_DIR)/veteran/grounding_9k.parquet \
+		--out-mask $(DATA_DIR)/veteran/mask_comprehension.parquet --out-aux $(DATA_DIR)/veteran/auxiliary.parquet \
+		--sam large --sam-checkpoint "$(SAM2_CHECKPOINT)"
 
 # Regenerates requirements.lock from pyproject.toml: one universal lock (CPython 3.11 and 3.12, CPU-only and GPU
 # nodes alike) with hashes.

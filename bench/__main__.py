@@ -2,9 +2,9 @@
 
 import argparse
 
-from bench import edge_iou, reward
+from bench import data_prep, edge_iou, reward
 
-BENCHMARKS = {"edge_iou": edge_iou.main, "reward": reward.main}
+BENCHMARKS = {"edge_iou": edge_iou.main, "data_prep": data_prep.main, "reward": reward.main}
 
 
 def main() -> None:

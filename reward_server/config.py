@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -124,3 +125,28 @@ def server_config(cfg: Any = None) -> ServerConfig:
     schema = OmegaConf.structured(ServerConfig)
     merged = OmegaConf.merge(schema, cfg) if cfg is not None else schema
     return OmegaConf.to_object(merged)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def load_preset(name: str = "large", overrides: dict[str, Any] | None = None) -> ServerConfig:
+    """A ``conf/reward_server/<name>.yaml`` preset as a validated config, outside any Hydra app.
+
+    Presets may extend another preset through ``defaults: [<preset>, _self_]``, which is resolved here the way
+    Hydra composes it.
+
+    Args:
+        name: Preset file name without ``.yaml``.
+        overrides: Dotted keys relative to the preset, e.g. ``{"engine.checkpoint": "/ckpt/sam2.pt"}``.
+    """
+    path = CONF_DIR / "reward_server" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no reward_server preset {name!r}; known: {known}")
+    cfg = OmegaConf.load(path)
+    parents = [entry for entry in cfg.pop("defaults", []) if entry != "_self_"]
+    merged = OmegaConf.merge(*(OmegaConf.structured(load_preset(parent)) for parent in parents), cfg)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(merged, key, value, force_add=False)
+    return server_config(merged)

@@ -254,3 +254,26 @@ def model_to_original(coords: Any, orig_hw: tuple[int, int], model_size: int = M
 def original_to_model(coords: Any, orig_hw: tuple[int, int], model_size: int = MODEL_SIZE) -> np.ndarray:
     """Maps original-image coordinates to the ``model_size`` square the VLM sees."""
     return scale_xy(coords, orig_hw, (model_size, model_size))
+
+
+def region_center(region: np.ndarray) -> tuple[float, float] | None:
+    """The point a click on this region should aim at: its centroid, or, when the centroid falls outside the region
+    (a ring, a crescent), the region pixel farthest from the region's boundary.
+
+    Args:
+        region: ``(H, W)`` mask of one error region.
+
+    Returns:
+        ``(x, y)`` in pixel coordinates (pixel centres are integers), or None for an empty region.
+    """
+    region = _as_bool_mask(region, "region")
+    ys, xs = np.nonzero(region)
+    if xs.size == 0:
+        return None
+    cx, cy = float(xs.mean()), float(ys.mean())
+    if region[round(cy), round(cx)]:
+        return cx, cy
+    # Distance to the nearest non-region pixel; padding makes the image border count as boundary.
+    distance = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return float(x), float(y)

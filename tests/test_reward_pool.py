@@ -225,3 +225,14 @@ def test_metrics_reach_rays_prometheus_export(pool, local_ray):
         pytest.fail("ray_samrl_sam_encodes_total never appeared on the metrics export port")
     for name in ("requests_total", "cache_hits_total", "batch_prompts_bucket", "service_latency_s_bucket"):
         assert f"ray_samrl_sam_{name}" in body
+
+
+@pytest.mark.parametrize("preset", ["large", "tiny_cpu"])
+def test_load_preset_matches_hydra_composition(preset):
+    from reward_server.config import load_preset
+
+    assert load_preset(preset) == compose_server(preset)
+    overridden = load_preset(preset, {"engine.checkpoint": "/ckpt.pt", "pool.num_actors": 4})
+    assert overridden == compose_server(
+        preset, "reward_server.engine.checkpoint=/ckpt.pt", "reward_server.pool.num_actors=4"
+    )

@@ -1,0 +1,91 @@
+"""``python -m data_prep <command>``: build verl parquet files from the standard downloads.
+
+Commands:
+    refer      RefCOCO / RefCOCO+ / RefCOCOg (LISA's refer layout) -> training or evaluation rows
+    reasonseg  ReasonSeg (LISA json) -> evaluation (or training) rows
+    veteran    SAM-Veteran's mask-comprehension and auxiliary sets, derived from its grounding rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import random
+import sys
+from collections.abc import Sequence
+
+from data_prep.reasonseg import read_reasonseg
+from data_prep.refer import SPLIT_BY, read_refer
+from data_prep.rows import RECIPE_TASKS, RowOptions, build_row
+from data_prep.safe_pickle import UnsafePickleError
+from data_prep.samples import SourceSample
+from data_prep.shards import Report, write_dataset
+
+
+def sample_subset(samples: list[SourceSample], limit: int | None, seed: int) -> list[SourceSample]:
+    """``limit`` samples drawn reproducibly with ``seed`` (all of them, in order, without a limit)."""
+    if not limit or limit >= len(samples):
+        return samples
+    return random.Random(seed).sample(samples, limit)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output parquet file")
+    parser.add_argument("--limit", type=int, default=None, help="draw this many samples (seeded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=sorted(RECIPE_TASKS), default="samr1", help="prompt and task of the rows")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--shard-size", type=int, default=256)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    refer = commands.add_parser("refer", help="RefCOCO/+/g expressions -> parquet")
+    refer.add_argument("--dataset", required=True, choices=sorted(SPLIT_BY))
+    refer.add_argument("--split", required=True, help="train, val, test (umd) or testA, testB (unc)")
+    refer.add_argument("--refer-root", required=True, help="directory holding <dataset>/instances.json and refs(*).p")
+    refer.add_argument("--image-root", required=True, help="directory of the COCO train2014 images")
+    _common(refer)
+    reasonseg = commands.add_parser("reasonseg", help="ReasonSeg (LISA json) -> parquet")
+    reasonseg.add_argument("--root", required=True, help="the ReasonSeg directory (train/, val/, test/)")
+    reasonseg.add_argument("--split", required=True, choices=["train", "val", "test"])
+    reasonseg.add_argument("--all-texts", action="store_true", help="one row per text (default: the first, as LISA)")
+    _common(reasonseg)
+    from data_prep.veteran import add_veteran_command
+
+    add_veteran_command(commands)
+    return parser
+
+
+def run_sources(args: argparse.Namespace) -> Report:
+    if args.command == "refer":
+        samples, skipped = read_refer(args.refer_root, args.image_root, args.dataset, args.split)
+        inputs = {"refer_root": args.refer_root, "image_root": args.image_root, "dataset": args.dataset}
+    else:
+        samples, skipped = read_reasonseg(args.root, args.split, args.all_texts)
+        inputs = {"root": args.root, "all_texts": args.all_texts}
+    chosen = sample_subset(samples, args.limit, args.seed)
+    options = RowOptions(recipe=args.recipe, keep_original_image=args.split != "train")
+    fingerprint = {"command": args.command, "split": args.split, "limit": args.limit, "seed": args.seed, **inputs}
+    fingerprint.update(options.__dict__)
+    builder = functools.partial(build_row, options=options)
+    return write_dataset(chosen, builder, args.out, fingerprint, skipped, args.shard_size, args.workers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = args.run(args) if hasattr(args, "run") else run_sources(args)
+    except (ValueError, UnsafePickleError) as err:
+        print(f"data_prep {args.command}: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""SAM-Veteran's auxiliary data: ground-truth masks corrupted by a random polygon inclusion (a false-positive
+region) and/or exclusion (a false-negative region), each with probability 0.5 (section A.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MIN_REGION_FRACTION = 0.03  # of the object's area, so an error is visible in the overlay
+MIN_REGION_PIXELS = 64
+MAX_EXCLUDED_FRACTION = 0.5  # never remove most of the object
+ATTEMPTS = 20
+
+
+def random_polygon(rng: np.random.Generator, center: tuple[float, float], radius: float, vertices: int) -> np.ndarray:
+    """A star-shaped polygon around ``center``: ``(vertices, 2)`` float32 points in angular order."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))
+    radii = radius * rng.uniform(0.5, 1.0, vertices)
+    points = np.stack([center[0] + radii * np.cos(angles), center[1] + radii * np.sin(angles)], axis=1)
+    return points.astype(np.float32)
+
+
+def fill_polygon(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A corrupted mask and the error regions that make it differ from the ground truth."""
+
+    mask: np.ndarray
+    false_positive: np.ndarray | None
+    false_negative: np.ndarray | None
+
+    @property
+    def case(self) -> str:
+        """``none``, ``fp``, ``fn`` or ``both``."""
+        return {(False, False): "none", (True, False): "fp", (False, True): "fn", (True, True): "both"}[
+            (self.false_positive is not None, self.false_negative is not None)
+        ]
+
+
+def _random_region(
+    rng: np.random.Generator, candidates: np.ndarray, allowed: np.ndarray, radius: float, min_area: int, max_area: int
+) -> np.ndarray | None:
+    """A random polygon centred on a candidate pixel, cut to ``allowed``, with an area in [min_area, max_area]."""
+    ys, xs = np.nonzero(candidates)
+    if xs.size == 0:
+        return None
+    for _ in range(ATTEMPTS):
+        pick = int(rng.integers(xs.size))
+        polygon = random_polygon(rng, (float(xs[pick]), float(ys[pick])), radius, int(rng.integers(5, 10)))
+        region = fill_polygon(polygon, allowed.shape) & allowed
+        if min_area <= np.count_nonzero(region) <= max_area:
+            return region
+    return None
+
+
+def corrupt_mask(
+    gt: np.ndarray, rng: np.random.Generator, p_include: float = 0.5, p_exclude: float = 0.5
+) -> Corruption:
+    """Corrupts a ground-truth mask.
+
+    An exclusion removes a random polygon centred inside the object (at most half of it); an inclusion adds a random
+    polygon centred just outside it. Either is drawn independently with its probability; when no polygon of a
+    usable size is found in a few attempts, that error is left out.
+
+    Args:
+        gt: Boolean ``(H, W)`` ground truth.
+        rng: The sample's random generator.
+        p_include: Probability of a false-positive region.
+        p_exclude: Probability of a false-negative region.
+    """
+    gt = np.asarray(gt, bool)
+    area = int(np.count_nonzero(gt))
+    include, exclude = rng.random() < p_include, rng.random() < p_exclude
+    radius = float(np.sqrt(area)) * float(rng.uniform(0.3, 0.6))
+    min_area = max(MIN_REGION_PIXELS, int(MIN_REGION_FRACTION * area))
+    false_negative = false_positive = None
+    if exclude:
+        false_negative = _random_region(rng, gt, gt, radius, min_area, int(MAX_EXCLUDED_FRACTION * area))
+    if include:
+        band = max(3, int(radius))
+        near = cv2.dilate(gt.astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8)).astype(bool) & ~gt
+        false_positive = _random_region(rng, near, ~gt, radius, min_area, max(min_area, area))
+    corrupted = gt.copy()
+    if false_positive is not None:
+        corrupted |= false_positive
+    if false_negative is not None:
+        corrupted &= ~false_negative
+    return Corruption(corrupted, false_positive, false_negative)

@@ -1,0 +1,94 @@
+"""Source samples to verl ``RLHFDataset`` rows: the 840x840 image the model sees, ground truths at 840 and at the
+original resolution, the prompt of the chosen recipe."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data_prep.render import IGNORE, render_label_mask
+from data_prep.samples import Skipped, SourceSample
+from data_prep.schema import empty_ground_truth
+from recipe.common.prompts import build_messages
+from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to_model, resize_mask
+
+# Task and agent loop of each recipe's rows (SAM-Veteran's other tasks are derived from its grounding rows).
+RECIPE_TASKS = {"samr1": ("samr1", None), "veteran": ("grounding", "veteran_grounding")}
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    recipe: str = "samr1"
+    keep_original_image: bool = False
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _rle_or_none(mask: np.ndarray) -> dict[str, Any] | None:
+    return encode_rle(mask) if mask.any() else None
+
+
+def build_row(sample: SourceSample, index: int, options: RowOptions) -> dict[str, Any] | Skipped:
+    """One parquet row, or the reason the sample is skipped (missing or unreadable image, bad annotation, empty
+    target). Never raises for bad data."""
+    try:
+        raw = Path(sample.image_path).read_bytes()
+        with Image.open(io.BytesIO(raw)) as opened:
+            image = opened.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        return Skipped(sample.key, f"unreadable image {sample.image_path}: {type(err).__name__}: {err}")
+    width, height = image.size
+    if sample.coco_hw is not None and sample.coco_hw != (height, width):
+        return Skipped(
+            sample.key, f"image is {height}x{width}, annotation says {sample.coco_hw[0]}x{sample.coco_hw[1]}"
+        )
+    try:
+        labels = render_label_mask(sample, height, width)
+    except (ValueError, TypeError, KeyError) as err:
+        return Skipped(sample.key, f"corrupt annotation: {err}")
+    target, ignored = labels == 1, labels == IGNORE
+    if not target.any():
+        return Skipped(sample.key, "zero-area target")
+    labels_840 = resize_mask(labels, (MODEL_SIZE, MODEL_SIZE))
+    target_840 = labels_840 == 1
+    if not target_840.any():
+        return Skipped(sample.key, f"target vanishes when the {height}x{width} image is resized to {MODEL_SIZE}")
+    task, agent_name = RECIPE_TASKS[options.recipe]
+    ground_truth = {
+        **empty_ground_truth(),
+        "mask": encode_rle(target_840),
+        "ignore": _rle_or_none(labels_840 == IGNORE),
+        "box": [float(v) for v in original_to_model(mask_to_box(target), (height, width))],
+        "orig_size": [height, width],
+        "orig_mask": encode_rle(target),
+        "orig_ignore": _rle_or_none(ignored),
+    }
+    model_image = image.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BICUBIC)
+    return {
+        "data_source": f"{sample.dataset}_{sample.split}",
+        "prompt": build_messages(task, sample.question),
+        "images": [{"bytes": encode_jpeg(model_image)}],
+        "ability": "reasoning_segmentation",
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {
+            "index": index,
+            "split": sample.split,
+            "question": sample.question,
+            "dataset": sample.dataset,
+            "task": task,
+            "key": sample.key,
+            **{name: sample.ids.get(name) for name in ("image_id", "ann_id", "ref_id", "sent_id")},
+        },
+        "agent_name": agent_name,
+        "orig_image": raw if options.keep_original_image else None,
+    }
