@@ -23,7 +23,9 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps --editable .
+	@# compat mode puts the checkout on sys.path: transferqueue ships a top-level recipe/ directory in site-packages,
+	@# and a regular package on sys.path wins over that namespace directory (PEP 420).
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps --editable . --config-settings editable_mode=compat
 	@touch $@
 
 test: $(STAMP)

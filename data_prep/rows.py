@@ -17,8 +17,9 @@ from data_prep.schema import empty_ground_truth
 from recipe.common.prompts import build_messages
 from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to_model, resize_mask
 
-# Task and agent loop of each recipe's rows (SAM-Veteran's other tasks are derived from its grounding rows).
-RECIPE_TASKS = {"samr1": ("samr1", None), "veteran": ("grounding", "veteran_grounding")}
+# Task and agent loop of each recipe's rows (SAM-Veteran's other tasks are derived from its grounding rows). verl
+# falls back to its default loop only when the agent_name column is absent, and every row here has the column.
+RECIPE_TASKS = {"samr1": ("samr1", "single_turn_agent"), "veteran": ("grounding", "veteran_grounding")}
 JPEG_QUALITY = 95
 
 

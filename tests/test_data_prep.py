@@ -209,3 +209,27 @@ def test_corruption_regions_are_consistent_and_drawn_with_probability_one_half()
             expected &= ~fn
         assert np.array_equal(corruption.mask, expected)
     assert 0.4 < with_fp / 300 < 0.6 and 0.4 < with_fn / 300 < 0.6
+
+
+def test_a_row_loads_through_verls_rlhf_dataset(refer, tmp_path, tiny_qwen_path):
+    from omegaconf import OmegaConf
+    from qwen_vl_utils import process_vision_info
+    from verl.utils import hf_processor, hf_tokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    out = tmp_path / "train.parquet"
+    cli.main([*refer_args(refer, out), "--split", "train", "--limit", "2"])
+    config = OmegaConf.create(
+        {"max_prompt_length": 1300, "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1}
+    )
+    processor = hf_processor(tiny_qwen_path)
+    dataset = RLHFDataset(str(out), hf_tokenizer(tiny_qwen_path), config, processor=processor)
+    assert len(dataset) == 2  # nothing filtered as overlong
+    item = dataset[0]
+    assert item["agent_name"] == "single_turn_agent" and item["data_source"] == "refcocog_train"
+    assert set(item["reward_model"]["ground_truth"]) >= {"mask", "box", "orig_size", "orig_mask"}
+    images, _ = process_vision_info(item["raw_prompt"])
+    assert images[0].size == (840, 840)
+    text = processor.apply_chat_template(item["raw_prompt"], add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=images, return_tensors="pt")
+    assert int((inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 900
