@@ -16,6 +16,7 @@ def init_ray(
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int = 8265,
     namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> str | None:
     """Starts a local Ray (bound to loopback) or joins the cluster at ``address``.
 
@@ -25,7 +26,12 @@ def init_ray(
     # On one machine Ray binds loopback only; a cluster keeps its own node addresses.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = address or None  # an exported but empty RAY_ADDRESS means "start locally"
-    kwargs: dict[str, Any] = {"address": address, "namespace": namespace, "ignore_reinit_error": True}
+    kwargs: dict[str, Any] = {
+        "address": address,
+        "namespace": namespace,
+        "ignore_reinit_error": True,
+        "runtime_env": runtime_env,
+    }
     if address is None:
         kwargs.update(
             num_cpus=num_cpus,

@@ -1,0 +1,15 @@
+"""``python -m recipe.samr1.main [overrides]``: train SAM-R1 (``--cfg job`` prints the composed config)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from recipe.common.launcher import launch
+
+
+@hydra.main(version_base=None, config_path="../../conf", config_name="samr1")
+def main(config: DictConfig) -> None:
+    launch(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""SAM-R1's reward (section 3.3): tiered SAM IoU + reasoning format + segmentation format.
+
+The answer's box and point (a positive click) go to the SAM2 pool; the IoU of its mask with the ground truth at
+840x840 sets the tiered reward, eq. (5). A malformed answer earns the format penalties and SAM2 is not called.
+Used through verl's reward loop as ``reward.custom_reward_function`` with the ``sam_image`` reward manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from recipe.common.answer import parse_response
+from recipe.common.sam_client import get_sam_client
+from reward_server.client import SamClient
+from reward_server.protocol import Prompt
+
+logger = logging.getLogger(__name__)
+
+PAPER_TIERS: tuple[tuple[float, float], ...] = ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))
+"""Eq. (5): (IoU strictly above, reward), checked in order; 0 below the last."""
+
+
+def tiered_iou_reward(iou: float, tiers: Sequence[Sequence[float]] = PAPER_TIERS) -> float:
+    """Eq. (5) by default; a single tier ``[(t, 4)]`` is the fixed-threshold ablation of Table 3."""
+    for threshold, reward in tiers:
+        if iou > threshold:
+            return float(reward)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """Every component, with the same keys for every sample (verl logs them as ``reward_extra_info``)."""
+
+    tiered: float = 0.0
+    reasoning_format: float = 0.0
+    segmentation_format: float = 0.0
+    iou: float = 0.0
+    sam_called: int = 0
+    failure: str = ""  # category: no_answer, bbox, point, label, no_image, sam_<code>; "" when scored
+    failure_detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        score = self.tiered + self.reasoning_format + self.segmentation_format
+        return {"score": score, **self.__dict__}
+
+
+def _answer_failure(parsed) -> tuple[str, str]:
+    if parsed.answer is None:
+        return "no_answer", parsed.answer_error
+    for name, field in (("bbox", parsed.bbox_2d()), ("point", parsed.point_2d()), ("label", parsed.label())):
+        if not field.ok:
+            return name, field.error
+    return "", ""
+
+
+async def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Mapping[str, Any],
+    extra_info: Mapping[str, Any] | None = None,
+    reward_server: Mapping[str, Any] | None = None,
+    tiers: Sequence[Sequence[float]] = PAPER_TIERS,
+    format_reward: float = 1.0,
+    format_penalty: float = -1.0,
+    sam_client: SamClient | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """The reward of one response, in verl's reward-loop contract (keywords from ``reward_kwargs``).
+
+    Args:
+        data_source: The row's data source (unused: one rule for every source).
+        solution_str: The decoded response.
+        ground_truth: The row's ground truth: ``mask`` (COCO RLE at 840) at least.
+        extra_info: The row's extra info; ``image`` holds the model's image (the ``sam_image`` manager adds it).
+        reward_server: The ``reward_server`` config naming the SAM2 pool (not needed when ``sam_client`` is given).
+        tiers: (IoU threshold, reward) pairs of the tiered reward.
+        format_reward: Reward of a satisfied format rule.
+        format_penalty: Reward of a violated format rule.
+        sam_client: A client to use instead of the process's pool client (tests).
+
+    Returns:
+        ``score`` and every component; never raises for bad model output.
+    """
+    parsed = parse_response(solution_str)
+    reasoning = format_reward if parsed.format_ok else format_penalty
+    failure, detail = _answer_failure(parsed)
+    if failure:
+        return RewardBreakdown(
+            reasoning_format=reasoning, segmentation_format=format_penalty, failure=failure, failure_detail=detail[:200]
+        ).as_dict()
+    image = (extra_info or {}).get("image")
+    if image is None:
+        return RewardBreakdown(
+            reasoning_format=reasoning, segmentation_format=format_reward, failure="no_image", failure_detail="no image"
+        ).as_dict()
+    prompt = Prompt(box=parsed.bbox_2d().value, points=(parsed.point_2d().value,), labels=(1,))
+    client = sam_client or get_sam_client(reward_server or {})
+    (result,) = await client.segment(image, [prompt], ground_truth=dict(ground_truth["mask"]))
+    if not result.ok:
+        logger.warning("SAM2 answered %s: %s", result.code, result.error)
+        return RewardBreakdown(
+            reasoning_format=reasoning,
+            segmentation_format=format_reward,
+            sam_called=1,
+            failure=f"sam_{result.code}",
+            failure_detail=str(result.error)[:200],
+        ).as_dict()
+    return RewardBreakdown(
+        tiered=tiered_iou_reward(result.iou, tiers),
+        reasoning_format=reasoning,
+        segmentation_format=format_reward,
+        iou=float(result.iou),
+        sam_called=1,
+    ).as_dict()

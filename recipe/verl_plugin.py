@@ -1,0 +1,11 @@
+"""Registers the project's verl extensions; loaded through the ``verl.plugins`` entry point at ``import verl``.
+
+verl imports every ``verl.plugins`` entry point in each process that imports it (the driver, the TaskRunner and
+every Ray worker), so losses, reward managers, trainers and agent loops registered here exist wherever verl looks
+them up. verl swallows plugin import errors, so ``tests/test_verl_plugin.py`` checks every registry.
+"""
+
+# Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1".
+import recipe.common.reward_manager
+import recipe.common.trainer
+import recipe.samr1.loss  # noqa: F401

@@ -1,0 +1,124 @@
+"""SAM-R1's reward against eq. (5) and section 3.3, with a fake SAM2 that returns masks of known IoU."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from recipe.samr1.reward import PAPER_TIERS, compute_score, tiered_iou_reward
+from reward_server.masks import encode_rle, mask_iou
+from reward_server.protocol import ErrorCode, SegResult
+
+GT = np.zeros((840, 840), bool)
+GT[100:300, 100:600] = True  # 100,000 pixels
+
+
+def mask_with_iou(iou: float) -> np.ndarray:
+    """GT rows dropped until exactly ``iou`` of it remains (IoU = kept / 100,000, a multiple of 1/200)."""
+    mask = np.zeros_like(GT)
+    mask[100 : 100 + round(200 * iou), 100:600] = True
+    return mask
+
+
+class FakeSam:
+    """Returns a preset mask and records the prompts it was asked."""
+
+    def __init__(self, mask: np.ndarray | None = None, failure: SegResult | None = None):
+        self.mask, self.failure, self.prompts = mask, failure, []
+
+    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
+        self.prompts += list(prompts)
+        if self.failure is not None:
+            return [self.failure]
+        return [SegResult(mask=encode_rle(self.mask), score=1.0, iou=mask_iou(self.mask, GT))]
+
+
+ANSWER = (
+    '<think>the large box</think><answer>{"bbox_2d": [100, 100, 600, 300], "point_2d": [350, 200], "label": "bar"}'
+    "</answer>"
+)
+
+
+def score(solution: str, sam: FakeSam, **kwargs) -> dict:
+    truth = {"mask": encode_rle(GT)}
+    return asyncio.run(compute_score("refcocog_train", solution, truth, {"image": b"jpeg"}, sam_client=sam, **kwargs))
+
+
+@pytest.mark.parametrize(
+    ("iou", "tier"),
+    [
+        (1.0, 4),
+        (0.805, 4),
+        (0.8, 3),
+        (0.75, 3),
+        (0.705, 3),
+        (0.7, 2),
+        (0.6, 2),
+        (0.505, 2),
+        (0.5, 0),
+        (0.2, 0),
+        (0.0, 0),
+    ],
+)
+def test_every_tier_boundary(iou, tier):
+    sam = FakeSam(mask_with_iou(iou))
+    result = score(ANSWER, sam)
+    assert result["iou"] == pytest.approx(iou, abs=1e-12)
+    assert result["tiered"] == tier == tiered_iou_reward(iou)
+    assert result["score"] == tier + 1 + 1
+    assert (result["reasoning_format"], result["segmentation_format"], result["sam_called"]) == (1, 1, 1)
+    (prompt,) = sam.prompts
+    assert prompt.box == (100.0, 100.0, 600.0, 300.0) and prompt.points == ((350.0, 200.0),) and prompt.labels == (1,)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8])
+def test_fixed_threshold_ablations(threshold):
+    for iou in (threshold, threshold + 0.005):
+        expected = 4.0 if iou > threshold else 0.0
+        assert score(ANSWER, FakeSam(mask_with_iou(iou)), tiers=[[threshold, 4]])["tiered"] == expected
+
+
+@pytest.mark.parametrize(
+    ("solution", "failure", "reasoning"),
+    [
+        ("no tags at all", "no_answer", -1),
+        ('<think>x</think><answer>{"bbox_2d": [1, 2, 3], "point_2d": [1, 1], "label": "a"}</answer>', "bbox", 1),
+        ('<think>x</think><answer>{"bbox_2d": [9, 9, 1, 1], "point_2d": [1, 1], "label": "a"}</answer>', "bbox", 1),
+        ('<think>x</think><answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [900, 1], "label": "a"}</answer>', "point", 1),
+        (
+            '<think>x</think><answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [NaN, 1], "label": "a"}</answer>',
+            "no_answer",
+            1,
+        ),
+        ('<think>x</think><answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [2, 2], "label": ""}</answer>', "label", 1),
+        ('<answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [2, 2]}</answer>', "label", -1),
+    ],
+)
+def test_malformed_answers_score_the_penalty_without_calling_sam(solution, failure, reasoning):
+    sam = FakeSam(mask_with_iou(1.0))
+    result = score(solution, sam)
+    assert sam.prompts == []
+    assert result["failure"] == failure and result["failure_detail"]
+    assert result["segmentation_format"] == -1 and result["reasoning_format"] == reasoning
+    assert result["score"] == reasoning - 1 and result["sam_called"] == 0 and result["tiered"] == 0
+
+
+def test_reasoning_format_is_independent_of_the_answer():
+    outside = ANSWER + " trailing words"
+    result = score(outside, FakeSam(mask_with_iou(0.9)))
+    assert (result["reasoning_format"], result["segmentation_format"], result["tiered"]) == (-1, 1, 4)
+
+
+def test_sam_errors_are_scored_not_raised():
+    failure = SegResult.failure(ErrorCode.UNAVAILABLE, "SAM2 pool unavailable after 6 attempts")
+    result = score(ANSWER, FakeSam(failure=failure))
+    assert result["failure"] == "sam_unavailable" and result["tiered"] == 0 and result["score"] == 2
+
+
+def test_every_result_has_the_same_keys():
+    keys = {frozenset(score(s, FakeSam(mask_with_iou(0.9)))) for s in (ANSWER, "junk", ANSWER + "x")}
+    assert len(keys) == 1
+
+
+def test_paper_tiers_are_eq5():
+    assert PAPER_TIERS == ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))
