@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward data data-veteran lock clean-venv
+.PHONY: setup test lint format bench bench-reward data data-veteran smoke train-samr1 lock clean-venv
 
 setup: $(STAMP)
 
@@ -45,6 +45,14 @@ bench: $(STAMP)
 # SAM2 reward server versus the naive predictor loop; pass flags with ARGS="--model sam2.1_hiera_l ...".
 bench-reward: $(STAMP)
 	$(BIN)/python -m bench.reward $(ARGS)
+
+# The SAM-R1 pipeline on a CPU: synthetic data, tiny models, verl's data/agent-loop/reward/GRPO code (README).
+smoke: $(STAMP)
+	$(BIN)/python -m recipe.samr1.smoke $(ARGS)
+
+# SAM-R1 training on a GPU node; Hydra overrides go in ARGS="key=value ...".
+train-samr1: $(STAMP)
+	$(BIN)/python -m recipe.samr1.main $(ARGS)
 
 # Datasets (README, "Data"): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
 # COCO_IMAGES is COCO train2014; REASONSEG_ROOT holds train/, val/, test/ (optional). Outputs go to DATA_DIR.

@@ -55,6 +55,7 @@ def test_the_config_is_the_papers_and_passes_verls_validation():
     ],
 )
 def test_ablation_presets_change_exactly_their_key(preset, key, value):
+    """Each preset maps to one row of the paper's Tables 3 and 4."""
     # Unresolved, so keys that merely interpolate the changed one (critic.loss_agg_mode) do not count as changed.
     base = OmegaConf.to_container(compose_samr1(), resolve=False)
     ablated = OmegaConf.to_container(compose_samr1(f"+ablation={preset}"), resolve=False)
@@ -130,3 +131,8 @@ def test_reward_component_metrics():
     )
     assert "reward/failure_detail/mean" not in metrics
     assert reward_component_metrics([]) == {}
+
+
+def test_grpo_baseline_combines_both_table4_changes():
+    actor = compose_samr1("+ablation=grpo_baseline").actor_rollout_ref.actor
+    assert (actor.loss_agg_mode, actor.clip_ratio_low, actor.clip_ratio_high) == ("seq-mean-token-mean", 0.2, 0.2)
