@@ -136,3 +136,18 @@ def test_reward_component_metrics():
 def test_grpo_baseline_combines_both_table4_changes():
     actor = compose_samr1("+ablation=grpo_baseline").actor_rollout_ref.actor
     assert (actor.loss_agg_mode, actor.clip_ratio_low, actor.clip_ratio_high) == ("seq-mean-token-mean", 0.2, 0.2)
+
+
+def test_cfg_job_prints_the_papers_values_where_verl_reads_them():
+    done = subprocess.run(
+        [sys.executable, "-m", "recipe.samr1.main", "--cfg", "job"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = OmegaConf.create(done.stdout)
+    actor = config.actor_rollout_ref.actor
+    assert actor.policy_loss.loss_mode == "samr1" and actor.clip_ratio_high == 0.3 and actor.clip_ratio_low == 0.2
+    assert config.actor_rollout_ref.rollout.n == 8 and config.algorithm.adv_estimator == "grpo"
