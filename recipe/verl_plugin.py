@@ -5,7 +5,9 @@ every Ray worker), so losses, reward managers, trainers and agent loops register
 them up. verl swallows plugin import errors, so ``tests/test_verl_plugin.py`` checks every registry.
 """
 
-# Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1".
+# Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1",
+# advantage estimator "grpo_batch_std".
 import recipe.common.reward_manager
 import recipe.common.trainer
-import recipe.samr1.loss  # noqa: F401
+import recipe.samr1.loss
+import recipe.veteran.advantage  # noqa: F401

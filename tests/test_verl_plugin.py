@@ -14,19 +14,21 @@ def test_registries_are_filled_inside_a_ray_worker():
         def lookup() -> dict[str, str]:
             # Only verl is imported here: the project's modules arrive through the verl.plugins entry point.
             from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
-            from verl.trainer.ppo.core_algos import get_policy_loss_fn
+            from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
             from verl.trainer.ppo.v1 import get_trainer_cls
 
             return {
                 "loss": get_policy_loss_fn("samr1").__module__,
                 "reward_manager": get_reward_manager_cls("sam_image").__module__,
                 "trainer": get_trainer_cls("sync_reward_metrics").__module__,
+                "advantage": get_adv_estimator_fn("grpo_batch_std").__module__,
             }
 
         assert ray.get(lookup.remote()) == {
             "loss": "recipe.samr1.loss",
             "reward_manager": "recipe.common.reward_manager",
             "trainer": "recipe.common.trainer",
+            "advantage": "recipe.veteran.advantage",
         }
     finally:
         ray.shutdown()
