@@ -1,0 +1,161 @@
+"""SAM-Veteran's human-like workflow (Figure 1) as a state machine with no I/O of its own.
+
+grounding box -> SAM2 mask -> green overlay -> ``pos_point`` / ``neg_point`` or (null, null) -> SAM2 refinement
+(the initial box, the previous low-res logits, the new clicks) -> ... until (null, null) or ``max_steps``.
+
+An :class:`Episode` says what to ask the policy next (:meth:`Episode.next_messages`) and what to ask SAM2 next
+(:meth:`Episode.observe_response`), and records the answers (:meth:`Episode.observe_mask`). :func:`run_episodes`
+drives many episodes in lockstep through any policy (``generate(messages batch) -> texts``) and any segmenter with
+the SAM2 client's ``segment`` signature, so verl's agent loop and the batched evaluator share the same steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.overlay import overlay_mask
+from recipe.common.prompts import build_prompt
+from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
+
+Messages = list[dict[str, Any]]
+
+
+class Policy(Protocol):
+    async def generate(self, batch: Sequence[Messages]) -> list[str]: ...
+
+
+class Segmenter(Protocol):
+    async def segment(self, image, prompts, ground_truth=None, return_logits=False) -> list[SegResult]: ...
+
+
+@dataclass
+class Step:
+    """One turn: the answer, the SAM2 prompt it led to, and SAM2's mask (with IoUs when the GT is known)."""
+
+    kind: str  # "grounding" or "refinement"
+    response: str
+    parsed: ParsedResponse
+    prompt: Prompt | None = None
+    result: SegResult | None = None
+
+    @property
+    def iou(self) -> float | None:
+        return None if self.result is None else self.result.iou
+
+
+@dataclass
+class Episode:
+    """One question on one image (RGB array, the size the model's coordinates refer to).
+
+    Args:
+        question: The referring expression or question.
+        image: The image the model sees.
+        ground_truth: COCO RLE of the target at the image's size, for IoUs per step (optional).
+        max_steps: Refinement steps at most (the paper evaluates with 3).
+        resend_points: Send every earlier click again with each refinement (default: only the new ones).
+    """
+
+    question: str
+    image: np.ndarray
+    ground_truth: dict[str, Any] | None = None
+    max_steps: int = 3
+    resend_points: bool = False
+    steps: list[Step] = field(default_factory=list)
+    termination: str | None = None
+    _pending: Step | None = None
+
+    def __post_init__(self):
+        self.image_ref = ImageRef.of(self.image)
+        self.gt_ref = None if self.ground_truth is None else GroundTruthRef.of(self.ground_truth)
+
+    @property
+    def done(self) -> bool:
+        return self.termination is not None
+
+    @property
+    def masks(self) -> list[SegResult]:
+        return [step.result for step in self.steps if step.result is not None and step.result.ok]
+
+    @property
+    def final(self) -> SegResult | None:
+        """The last mask SAM2 produced (None when grounding failed)."""
+        return self.masks[-1] if self.masks else None
+
+    def next_messages(self) -> Messages:
+        """The single-turn prompt of the next step: the image and ``Q^B`` first, then the overlay and ``Q^P``."""
+        if not self.steps:
+            image, task = Image.fromarray(self.image), "grounding"
+        else:
+            image, task = Image.fromarray(overlay_mask(self.image, self.final.mask_array())), "mask_comprehension"
+        content = [{"type": "image", "image": image}, {"type": "text", "text": build_prompt(task, self.question)}]
+        return [{"role": "user", "content": content}]
+
+    def observe_response(self, text: str) -> Prompt | None:
+        """Parses the policy's answer; returns the SAM2 prompt to run, or None when the episode ends here."""
+        height, width = self.image.shape[:2]
+        parsed = parse_response(text, image_hw=(height, width))
+        if not self.steps:
+            step = Step("grounding", text, parsed)
+            box = parsed.bbox_2d()
+            if not box.ok:
+                return self._end(step, "invalid_grounding")
+            step.prompt = Prompt(box=box.value)
+        else:
+            step = Step("refinement", text, parsed)
+            pos, neg = parsed.pos_point(), parsed.neg_point()
+            if not (pos.ok and neg.ok):
+                return self._end(step, "invalid_refinement")
+            clicks = [(point.value, label) for point, label in ((pos, 1), (neg, 0)) if point.value is not None]
+            if not clicks:
+                return self._end(step, "stop")
+            if self.resend_points:
+                earlier = [
+                    (point, label)
+                    for past in self.steps
+                    if past.kind == "refinement" and past.prompt is not None
+                    for point, label in zip(past.prompt.points, past.prompt.labels, strict=True)
+                ]
+                clicks = earlier + clicks
+            step.prompt = Prompt(
+                box=self.steps[0].prompt.box,  # the initial grounding box, at every refinement step
+                points=tuple(point for point, _ in clicks),
+                labels=tuple(label for _, label in clicks),
+                mask_input=self.final.logits,
+            )
+        self._pending = step
+        return step.prompt
+
+    def observe_mask(self, result: SegResult) -> None:
+        """Records SAM2's answer to the pending prompt and decides whether another step follows."""
+        step, self._pending = self._pending, None
+        step.result = result
+        self.steps.append(step)
+        if not result.ok:
+            self.termination = "sam_error"
+        elif sum(s.kind == "refinement" for s in self.steps) >= self.max_steps:
+            self.termination = "max_steps"
+
+    def _end(self, step: Step, reason: str) -> None:
+        self.steps.append(step)
+        self.termination = reason
+        return None
+
+
+async def run_episodes(episodes: Sequence[Episode], policy: Policy, segmenter: Segmenter) -> None:
+    """Advances all episodes in lockstep: one batched policy call and concurrent SAM2 calls per step."""
+    while active := [episode for episode in episodes if not episode.done]:
+        texts = await policy.generate([episode.next_messages() for episode in active])
+        prompts = [(episode, episode.observe_response(text)) for episode, text in zip(active, texts, strict=True)]
+        asking = [(episode, prompt) for episode, prompt in prompts if prompt is not None]
+        results = await asyncio.gather(
+            *(segmenter.segment(e.image_ref, [p], ground_truth=e.gt_ref, return_logits=True) for e, p in asking)
+        )
+        for (episode, _), (result,) in zip(asking, results, strict=True):
+            episode.observe_mask(result)

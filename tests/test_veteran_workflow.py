@@ -1,0 +1,155 @@
+"""The SAM-Veteran workflow: what the policy is shown, what SAM2 is asked, when it stops."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from recipe.common.overlay import overlay_mask
+from recipe.veteran.workflow import Episode, run_episodes
+from reward_server.config import EngineConfig
+from reward_server.engine import SamEngine
+from reward_server.masks import encode_rle, mask_iou
+from reward_server.protocol import SegRequest, SegResult
+
+IMAGE = (np.random.default_rng(0).random((840, 840, 3)) * 255).astype(np.uint8)
+GT = np.zeros((840, 840), bool)
+GT[200:600, 300:700] = True
+
+
+def answer(payload: dict) -> str:
+    return f"<think>looking</think><answer>{json.dumps(payload)}</answer>"
+
+
+class Policy:
+    """Per-episode scripts; the driver calls generate with the active episodes' messages in order."""
+
+    def __init__(self, episodes, scripts):
+        self.episodes, self.scripts, self.turn, self.shown = episodes, scripts, {}, []
+
+    async def generate(self, batch):
+        active = [e for e in self.episodes if not e.done]
+        texts = []
+        for episode, messages in zip(active, batch, strict=True):
+            self.shown.append((id(episode), messages))
+            step = self.turn.get(id(episode), 0)
+            self.turn[id(episode)] = step + 1
+            script = self.scripts[self.episodes.index(episode)]
+            texts.append(script[min(step, len(script) - 1)])
+        return texts
+
+
+class RecordingSam:
+    """A fake SAM2: the mask grows towards the GT with each call; it records every prompt."""
+
+    def __init__(self):
+        self.prompts = []
+
+    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
+        self.prompts += list(prompts)
+        rows = 400 - 100 // len(self.prompts)
+        mask = np.zeros((840, 840), bool)
+        mask[200 : 200 + rows, 300:700] = True
+        logits = np.full((256, 256), float(len(self.prompts)), np.float16)
+        return [SegResult(mask=encode_rle(mask), score=0.9, logits=logits, iou=mask_iou(mask, GT))]
+
+
+def run(episodes, scripts, sam):
+    policy = Policy(episodes, scripts)
+    asyncio.run(run_episodes(episodes, policy, sam))
+    return policy
+
+
+def test_grounding_then_refinement_then_stop():
+    episode = Episode("the square", IMAGE, encode_rle(GT))
+    sam = RecordingSam()
+    scripts = [
+        [
+            answer({"bbox_2d": [290, 190, 710, 610]}),
+            answer({"pos_point": [500, 580], "neg_point": None}),
+            answer({"pos_point": None, "neg_point": [100, 100]}),
+            answer({"pos_point": None, "neg_point": None}),
+        ]
+    ]
+    policy = run([episode], scripts, sam)
+    assert episode.termination == "stop"
+    assert [s.kind for s in episode.steps] == ["grounding", "refinement", "refinement", "refinement"]
+    first, second, third = sam.prompts
+    assert first.box == (290.0, 190.0, 710.0, 610.0) and first.points == () and first.mask_input is None
+    # Refinements: the initial box, the previous logits, only the new click.
+    assert second.box == first.box and second.points == ((500.0, 580.0),) and second.labels == (1,)
+    assert float(second.mask_input[0, 0]) == 1.0
+    assert third.points == ((100.0, 100.0),) and third.labels == (0,) and float(third.mask_input[0, 0]) == 2.0
+    ious = [step.iou for step in episode.steps if step.result is not None]
+    assert ious == sorted(ious) and episode.final.iou == ious[-1]
+    # What the policy saw: the plain image with Q^B, then the overlay of the latest mask with Q^P.
+    shown = [messages for _, messages in policy.shown]
+    assert "with bbox step by step" in shown[0][0]["content"][1]["text"]
+    assert "green segmentation mask" in shown[1][0]["content"][1]["text"]
+    expected_overlay = overlay_mask(IMAGE, episode.steps[1].result.mask_array())
+    assert np.array_equal(np.asarray(shown[2][0]["content"][0]["image"]), expected_overlay)
+
+
+def test_stops_at_max_steps_and_can_resend_points():
+    episode = Episode("the square", IMAGE, max_steps=2, resend_points=True)
+    sam = RecordingSam()
+    click = answer({"pos_point": [500, 500], "neg_point": None})
+    run([episode], [[answer({"bbox_2d": [10, 10, 400, 400]}), click]], sam)
+    assert episode.termination == "max_steps" and len(sam.prompts) == 3
+    assert sam.prompts[2].points == ((500.0, 500.0), (500.0, 500.0)) and sam.prompts[2].labels == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("scripts", "termination", "sam_calls"),
+    [
+        (["no answer"], "invalid_grounding", 0),
+        ([answer({"bbox_2d": [50, 50, 10, 10]})], "invalid_grounding", 0),
+        (
+            [answer({"bbox_2d": [10, 10, 400, 400]}), answer({"pos_point": [900, 5], "neg_point": None})],
+            "invalid_refinement",
+            1,
+        ),
+    ],
+)
+def test_invalid_answers_end_the_episode_without_calling_sam(scripts, termination, sam_calls):
+    episode = Episode("q", IMAGE)
+    sam = RecordingSam()
+    run([episode], [scripts], sam)
+    assert episode.termination == termination and len(sam.prompts) == sam_calls
+    assert (episode.final is None) == (sam_calls == 0)
+
+
+def test_episodes_advance_in_lockstep():
+    episodes = [Episode("a", IMAGE), Episode("b", IMAGE), Episode("c", IMAGE)]
+    box = answer({"bbox_2d": [10, 10, 400, 400]})
+    stop = answer({"pos_point": None, "neg_point": None})
+    click = answer({"pos_point": [100, 100], "neg_point": None})
+    policy = run(episodes, [["junk"], [box, stop], [box, click, stop]], RecordingSam())
+    assert [e.termination for e in episodes] == ["invalid_grounding", "stop", "stop"]
+    assert len(policy.shown) == 3 + 2 + 1  # one batched call per step, for the episodes still running
+
+
+class EngineSegmenter:
+    """The real SAM2 engine in-process, behind the client's segment signature."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
+        requests = [
+            SegRequest(image.key, p, ground_truth.key if ground_truth else None, return_logits) for p in prompts
+        ]
+        gts = {ground_truth.key: ground_truth.rle} if ground_truth else None
+        return self.engine.segment(requests, {image.key: image.data}, gts)
+
+
+@pytest.mark.slow
+def test_with_the_tiny_sam2_engine_logits_flow_back_as_mask_input():
+    engine = SamEngine(EngineConfig(model="sam2.1_hiera_t", allow_random_weights=True, device="cpu", image_size=256))
+    episode = Episode("the square", IMAGE, encode_rle(GT), max_steps=2)
+    click = answer({"pos_point": [500, 400], "neg_point": [250, 250]})
+    run([episode], [[answer({"bbox_2d": [300, 200, 700, 600]}), click]], EngineSegmenter(engine))
+    assert episode.termination == "max_steps" and all(step.result.ok for step in episode.steps)
+    assert episode.steps[1].prompt.mask_input.shape == (64, 64)  # SAM2 at 256 px takes 64 x 64 logits
+    assert all(0.0 <= step.iou <= 1.0 for step in episode.steps)
