@@ -122,3 +122,18 @@ def test_every_result_has_the_same_keys():
 
 def test_paper_tiers_are_eq5():
     assert PAPER_TIERS == ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))
+
+
+def test_one_client_per_pool_and_process(monkeypatch):
+    from recipe.common import sam_client
+
+    connects = []
+    monkeypatch.setattr(sam_client, "_clients", {})
+    monkeypatch.setattr(
+        sam_client.SamClient, "connect", classmethod(lambda cls, config: connects.append(config) or object())
+    )
+    mapping = {"pool": {"name": "p1", "namespace": "ns"}}
+    first = sam_client.get_sam_client(mapping)
+    assert sam_client.get_sam_client(mapping) is first and len(connects) == 1
+    assert connects[0].pool.name == "p1"  # validated into a ServerConfig on connect
+    assert sam_client.get_sam_client({"pool": {"name": "p2"}}) is not first and len(connects) == 2

@@ -10,15 +10,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from reward_server.client import SamClient
-from reward_server.config import ServerConfig, server_config
+from reward_server.config import PoolConfig, ServerConfig, server_config
 
 _clients: dict[tuple[str, str], SamClient] = {}
 
 
+def _pool_key(server: ServerConfig | Mapping[str, Any]) -> tuple[str, str]:
+    if isinstance(server, ServerConfig):
+        return server.pool.name, server.pool.namespace
+    pool = server.get("pool") or {}
+    return pool.get("name", PoolConfig.name), pool.get("namespace", PoolConfig.namespace)
+
+
 def get_sam_client(server: ServerConfig | Mapping[str, Any]) -> SamClient:
-    """The client of the pool named in ``server`` (a :class:`ServerConfig` or the ``reward_server`` mapping)."""
-    config = server if isinstance(server, ServerConfig) else server_config(server)
-    key = (config.pool.name, config.pool.namespace)
+    """The client of the pool named in ``server`` (a :class:`ServerConfig` or the ``reward_server`` mapping).
+
+    Called once per reward, so only the pool's name is read each time; the whole config is validated on connect.
+    """
+    key = _pool_key(server)
     if key not in _clients:
-        _clients[key] = SamClient.connect(config)
+        _clients[key] = SamClient.connect(server if isinstance(server, ServerConfig) else server_config(server))
     return _clients[key]
