@@ -13,6 +13,7 @@ def test_registries_are_filled_inside_a_ray_worker():
         @ray.remote
         def lookup() -> dict[str, str]:
             # Only verl is imported here: the project's modules arrive through the verl.plugins entry point.
+            from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
             from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
             from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
             from verl.trainer.ppo.v1 import get_trainer_cls
@@ -22,6 +23,7 @@ def test_registries_are_filled_inside_a_ray_worker():
                 "reward_manager": get_reward_manager_cls("sam_image").__module__,
                 "trainer": get_trainer_cls("sync_reward_metrics").__module__,
                 "advantage": get_adv_estimator_fn("grpo_batch_std").__module__,
+                "agent_loops": sorted(name for name in _agent_loop_registry if name.startswith("veteran_")),
             }
 
         assert ray.get(lookup.remote()) == {
@@ -29,6 +31,7 @@ def test_registries_are_filled_inside_a_ray_worker():
             "reward_manager": "recipe.common.reward_manager",
             "trainer": "recipe.common.trainer",
             "advantage": "recipe.veteran.advantage",
+            "agent_loops": ["veteran_auxiliary", "veteran_grounding", "veteran_mask_comprehension"],
         }
     finally:
         ray.shutdown()

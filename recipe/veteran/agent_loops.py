@@ -1,0 +1,92 @@
+"""verl agent loops of SAM-Veteran's three training tasks, chosen per row by ``agent_name``.
+
+Each is verl's single-turn loop with two additions: the refinement tasks show the image with the row's mask
+overlaid in green (SAM2's mask of the GT box for mask comprehension, the corrupted GT for the auxiliary task), and
+the reward is computed in the loop (SAM2 is called there anyway), with every component in ``reward_extra_info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from PIL import Image
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
+from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+
+from recipe.common.overlay import overlay_mask
+from recipe.common.reward_manager import first_image
+from recipe.common.sam_client import get_sam_client
+from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension
+from reward_server.masks import decode_rle
+from reward_server.protocol import ImageRef
+
+
+def with_image(messages: list[dict[str, Any]], image: Image.Image) -> list[dict[str, Any]]:
+    """The messages with their first image part replaced (the rest shared, not copied)."""
+    replaced, out = False, []
+    for message in messages:
+        content = message.get("content")
+        if not replaced and isinstance(content, list):
+            parts = []
+            for part in content:
+                if not replaced and isinstance(part, dict) and part.get("type") == "image":
+                    part, replaced = {"type": "image", "image": image}, True
+                parts.append(part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out
+
+
+class VeteranTaskLoop(SingleTurnAgentLoop):
+    """A SAM-Veteran task: the row's prompt (with an overlay for refinement tasks), one answer, its reward."""
+
+    task: ClassVar[str]
+    shows_mask: ClassVar[bool] = False
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        truth = kwargs["reward_model"]["ground_truth"]
+        image = ImageRef.of(first_image(kwargs["raw_prompt"]))
+        if self.shows_mask:
+            overlay = Image.fromarray(overlay_mask(image.data, decode_rle(truth["init_mask"])))
+            kwargs["raw_prompt"] = with_image(kwargs["raw_prompt"], overlay)
+        output = await super().run(sampling_params, **kwargs)
+        text = self.tokenizer.decode(output.response_ids, skip_special_tokens=True)
+        info = await self.score(text, truth, image)
+        output.reward_score = info["score"]
+        output.extra_fields["reward_extra_info"] = info  # V1 copies it to every output and logs it
+        return output
+
+    @property
+    def reward_config(self) -> VeteranRewardConfig:
+        return VeteranRewardConfig(**self.config.get("veteran", {}).get("reward", {}))
+
+    async def score(self, text: str, truth: dict[str, Any], image: ImageRef) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@register("veteran_grounding")
+class GroundingLoop(VeteranTaskLoop):
+    task = "grounding"
+
+    async def score(self, text, truth, image):
+        return await score_grounding(text, truth, image, get_sam_client(self.config.reward_server), self.reward_config)
+
+
+@register("veteran_mask_comprehension")
+class MaskComprehensionLoop(VeteranTaskLoop):
+    task = "mask_comprehension"
+    shows_mask = True
+
+    async def score(self, text, truth, image):
+        client = get_sam_client(self.config.reward_server)
+        return await score_mask_comprehension(text, truth, image, client, self.reward_config)
+
+
+@register("veteran_auxiliary")
+class AuxiliaryLoop(VeteranTaskLoop):
+    task = "auxiliary"
+    shows_mask = True
+
+    async def score(self, text, truth, image):
+        return score_auxiliary(text, truth, self.reward_config)

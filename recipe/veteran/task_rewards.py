@@ -1,0 +1,118 @@
+"""The total reward of each SAM-Veteran task for one response, with every component for logging.
+
+Formatting (all tasks): +1 for the tag rule, +1 for a strictly parsable answer (a valid ``bbox_2d`` for grounding,
+valid ``pos_point`` and ``neg_point``, ``null`` allowed, for the refinement tasks). A malformed answer earns only
+what formatting it has, and SAM2 is not called. IoUs are edge-excluded (training rewards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from recipe.common.answer import ParsedResponse, parse_response
+from recipe.veteran.rewards import (
+    VeteranRewardConfig,
+    auxiliary_decision_reward,
+    box_reward,
+    iou_gain_reward,
+    point_reward,
+    refinement_case_reward,
+)
+from reward_server.client import SamClient
+from reward_server.masks import decode_rle
+from reward_server.protocol import ImageRef, Prompt
+
+COMPONENTS = ("format_tags", "format_answer", "sam_iou", "box", "case", "iou_gain", "decision", "point", "sam_called")
+
+
+def _breakdown(task: str, parsed: ParsedResponse, answer_ok: bool, config: VeteranRewardConfig, **parts) -> dict:
+    """Every component (0 when not applicable), the total ``score``, the task and a failure category."""
+    info = {name: 0.0 for name in COMPONENTS}
+    info.update(format_tags=config.format_reward * parsed.format_ok, format_answer=config.format_reward * answer_ok)
+    info.update(parts)
+    score = info["format_tags"] + info["format_answer"] + config.sam_weight * info["sam_iou"]
+    score += info["box"] + info["case"] + info["decision"] + info["point"]
+    failure = "" if answer_ok else ("no_answer" if parsed.answer is None else "invalid_answer")
+    return {"score": float(score), **{k: float(v) for k, v in info.items()}, "task": task, "failure": failure}
+
+
+def _refinement_clicks(parsed: ParsedResponse) -> tuple[bool, tuple | None, tuple | None]:
+    pos, neg = parsed.pos_point(), parsed.neg_point()
+    ok = parsed.answer is not None and pos.ok and neg.ok
+    return ok, pos.value if ok else None, neg.value if ok else None
+
+
+async def score_grounding(
+    text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
+) -> dict[str, Any]:
+    """Box reward + ``R_SAM`` (SAM2's mask of the box against the GT) + formatting."""
+    parsed = parse_response(text)
+    box = parsed.bbox_2d()
+    if not box.ok:
+        return _breakdown("grounding", parsed, False, config)
+    (result,) = await sam.segment(image, [Prompt(box=box.value)], ground_truth=dict(truth["mask"]))
+    sam_iou = result.edge_iou if result.ok else 0.0
+    return _breakdown(
+        "grounding",
+        parsed,
+        True,
+        config,
+        sam_iou=sam_iou,
+        box=box_reward(box.value, truth["box"], config),
+        sam_called=1,
+    )
+
+
+async def score_mask_comprehension(
+    text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
+) -> dict[str, Any]:
+    """``R_SAM`` of the refined mask + the case/action reward of Table 2 + formatting.
+
+    The shown mask is SAM2's mask of the GT box; a refinement sends the same box, that mask's logits and the clicks.
+    """
+    parsed = parse_response(text)
+    ok, pos, neg = _refinement_clicks(parsed)
+    if not ok:
+        return _breakdown("mask_comprehension", parsed, False, config)
+    before = float(truth["init_edge_iou"])
+    after, calls = before, 0
+    if pos is not None or neg is not None:
+        gt = dict(truth["mask"])
+        (initial,) = await sam.segment(image, [Prompt(box=tuple(truth["box"]))], ground_truth=gt, return_logits=True)
+        clicks = [(point, label) for point, label in ((pos, 1), (neg, 0)) if point is not None]
+        prompt = Prompt(
+            box=tuple(truth["box"]),
+            points=tuple(p for p, _ in clicks),
+            labels=tuple(label for _, label in clicks),
+            mask_input=initial.logits,
+        )
+        calls = 1
+        if initial.ok:
+            (initial,) = await sam.segment(image, [prompt], ground_truth=gt)
+            calls = 2
+        after = initial.edge_iou if initial.ok else 0.0
+    good_enough = truth["case"] == "good_enough"
+    case = refinement_case_reward(good_enough, pos is not None, neg is not None, after - before, config)
+    gain = iou_gain_reward(after - before, config.iou_gain)
+    return _breakdown(
+        "mask_comprehension", parsed, True, config, sam_iou=after, case=case, iou_gain=gain, sam_called=calls
+    )
+
+
+def score_auxiliary(text: str, truth: Mapping[str, Any], config: VeteranRewardConfig) -> dict[str, Any]:
+    """Decision reward + point rewards (inside each error region, within ``tau_d`` of its centre) + formatting."""
+    parsed = parse_response(text)
+    ok, pos, neg = _refinement_clicks(parsed)
+    if not ok:
+        return _breakdown("auxiliary", parsed, False, config)
+    fp, fn = truth.get("false_positive"), truth.get("false_negative")
+    decision = config.decision_weight * auxiliary_decision_reward(
+        pos is not None, neg is not None, fn is not None, fp is not None
+    )
+    point = sum(
+        point_reward(click, decode_rle(region["mask"]), region["center"], config.point_radius)
+        for click, region in ((pos, fn), (neg, fp))
+        if click is not None and region is not None
+    )
+    return _breakdown("auxiliary", parsed, True, config, decision=decision, point=point)
