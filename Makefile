@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward data data-veteran smoke train-samr1 lock clean-venv
+.PHONY: setup test lint format bench bench-reward data data-veteran smoke train-samr1 train-veteran lock clean-venv
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ smoke: $(STAMP)
 # SAM-R1 training on a GPU node; Hydra overrides go in ARGS="key=value ...".
 train-samr1: $(STAMP)
 	$(BIN)/python -m recipe.samr1.main $(ARGS)
+
+# SAM-Veteran training on GPU nodes (after make data and make data-veteran); overrides in ARGS.
+train-veteran: $(STAMP)
+	$(BIN)/python -m recipe.veteran.main $(ARGS)
 
 # Datasets (README, "Data"): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
 # COCO_IMAGES is COCO train2014; REASONSEG_ROOT holds train/, val/, test/ (optional). Outputs go to DATA_DIR.
