@@ -46,9 +46,10 @@ bench: $(STAMP)
 bench-reward: $(STAMP)
 	$(BIN)/python -m bench.reward $(ARGS)
 
-# The SAM-R1 pipeline on a CPU: synthetic data, tiny models, verl's data/agent-loop/reward/GRPO code (README).
+# Both recipes on a CPU: synthetic data, tiny models, verl's data/agent-loop/reward/GRPO code (README).
 smoke: $(STAMP)
 	$(BIN)/python -m recipe.samr1.smoke $(ARGS)
+	$(BIN)/python -m recipe.veteran.smoke
 
 # SAM-R1 training on a GPU node; Hydra overrides go in ARGS="key=value ...".
 train-samr1: $(STAMP)

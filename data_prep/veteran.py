@@ -117,10 +117,11 @@ def build_mask_comprehension(
     max_per_case: int | None = None,
     thresholds: Thresholds = Thresholds(),
     batch_size: int = 64,
+    balanced: bool = True,
 ) -> Report:
-    """Writes the mask-comprehension set; see the module docstring."""
+    """Writes the mask-comprehension set; see the module docstring. ``balanced=False`` keeps every scored row."""
     scored, skipped = score_grounding_rows(engine, grounding, thresholds, batch_size)
-    chosen = balance(scored, seed, max_per_case)
+    chosen = balance(scored, seed, max_per_case) if balanced else set(scored)
     rows, position = [], 0
     for batch in iter_rows(grounding, batch_size):
         rows += [
@@ -174,7 +175,9 @@ def run_veteran(args: argparse.Namespace) -> Report:
     if args.sam_checkpoint:
         overrides["engine.checkpoint"] = args.sam_checkpoint
     engine = SamEngine(load_preset(args.sam, overrides).engine)
-    mask = build_mask_comprehension(args.grounding, args.out_mask, engine, args.seed, args.max_per_case)
+    mask = build_mask_comprehension(
+        args.grounding, args.out_mask, engine, args.seed, args.max_per_case, balanced=not args.no_balance
+    )
     auxiliary = build_auxiliary(args.grounding, args.out_aux, args.seed)
     print(mask.summary())
     return auxiliary
@@ -189,5 +192,6 @@ def add_veteran_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--sam-checkpoint", default=None, help="SAM2 checkpoint path or hub id")
     parser.add_argument("--sam-device", default="auto")
     parser.add_argument("--max-per-case", type=int, default=None, help="cap per case after balancing")
+    parser.add_argument("--no-balance", action="store_true", help="keep every scored row (inspection, smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run_veteran)

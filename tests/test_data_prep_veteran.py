@@ -60,6 +60,14 @@ def test_mask_comprehension_is_balanced_and_stores_the_sam_mask(grounding, tmp_p
     assert pq.read_table(again).to_pylist() == rows
 
 
+def test_unbalanced_mask_comprehension_keeps_every_scored_row(grounding, tmp_path):
+    report = build_mask_comprehension(
+        grounding, tmp_path / "all.parquet", ScriptedSegmenter(good_every=4), balanced=False
+    )
+    cases = [row["reward_model"]["ground_truth"]["case"] for row in pq.read_table(tmp_path / "all.parquet").to_pylist()]
+    assert report.rows == 12 and cases.count("good_enough") == 3 and cases.count("need_refinement") == 9
+
+
 def test_auxiliary_rows_hold_corruptions_and_region_centres(grounding, tmp_path):
     out = tmp_path / "aux.parquet"
     build_auxiliary(grounding, out, seed=3)

@@ -25,3 +25,20 @@ def test_samr1_smoke_run(tmp_path):
     loss, after = map(float, re.search(r"samr1 loss (-?[\d.]+) -> (-?[\d.]+)", summary).groups())
     assert loss != after  # the AdamW step moved the policy
     assert (tmp_path / "samr1_smoke.parquet").is_file() and (tmp_path / "tiny_qwen2_5_vl" / "config.json").is_file()
+
+
+def test_veteran_smoke_run(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "recipe.veteran.smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split(":")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("smoke/veteran:")}
+    for task in ("grounding", "mask_comprehension", "auxiliary"):
+        assert "tiny Qwen2.5-VL 0.00 (failure no_answer)" in lines[task]  # random weights never write the tags
+    assert "box 2.00" in lines["grounding"]  # the scripted answer is the GT box
+    assert re.search(r"scripted \d\.\d\d \(decision 2\.00", lines["auxiliary"])  # the oracle decides right
+    assert re.search(r"workflow \d steps, termination (stop|max_steps)", done.stdout)

@@ -23,45 +23,29 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from data_prep import __main__ as data_prep_cli
-from data_prep.synthetic import write_refer_dataset
 from recipe.common.logprob import pad_rows, response_log_probs
 from recipe.common.smoke_policies import OracleServer, TransformersServer
-from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+from recipe.common.smoke_setup import build_smoke_inputs, compose_recipe
 from reward_server.config import server_config
 from reward_server.pool import pool_health, shutdown_pool, start_pool
 from reward_server.ray_setup import init_ray
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
 
 def smoke_config(parquet: Path, model: Path, rollouts: int):
     """``conf/samr1.yaml`` with the smoke data, the tiny models and a pool of its own."""
-    overrides = [
-        f"data.train_files={parquet}",
-        f"actor_rollout_ref.model.path={model}",
-        f"actor_rollout_ref.rollout.n={rollouts}",
-        "data.max_response_length=96",
-        "reward_server=tiny_cpu",
-        "reward_server.pool.name=samr1_smoke",
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("samr1", overrides=overrides)
-
-
-def build_inputs(out_dir: Path, prompts: int, seed: int) -> tuple[Path, Path]:
-    """A synthetic refer dataset converted by data_prep, and the tiny Qwen2.5-VL saved with save_pretrained."""
-    # Images rotate through train, val and test; 3 per prompt leaves every prompt an image of its own to draw from.
-    refer = write_refer_dataset(out_dir / "downloads", "refcocog", num_images=3 * prompts, seed=seed)
-    parquet = out_dir / "samr1_smoke.parquet"
-    args = ["refer", "--dataset", "refcocog", "--split", "train", "--workers", "1", "--limit", str(prompts)]
-    args += ["--refer-root", str(refer.refer_root), "--image-root", str(refer.image_root), "--out", str(parquet)]
-    if data_prep_cli.main([*args, "--seed", str(seed)]) != 0:
-        raise RuntimeError("data preparation failed")
-    return parquet, build_tiny_qwen2_5_vl(out_dir / "tiny_qwen2_5_vl", seed=seed)
+    return compose_recipe(
+        "samr1",
+        [
+            f"data.train_files={parquet}",
+            f"actor_rollout_ref.model.path={model}",
+            f"actor_rollout_ref.rollout.n={rollouts}",
+            "data.max_response_length=96",
+            "reward_server=tiny_cpu",
+            "reward_server.pool.name=samr1_smoke",
+        ],
+    )
 
 
 async def rollout_and_score(config, dataset, tokenizer, processor, model, rollouts: int, seed: int) -> list[dict]:
@@ -221,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.monotonic()
     out_dir = Path(args.out).resolve()
-    parquet, model_path = build_inputs(out_dir, args.prompts, args.seed)
+    parquet, model_path = build_smoke_inputs(out_dir, "samr1", args.prompts, args.seed)
     config = smoke_config(parquet, model_path, args.rollouts)
     from transformers import AutoModelForImageTextToText
     from verl.utils import hf_processor, hf_tokenizer
