@@ -4,7 +4,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +13,7 @@ from data_prep import __main__ as data_prep_cli
 from data_prep.synthetic import write_refer_dataset
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from recipe.common.overlay import overlay_mask
+from recipe.common.smoke_setup import instantiate_agent_loop
 from recipe.veteran import agent_loops
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, edge_excluded_iou, encode_rle
@@ -78,7 +78,6 @@ def task_files(tmp_path_factory):
 
 
 def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeypatch, row_index: int = 0):
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
     from verl.utils import hf_processor, hf_tokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -97,11 +96,7 @@ def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeyp
     server = ScriptedServer(tokenizer, answer)
 
     async def run():
-        loop = hydra.utils.instantiate(
-            _agent_loop_registry[row["agent_name"]], trainer_config=DictConfigWrap(config), server_manager=server,
-            tokenizer=tokenizer, processor=processor, hf_model_type="qwen2_5_vl", dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(config.data), tools=ToolListWrap([]),
-        )  # fmt: skip
+        loop = instantiate_agent_loop(config, row["agent_name"], server, tokenizer, processor)
         return await loop.run({"temperature": 1.0}, **row)
 
     image = to_rgb(row["raw_prompt"][0]["content"][0]["bytes"])

@@ -33,3 +33,25 @@ def compose_recipe(name: str, overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(name, overrides=overrides)
+
+
+def instantiate_agent_loop(config: DictConfig, agent_name: str, server, tokenizer, processor):
+    """A verl agent loop built the way verl's agent-loop worker builds one, around any ``server`` with ``generate``.
+
+    Call it inside a running event loop: verl's loops capture it at construction.
+    """
+    import hydra
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    return hydra.utils.instantiate(
+        _agent_loop_registry[agent_name],
+        trainer_config=DictConfigWrap(config),
+        server_manager=server,
+        tokenizer=tokenizer,
+        processor=processor,
+        hf_model_type="qwen2_5_vl",
+        dataset_cls=RLHFDataset,
+        data_config=DictConfigWrap(config.data),
+        tools=ToolListWrap([]),
+    )

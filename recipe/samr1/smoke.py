@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from recipe.common.logprob import pad_rows, response_log_probs
 from recipe.common.smoke_policies import OracleServer, TransformersServer
-from recipe.common.smoke_setup import build_smoke_inputs, compose_recipe
+from recipe.common.smoke_setup import build_smoke_inputs, compose_recipe, instantiate_agent_loop
 from reward_server.config import server_config
 from reward_server.pool import pool_health, shutdown_pool, start_pool
 from reward_server.ray_setup import init_ray
@@ -50,11 +50,8 @@ def smoke_config(parquet: Path, model: Path, rollouts: int):
 
 async def rollout_and_score(config, dataset, tokenizer, processor, model, rollouts: int, seed: int) -> list[dict]:
     """Runs verl's single-turn agent loop for every rollout and scores it with verl's reward-loop manager."""
-    import hydra
     from verl import DataProto
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
     from verl.trainer.ppo.reward import load_reward_manager
-    from verl.utils.dataset.rl_dataset import RLHFDataset
 
     reward_manager = load_reward_manager(config, tokenizer)
     sampling = {"temperature": config.actor_rollout_ref.rollout.temperature, "logprobs": False}
@@ -65,17 +62,7 @@ async def rollout_and_score(config, dataset, tokenizer, processor, model, rollou
         for rollout in range(rollouts):
             box = row["reward_model"]["ground_truth"]["box"]
             server = tiny_server if rollout == 0 else OracleServer(tokenizer, box, 15.0 * (rollout - 1), seed + rollout)
-            loop = hydra.utils.instantiate(
-                _agent_loop_registry[row["agent_name"]],
-                trainer_config=DictConfigWrap(config),
-                server_manager=server,
-                tokenizer=tokenizer,
-                processor=processor,
-                hf_model_type="qwen2_5_vl",
-                dataset_cls=RLHFDataset,
-                data_config=DictConfigWrap(config.data),
-                tools=ToolListWrap([]),
-            )
+            loop = instantiate_agent_loop(config, row["agent_name"], server, tokenizer, processor)
             output = await loop.run(sampling, **row)
             prompt, response = torch.tensor([output.prompt_ids]), torch.tensor([output.response_ids])
             raw_prompt = np.empty(1, dtype=object)

@@ -20,7 +20,7 @@ import ray
 
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from recipe.common.smoke_policies import TransformersServer
-from recipe.common.smoke_setup import build_smoke_inputs, compose_recipe
+from recipe.common.smoke_setup import build_smoke_inputs, compose_recipe, instantiate_agent_loop
 from recipe.veteran.workflow import Episode, run_episodes
 from reward_server.client import SamClient
 from reward_server.config import load_preset, server_config
@@ -68,8 +68,6 @@ class ScriptedServer:
 
 
 async def run_task_episodes(config, files: dict[str, Path], tokenizer, processor, model) -> list[tuple[str, str, dict]]:
-    import hydra
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     results = []
@@ -80,17 +78,7 @@ async def run_task_episodes(config, files: dict[str, Path], tokenizer, processor
             ("tiny", TransformersServer(model, processor, max_new_tokens=32)),
             ("scripted", ScriptedServer(tokenizer, scripted_answer(task, truth))),
         ):
-            loop = hydra.utils.instantiate(
-                _agent_loop_registry[row["agent_name"]],
-                trainer_config=DictConfigWrap(config),
-                server_manager=server,
-                tokenizer=tokenizer,
-                processor=processor,
-                hf_model_type="qwen2_5_vl",
-                dataset_cls=RLHFDataset,
-                data_config=DictConfigWrap(config.data),
-                tools=ToolListWrap([]),
-            )
+            loop = instantiate_agent_loop(config, row["agent_name"], server, tokenizer, processor)
             output = await loop.run({"temperature": 1.0}, **dict(row))
             results.append((task, policy, output.extra_fields["reward_extra_info"]))
     return results
