@@ -15,6 +15,7 @@ from data_prep import __main__ as cli
 from data_prep import rows as rows_module
 from data_prep.corruption import corrupt_mask
 from data_prep.safe_pickle import UnsafePickleError, load_plain_pickle
+from data_prep.schema import label_mask
 from data_prep.synthetic import write_reasonseg_split, write_refer_dataset
 from reward_server.masks import MODEL_SIZE, decode_rle, mask_to_box, original_to_model, resize_mask
 
@@ -107,6 +108,9 @@ def test_reasonseg_ignore_pixels_are_255_and_flags_are_dropped(tmp_path):
         # The smaller ignore polygon is painted over the larger target, as LISA sorts by area.
         assert np.array_equal(decode_rle(truth["orig_ignore"]), ignore.astype(bool))
         assert np.array_equal(decode_rle(truth["orig_mask"]), target.astype(bool) & ~ignore.astype(bool))
+        labels = label_mask(truth)  # the evaluation form: 255 on ignored pixels
+        assert set(np.unique(labels)) == {0, 1, 255} and np.array_equal(labels == 255, ignore.astype(bool))
+        assert np.array_equal(label_mask(truth, original=False), resize_mask(labels, (MODEL_SIZE, MODEL_SIZE)))
         assert row["extra_info"]["question"].startswith("What would you use")
 
 

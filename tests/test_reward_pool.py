@@ -18,7 +18,7 @@ from reward_server.config import ServerConfig, server_config
 from reward_server.engine import SamEngine
 from reward_server.masks import encode_rle, mask_iou
 from reward_server.pool import actor_name, connect_pool, pool_health, shutdown_pool, start_pool
-from reward_server.protocol import ErrorCode, ImageRef, Prompt, SegRequest
+from reward_server.protocol import ErrorCode, ImageRef, Prompt, SegRequest, SegResult
 
 pytestmark = pytest.mark.slow
 
@@ -236,3 +236,33 @@ def test_load_preset_matches_hydra_composition(preset):
     assert overridden == compose_server(
         preset, "reward_server.engine.checkpoint=/ckpt.pt", "reward_server.pool.num_actors=4"
     )
+
+
+def test_client_bounds_its_calls_in_flight():
+    """Backpressure: with max_in_flight=2, a burst of calls never has more than 2 outstanding at an actor."""
+    from reward_server.config import ClientConfig
+
+    class SlowActor:
+        def __init__(self):
+            self.outstanding = self.peak = 0
+            self.segment = self  # the client calls actor.segment.remote(...)
+
+        def remote(self, requests, images=None, ground_truths=None):
+            return self._answer(requests)
+
+        async def _answer(self, requests):
+            self.outstanding += 1
+            self.peak = max(self.peak, self.outstanding)
+            await asyncio.sleep(0.05)
+            self.outstanding -= 1
+            return [SegResult(mask=encode_rle(np.zeros((4, 4), bool)), score=1.0) for _ in requests]
+
+    actor = SlowActor()
+    client = SamClient([actor], ClientConfig(max_in_flight=2))
+    images = [np.full((4, 4, 3), i, np.uint8) for i in range(7)]
+
+    async def burst():
+        return await asyncio.gather(*(client.segment(image, [Prompt(box=(0, 0, 2, 2))]) for image in images))
+
+    results = run(burst())
+    assert all(r[0].ok for r in results) and actor.peak == 2
