@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from recipe.veteran.dynamic_sampling import DynamicSamplingConfig
 from recipe.veteran.rewards import PAPER, VeteranRewardConfig
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,9 @@ def test_paper_values_land_where_verl_reads_them():
     files = list(config.data.train_files)
     assert (files.count(GROUNDING), files.count(MASK), files.count("data/veteran/auxiliary.parquet")) == (1, 5, 1)
     assert VeteranRewardConfig(**config.veteran.reward) == PAPER
+    sampling = DynamicSamplingConfig(**config.veteran.dynamic_sampling)
+    assert sampling == DynamicSamplingConfig() and (sampling.stop_iter, sampling.box_iou_threshold) == (300, 0.8)
+    assert config.actor_rollout_ref.rollout.agent.agent_loop_manager_class.endswith("DynamicSamplingManager")
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
 
 
@@ -64,6 +68,7 @@ PRESETS = {
     "box_iou_soft": ("veteran.reward.box_iou_threshold", None),
     "rollouts_4": ("actor_rollout_ref.rollout.n", 4),
     "rollouts_16": ("actor_rollout_ref.rollout.n", 16),
+    "no_dynamic_sampling": ("veteran.dynamic_sampling.enable", False),
 }
 
 

@@ -1,0 +1,142 @@
+"""Dynamic sampling in verl's V1 worker: only the selected rollouts reach the replay buffer (and so the loss).
+
+Runs the worker in-process against a real TransferQueue on CPU, with a scripted agent loop whose reward is its
+session number, so the batch verl's ReplayBuffer samples shows exactly which generated rollouts were kept.
+"""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import ray
+from omegaconf import open_dict
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+
+from recipe.common.smoke_setup import compose_recipe
+
+pytestmark = pytest.mark.slow
+
+SCRIPT: dict[int, str] = {}
+
+
+def answer(payload: dict) -> str:
+    return f"<think>t</think><answer>{json.dumps(payload)}</answer>"
+
+
+@register("ds_scripted_box")
+@register("ds_scripted_point")
+class Scripted(AgentLoopBase):
+    """Answers session ``s`` with ``SCRIPT[s]``; its reward is ``s``, so kept rollouts can be told apart."""
+
+    async def run(self, sampling_params, **kwargs):
+        session = kwargs["session_id"]
+        await asyncio.sleep(0.01 * ((7 * session) % 5))  # sessions finish out of order
+        ids = self.tokenizer.encode(SCRIPT[session], add_special_tokens=False)
+        return AgentLoopOutput(
+            prompt_ids=[1, 2, 3],
+            response_ids=ids,
+            response_mask=[1] * len(ids),
+            reward_score=float(session),
+            metrics=AgentLoopMetrics(),
+            extra_fields={"reward_extra_info": {"score": float(session)}},
+        )
+
+
+@pytest.fixture(scope="module")
+def worker_and_queue(tiny_qwen_path):
+    import transfer_queue as tq
+
+    from recipe.veteran.dynamic_sampling import DynamicSamplingWorker
+
+    config = compose_recipe(
+        "veteran",
+        [
+            f"actor_rollout_ref.model.path={tiny_qwen_path}",
+            "actor_rollout_ref.rollout.n=4",
+            "actor_rollout_ref.rollout.prompt_length=64",
+            "actor_rollout_ref.rollout.response_length=64",
+        ],
+    )
+    with open_dict(config):
+        config.veteran.dynamic_sampling.tasks = {"ds_scripted_box": "box", "ds_scripted_point": "point"}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    tq.init({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}})
+    yield DynamicSamplingWorker(config, llm_client=None), tq
+    tq.close()
+    ray.shutdown()
+
+
+def run_group(worker_and_queue, uid: str, agent: str, step: int, script: dict[int, str]) -> tuple[list[float], list]:
+    """Generates one prompt's group; returns the kept rollouts' session numbers and their reward_extra_info."""
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+    from verl.utils import tensordict_utils
+
+    worker, tq = worker_and_queue
+    SCRIPT.clear()
+    SCRIPT.update(script)
+    tq.kv_batch_put(
+        keys=[uid], partition_id="train", tags=[{"is_prompt": True, "status": "pending", "global_steps": step}]
+    )
+    batch = tensordict_utils.get_tensordict(
+        {
+            "uid": np.array([uid], dtype=object),
+            "agent_name": np.array([agent], dtype=object),
+            "index": np.array([0], dtype=object),
+            "raw_prompt": np.array([[{"role": "user", "content": "x"}]], dtype=object),
+        }
+    )
+    tensordict_utils.assign_non_tensor_data(batch, "global_steps", step)
+
+    async def generate():
+        await worker.generate_sequences(batch)
+        while worker.background_tasks:
+            await asyncio.sleep(0.05)
+
+    asyncio.run(generate())
+    meta, _ = ReplayBuffer("sync", {}, None, "drop", {}, poll_interval=0.05).sample(step, "train", 1)
+    data = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["rm_scores", "extra_fields"])
+    kept = sorted(float(scores.sum()) for scores in data["rm_scores"].unbind(0))
+    infos = [fields["reward_extra_info"] for fields in list(data["extra_fields"])]
+    tq.kv_clear(keys=meta.keys, partition_id="train")
+    assert tq.kv_list("train") in ({}, {"train": {}}) or not any(tq.kv_list("train").values())
+    return kept, infos
+
+
+BOXES = [[0, 0, 100, 100], [200, 200, 300, 300], [400, 400, 500, 500], [600, 600, 700, 700]]
+
+
+def test_distinct_boxes_complete_the_group_in_one_batch(worker_and_queue):
+    kept, infos = run_group(
+        worker_and_queue, "a", "ds_scripted_box", 1, {i: answer({"bbox_2d": b}) for i, b in enumerate(BOXES)}
+    )
+    assert kept == [0, 1, 2, 3] and {i["ds_generated"] for i in infos} == {4.0}
+
+
+def test_duplicates_are_dropped_and_the_group_is_filled_from_a_fresh_batch(worker_and_queue):
+    same = {i: answer({"bbox_2d": [10, 10, 50, 50]}) for i in range(12)}
+    kept, infos = run_group(worker_and_queue, "b", "ds_scripted_box", 2, same)
+    # Batch 0 keeps one box, batch 1 only duplicates; the fresh batch generates just the 3 missing rollouts.
+    assert kept == [0, 8, 9, 10] and {(i["ds_attempts"], i["ds_generated"]) for i in infos} == {(3.0, 11.0)}
+
+
+def test_malformed_rollouts_within_the_error_budget_are_kept(worker_and_queue):
+    script = {0: "junk", 1: "junk", 2: "junk", 3: answer({"bbox_2d": BOXES[0]}), 4: answer({"bbox_2d": BOXES[0]}),
+              5: answer({"bbox_2d": BOXES[1]}), 6: "junk", 7: answer({"bbox_2d": BOXES[2]})}  # fmt: skip
+    kept, _ = run_group(worker_and_queue, "c", "ds_scripted_box", 3, script)
+    assert kept == [0, 1, 3, 5]  # 2 malformed (the budget), then distinct boxes in arrival order
+
+
+def test_point_quotas(worker_and_queue):
+    stop = answer({"pos_point": None, "neg_point": None})
+    pos = answer({"pos_point": [10, 10], "neg_point": None})
+    both = answer({"pos_point": [10, 10], "neg_point": [20, 20]})
+    script = {0: stop, 1: stop, 2: pos, 3: stop, 4: both, 5: pos, 6: both, 7: "junk"}
+    kept, _ = run_group(worker_and_queue, "p", "ds_scripted_point", 4, script)
+    assert kept == [0, 2, 4, 5]  # terminate 1, positive 2, both 1 fill R = 4
+
+
+def test_switches_off_after_stop_iter(worker_and_queue):
+    same = {i: answer({"bbox_2d": [10, 10, 50, 50]}) for i in range(12)}
+    kept, infos = run_group(worker_and_queue, "d", "ds_scripted_box", 301, same)
+    assert kept == [0, 1, 2, 3] and all("ds_generated" not in info for info in infos)  # verl's plain path
