@@ -33,7 +33,11 @@ from reward_server.masks import decode_rle, encode_rle, region_center
 from reward_server.protocol import ImageRef, Prompt, SegRequest, content_key
 
 GOOD_ENOUGH, NEED_REFINEMENT = "good_enough", "need_refinement"
-TASK_AGENTS = {"mask_comprehension": "veteran_mask_comprehension", "auxiliary": "veteran_auxiliary"}
+TASK_AGENTS = {
+    "mask_comprehension": "veteran_mask_comprehension",
+    "auxiliary": "veteran_auxiliary",
+    "workflow": "veteran_workflow",
+}
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,20 @@ def build_auxiliary(grounding: str | Path, out: str | Path, seed: int = 0) -> Re
     return report
 
 
+def build_workflow(grounding: str | Path, out: str | Path) -> Report:
+    """Writes the grounding rows for the on-policy multi-turn workflow loop (same prompt, agent ``veteran_workflow``)."""
+    rows = []
+    for batch in iter_rows(grounding):
+        for row in batch:
+            workflow = copy.deepcopy(row)
+            workflow["agent_name"] = TASK_AGENTS["workflow"]
+            workflow["extra_info"]["task"] = "workflow"
+            rows.append(workflow)
+    report = Report(str(out), rows=len(rows))
+    _write(rows, report)
+    return report
+
+
 def _write(rows: list[dict[str, Any]], report: Report) -> None:
     atomic_write_table(pa.Table.from_pylist(rows, schema=ROW), Path(report.output))
     report.save()
@@ -179,6 +197,8 @@ def run_veteran(args: argparse.Namespace) -> Report:
         args.grounding, args.out_mask, engine, args.seed, args.max_per_case, balanced=not args.no_balance
     )
     auxiliary = build_auxiliary(args.grounding, args.out_aux, args.seed)
+    if args.out_workflow:
+        print(build_workflow(args.grounding, args.out_workflow).summary())
     print(mask.summary())
     return auxiliary
 
@@ -188,6 +208,7 @@ def add_veteran_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--grounding", required=True, help="grounding rows (refer ... --recipe veteran)")
     parser.add_argument("--out-mask", required=True, help="mask-comprehension parquet")
     parser.add_argument("--out-aux", required=True, help="auxiliary parquet")
+    parser.add_argument("--out-workflow", default=None, help="also write rows for the multi-turn workflow loop")
     parser.add_argument("--sam", default="large", help="reward_server preset (large, tiny_cpu)")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM2 checkpoint path or hub id")
     parser.add_argument("--sam-device", default="auto")

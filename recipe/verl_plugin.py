@@ -7,9 +7,10 @@ them up. verl swallows plugin import errors, so ``tests/test_verl_plugin.py`` ch
 
 # Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1",
 # advantage estimator "grpo_batch_std", agent loops "veteran_grounding", "veteran_mask_comprehension" and
-# "veteran_auxiliary".
+# "veteran_auxiliary" and "veteran_workflow".
 import recipe.common.reward_manager
 import recipe.common.trainer
 import recipe.samr1.loss
 import recipe.veteran.advantage
-import recipe.veteran.agent_loops  # noqa: F401
+import recipe.veteran.agent_loops
+import recipe.veteran.workflow_loop  # noqa: F401

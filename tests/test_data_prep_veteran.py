@@ -101,3 +101,12 @@ def test_task_files_concatenate_as_verl_loads_them(grounding, tmp_path):
     merged = datasets.concatenate_datasets(parts)
     assert len(merged) == sum(len(part) for part in parts)
     assert {row["extra_info"]["task"] for row in merged} == {"grounding", "mask_comprehension", "auxiliary"}
+
+
+def test_workflow_rows_are_grounding_rows_for_the_workflow_loop(grounding, tmp_path):
+    from data_prep.veteran import build_workflow
+
+    build_workflow(grounding, tmp_path / "workflow.parquet")
+    rows, source = pq.read_table(tmp_path / "workflow.parquet").to_pylist(), pq.read_table(grounding).to_pylist()
+    assert [r["agent_name"] for r in rows] == ["veteran_workflow"] * len(source)
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in source]

@@ -31,7 +31,12 @@ def test_registries_are_filled_inside_a_ray_worker():
             "reward_manager": "recipe.common.reward_manager",
             "trainer": "recipe.common.trainer",
             "advantage": "recipe.veteran.advantage",
-            "agent_loops": ["veteran_auxiliary", "veteran_grounding", "veteran_mask_comprehension"],
+            "agent_loops": [
+                "veteran_auxiliary",
+                "veteran_grounding",
+                "veteran_mask_comprehension",
+                "veteran_workflow",
+            ],
         }
     finally:
         ray.shutdown()

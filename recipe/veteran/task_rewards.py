@@ -116,3 +116,46 @@ def score_auxiliary(text: str, truth: Mapping[str, Any], config: VeteranRewardCo
         if click is not None and region is not None
     )
     return _breakdown("auxiliary", parsed, True, config, decision=decision, point=point)
+
+
+def score_workflow(steps: list, truth: Mapping[str, Any], termination: str, config: VeteranRewardConfig) -> dict:
+    """An on-policy workflow episode: the mean over its turns of each turn's task reward (our choice; the paper
+    trains the single-turn tasks). Grounding turns score format + box + ``R_SAM``; refinement turns score format
+    + ``R_SAM`` of the refined mask + Table 2, the mask they were shown being Good Enough when its edge-excluded IoU
+    is 1.
+
+    Args:
+        steps: The episode's :class:`recipe.veteran.workflow.Step` records.
+        truth: The row's ground truth (``box`` at least).
+        termination: The episode's termination reason.
+        config: Reward knobs.
+    """
+    turns, before = [], 0.0
+    for step in steps:
+        tags = config.format_reward * step.parsed.format_ok
+        if step.kind == "grounding":
+            box = step.parsed.bbox_2d()
+            if not box.ok:
+                turns.append(tags)
+                continue
+            before = step.result.edge_iou if step.result is not None and step.result.ok else 0.0
+            turns.append(
+                tags + config.format_reward + box_reward(box.value, truth["box"], config) + config.sam_weight * before
+            )
+            continue
+        ok, pos, neg = _refinement_clicks(step.parsed)
+        if not ok:
+            turns.append(tags)
+            continue
+        after = before if step.result is None else (step.result.edge_iou if step.result.ok else 0.0)
+        case = refinement_case_reward(before >= 1.0, pos is not None, neg is not None, after - before, config)
+        turns.append(tags + config.format_reward + config.sam_weight * after + case)
+        before = after
+    return {
+        "score": float(sum(turns) / len(turns)) if turns else 0.0,
+        "turns": float(len(turns)),
+        "final_edge_iou": float(before),
+        "stopped": float(termination == "stop"),
+        "task": "workflow",
+        "failure": "" if termination in ("stop", "max_steps") else termination,
+    }

@@ -1,0 +1,90 @@
+"""``veteran_workflow``: the whole box -> mask -> clicks workflow as one on-policy training trajectory.
+
+The grounding answer and every refinement answer are model tokens (loss mask 1); each overlay turn SAM2 produces
+is appended as a user message with the new image through verl's continuous-token merge (loss mask 0). Each turn may
+generate at most the response budget left, and a turn that would not fit ends the episode. The steps themselves
+are :class:`recipe.veteran.workflow.Episode`'s, shared with evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+
+from recipe.common.reward_manager import first_image
+from recipe.common.sam_client import get_sam_client
+from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.veteran.task_rewards import score_workflow
+from recipe.veteran.workflow import Episode
+from reward_server.images import to_rgb
+from reward_server.protocol import ImageRef
+
+
+@register("veteran_workflow")
+class WorkflowLoop(AgentLoopBase):
+    """The multi-turn workflow on-policy; ``veteran.workflow.max_steps`` refinement turns at most."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.response_length = self.rollout_config.response_length
+        self.max_steps = self.config.get("veteran", {}).get("workflow", {}).get("max_steps", 3)
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        truth = kwargs["reward_model"]["ground_truth"]
+        messages = list(kwargs["raw_prompt"])
+        image = ImageRef.of(first_image(messages))
+        # The SAM2 cache keys on the row's image bytes (image); the episode draws overlays on the decoded pixels.
+        question = kwargs["extra_info"]["question"]
+        episode = Episode(question, to_rgb(image.data), dict(truth["mask"]), max_steps=self.max_steps)
+        images = list((await self.process_multi_modal_info(messages)).get("images") or [])
+        runtime_ids = await self.ct_build_initial_tokens(messages, images=images)
+        response_mask: list[int] = []
+        sam = get_sam_client(self.config.reward_server)
+        while not episode.done:
+            budget = self.response_length - len(response_mask)
+            if budget <= 0:
+                episode.termination = "length"
+                break
+            output = await self.server_manager.generate(
+                request_id=uuid4().hex,
+                prompt_ids=runtime_ids,
+                sampling_params={**sampling_params, "max_tokens": budget},
+                image_data=images,
+            )
+            merged, response_mask, _ = await self.ct_merge_assistant_token(runtime_ids, output.token_ids, response_mask)
+            runtime_ids = merged.token_ids
+            text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+            sam_prompt = episode.observe_response(text)
+            if sam_prompt is None:
+                break
+            (result,) = await sam.segment(image, [sam_prompt], ground_truth=episode.gt_ref, return_logits=True)
+            episode.observe_mask(result)
+            if episode.done:
+                break
+            answered = [*messages, {"role": "assistant", "content": text}]
+            turn = episode.next_messages()
+            merged, merged_mask, _ = await self.ct_merge_context_msg(
+                answered, answered + turn, runtime_ids, response_mask
+            )
+            if len(merged_mask) >= self.response_length:  # never cut an image's placeholder run
+                episode.termination = "length"
+                break
+            messages, runtime_ids, response_mask = answered + turn, merged.token_ids, merged_mask
+            images.append(turn[0]["content"][0]["image"])
+        info = score_workflow(episode.steps, truth, episode.termination or "length", self.reward_config)
+        return AgentLoopOutput(
+            prompt_ids=runtime_ids[: len(runtime_ids) - len(response_mask)],
+            response_ids=runtime_ids[len(runtime_ids) - len(response_mask) :],
+            response_mask=response_mask,
+            multi_modal_data={"images": images},
+            reward_score=info["score"],
+            num_turns=2 * len(episode.steps),
+            metrics=AgentLoopMetrics(),
+            extra_fields={"reward_extra_info": info},
+        )
+
+    @property
+    def reward_config(self) -> VeteranRewardConfig:
+        return VeteranRewardConfig(**self.config.get("veteran", {}).get("reward", {}))
