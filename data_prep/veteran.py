@@ -170,7 +170,7 @@ def build_auxiliary(grounding: str | Path, out: str | Path, seed: int = 0) -> Re
 
 
 def build_workflow(grounding: str | Path, out: str | Path) -> Report:
-    """Writes the grounding rows for the on-policy multi-turn workflow loop (same prompt, agent ``veteran_workflow``)."""
+    """Writes grounding rows for the on-policy multi-turn workflow loop (same prompt, agent ``veteran_workflow``)."""
     rows = []
     for batch in iter_rows(grounding):
         for row in batch:
