@@ -259,3 +259,19 @@ def test_missing_answer_has_a_reason(text):
     assume("<answer>" not in text and "</answer>" not in text)
     parsed = parse_response(text)
     assert parsed.answer is None and parsed.answer_error == "no <answer>...</answer> block"
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('<answer>{"bbox_2d": [1, 2, 3, 4]}</answer>', True),
+        (' \n<answer>{"bbox_2d": [1, 2, 3, 4]}</answer>\n', True),
+        ('<think>x</think><answer>{"bbox_2d": [1, 2, 3, 4]}</answer>', False),
+        ('so: <answer>{"bbox_2d": [1, 2, 3, 4]}</answer>', False),
+        ("<answer>{}</answer><answer>{}</answer>", False),
+    ],
+)
+def test_answer_only_tag_rule_for_the_no_cot_ablation(text, ok):
+    parsed = parse_response(text, reasoning=False)
+    assert parsed.format_ok == ok
+    assert parse_response(text).format_ok == text.startswith("<think>")  # the default rule is unchanged

@@ -68,3 +68,14 @@ def test_the_example_answers_in_the_prompts_are_rejected_placeholders():
     example = GROUNDING_PROMPT[GROUNDING_PROMPT.index("<think> thinking") :]
     parsed = parse_response(example)
     assert parsed.format_ok and parsed.answer is None
+
+
+def test_answer_only_prompts_for_the_no_cot_ablation():
+    from recipe.common.prompts import ANSWER_ONLY_PROMPTS
+
+    for task in ("grounding", "mask_comprehension", "auxiliary"):
+        prompt = build_prompt(task, "the cup", reasoning=False)
+        assert "<think>" not in prompt and "<answer>" in prompt and '"the cup"' in prompt
+        assert prompt == ANSWER_ONLY_PROMPTS[task].replace("{Question}", "the cup")
+    with pytest.raises(KeyError):
+        build_prompt("samr1", "x", reasoning=False)

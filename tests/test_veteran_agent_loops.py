@@ -77,7 +77,7 @@ def task_files(tmp_path_factory):
     return {"grounding": grounding, "mask": root / "mask.parquet", "aux": root / "aux.parquet"}
 
 
-def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeypatch, row_index: int = 0):
+def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeypatch, row_index: int = 0, reward=None):
     from verl.utils import hf_processor, hf_tokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -87,7 +87,7 @@ def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeyp
             "actor_rollout_ref": {"rollout": {"prompt_length": 1300, "response_length": 256}},
             "data": {"filter_overlong_prompts": False},
             "reward_server": {"pool": {"name": "unused"}},
-            "veteran": {"reward": {}},
+            "veteran": {"reward": reward or {}},
         }
     )
     dataset = RLHFDataset(str(path), tokenizer, config.data, processor=processor)
@@ -168,3 +168,15 @@ def test_auxiliary_loop_rewards_decisions_and_points_without_sam(task_files, tin
     info = output.extra_fields["reward_extra_info"]
     assert (info["decision"], info["point"], sam.prompts) == (2.0, 4.0, [])
     assert output.reward_score == pytest.approx(1 + 1 + 2 + 4)
+
+
+def test_no_cot_ablation_swaps_in_the_answer_only_prompt_and_rule(task_files, tiny_qwen_path, monkeypatch):
+    from verl.utils import hf_tokenizer
+
+    click = '<answer>{"pos_point": null, "neg_point": null}</answer>'
+    output, server, _, _ = run_loop(
+        task_files["mask"], tiny_qwen_path, click, FakeSam(0.9), monkeypatch, reward={"mask_cot": False}
+    )
+    shown = hf_tokenizer(tiny_qwen_path).decode(server.seen["prompt_ids"])
+    assert "without any reasoning" in shown and "<think>" not in shown
+    assert output.extra_fields["reward_extra_info"]["format_tags"] == 1  # answer-only responses meet the rule

@@ -53,35 +53,37 @@ def test_paper_values_land_where_verl_reads_them():
 
 
 PRESETS = {
-    "tasks_tg": ("data.train_files", [GROUNDING]),
-    "tasks_tg_mc": ("data.train_files", [GROUNDING] + [MASK] * 5),
-    "no_sam_reward": ("veteran.reward.sam_weight", 0.0),
-    "no_decision_reward": ("veteran.reward.decision_weight", 0.0),
-    "no_iou_gain": ("veteran.reward.iou_gain", "off"),
-    "hard_iou_gain": ("veteran.reward.iou_gain", "hard"),
-    "linear_iou_gain": ("veteran.reward.iou_gain", "linear"),
-    "no_encourage": ("veteran.reward.encourage", 0.0),
-    "tau_d_10": ("veteran.reward.point_radius", 10.0),
-    "tau_d_30": ("veteran.reward.point_radius", 30.0),
-    "box_iou_0.3": ("veteran.reward.box_iou_threshold", 0.3),
-    "box_iou_0.7": ("veteran.reward.box_iou_threshold", 0.7),
-    "box_iou_soft": ("veteran.reward.box_iou_threshold", None),
-    "rollouts_4": ("actor_rollout_ref.rollout.n", 4),
-    "rollouts_16": ("actor_rollout_ref.rollout.n", 16),
-    "no_dynamic_sampling": ("veteran.dynamic_sampling.enable", False),
+    "tasks_tg": {"data.train_files": [GROUNDING]},
+    "tasks_tg_mc": {"data.train_files": [GROUNDING] + [MASK] * 5},
+    "no_sam_reward": {"veteran.reward.sam_weight": 0.0},
+    "no_decision_reward": {"veteran.reward.decision_weight": 0.0},
+    "no_iou_gain": {"veteran.reward.iou_gain": "off"},
+    "hard_iou_gain": {"veteran.reward.iou_gain": "hard"},
+    "linear_iou_gain": {"veteran.reward.iou_gain": "linear"},
+    "no_encourage": {"veteran.reward.encourage": 0.0},
+    "tau_d_10": {"veteran.reward.point_radius": 10.0},
+    "tau_d_30": {"veteran.reward.point_radius": 30.0},
+    "box_iou_0.3": {"veteran.reward.box_iou_threshold": 0.3},
+    "box_iou_0.7": {"veteran.reward.box_iou_threshold": 0.7},
+    "box_iou_soft": {"veteran.reward.box_iou_threshold": None},
+    "rollouts_4": {"actor_rollout_ref.rollout.n": 4},
+    "rollouts_16": {"actor_rollout_ref.rollout.n": 16},
+    "no_dynamic_sampling": {"veteran.dynamic_sampling.enable": False},
+    "no_cot": {"veteran.reward.grounding_cot": False, "veteran.reward.mask_cot": False},
+    "no_mask_cot": {"veteran.reward.mask_cot": False},
 }
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_changes_what_it_should(preset):
-    key, value = PRESETS[preset]
+    expected = PRESETS[preset]
     base = flatten(OmegaConf.to_container(compose_veteran(), resolve=False))
     ablated_config = compose_veteran(f"+veteran_ablation={preset}")
     ablated = flatten(OmegaConf.to_container(ablated_config, resolve=False))
     changed = {k for k in set(base) | set(ablated) if base.get(k) != ablated.get(k) and not k.startswith("hydra")}
     # A list-valued key flattens to itself; the whole list is the one value that changes.
-    assert changed == {key}
-    assert ablated[key] == value
+    assert changed == set(expected)
+    assert {key: ablated[key] for key in expected} == expected
     VeteranRewardConfig(**ablated_config.veteran.reward)  # still a valid reward config
 
 

@@ -89,8 +89,17 @@ def _strip_fence(text: str) -> str:
     return text
 
 
-def _tag_rule_error(text: str) -> str | None:
-    """Why ``text`` is not exactly ``<think>...</think>`` then ``<answer>...</answer>``, or None when it is."""
+def _tag_rule_error(text: str, reasoning: bool = True) -> str | None:
+    """Why ``text`` is not exactly ``<think>...</think>`` then ``<answer>...</answer>`` (or, without ``reasoning``,
+    exactly one ``<answer>...</answer>`` and no think tags), or None when it is."""
+    if not reasoning:
+        for tag, expected in ((THINK_OPEN, 0), (THINK_CLOSE, 0), (ANSWER_OPEN, 1), (ANSWER_CLOSE, 1)):
+            if (count := text.count(tag)) != expected:
+                return f"{tag} appears {count} times, expected {expected} (answer-only format)"
+        start, end = text.index(ANSWER_OPEN), text.index(ANSWER_CLOSE)
+        if end < start or text[:start].strip() or text[end + len(ANSWER_CLOSE) :].strip():
+            return "text outside the <answer> block (answer-only format)"
+        return None
     for tag in _TAGS:
         count = text.count(tag)
         if count != 1:
@@ -191,12 +200,14 @@ class ParsedResponse:
 _MISSING = object()
 
 
-def parse_response(text: Any, image_hw: tuple[int, int] = _DEFAULT_HW) -> ParsedResponse:
+def parse_response(text: Any, image_hw: tuple[int, int] = _DEFAULT_HW, reasoning: bool = True) -> ParsedResponse:
     """Parses a model response; never raises.
 
     Args:
         text: The decoded response (anything else yields a failed parse).
         image_hw: ``(H, W)`` of the image that the answer's coordinates refer to.
+        reasoning: The tag rule asks for ``<think>`` before ``<answer>``; False is the answer-only format of the
+            no-chain-of-thought ablation.
 
     Returns:
         The tag-rule verdict and the answer object, each with the reason when it fails.
@@ -204,7 +215,7 @@ def parse_response(text: Any, image_hw: tuple[int, int] = _DEFAULT_HW) -> Parsed
     if not isinstance(text, str):
         reason = f"response is {type(text).__name__}, not text"
         return ParsedResponse(False, reason, None, reason, image_hw)
-    format_error = _tag_rule_error(text)
+    format_error = _tag_rule_error(text, reasoning)
     content, answer_error = _answer_block(text)
     answer = None
     if content is not None:

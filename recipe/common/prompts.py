@@ -35,6 +35,27 @@ SAMR1_PROMPT = (
 )
 """SAM-R1: box, positive reference point and descriptive flag in one answer."""
 
+GROUNDING_ANSWER_ONLY_PROMPT = (
+    'Find out "{Question}" with bbox. Output the final answer in <answer> </answer> tags, without any reasoning. '
+    'Output the bbox of the target object in JSON format. Here is an example: <answer> {"bbox_2d": [x1, y1, x2, y2]} '
+    "</answer>"
+)
+"""Ours, for SAM-Veteran's "w/o CoT" ablation (Table 6): ``Q^B`` without the thinking step."""
+
+REFINEMENT_ANSWER_ONLY_PROMPT = (
+    'Please point out any errors in the green segmentation mask according to the question "{Question}". Output the '
+    "final answer in <answer> </answer> tags, without any reasoning. Output the center point of the error area in "
+    'JSON format, with the key "pos_point" for the false negative and "neg_point" for the false positive. Set the '
+    'point to null if there are no errors. i.e., <answer> {"pos_point": null, "neg_point": [x,y]} </answer>'
+)
+"""Ours, for the "w/o CoT" and "w/o Mask CoT" ablations: ``Q^P`` without the thinking step."""
+
+ANSWER_ONLY_PROMPTS: dict[str, str] = {
+    "grounding": GROUNDING_ANSWER_ONLY_PROMPT,
+    "mask_comprehension": REFINEMENT_ANSWER_ONLY_PROMPT,
+    "auxiliary": REFINEMENT_ANSWER_ONLY_PROMPT,
+}
+
 PROMPTS: dict[str, str] = {
     "samr1": SAMR1_PROMPT,
     "grounding": GROUNDING_PROMPT,
@@ -46,20 +67,22 @@ PROMPTS: dict[str, str] = {
 IMAGE_PLACEHOLDER = "<image>"
 
 
-def build_prompt(task: str, question: str) -> str:
+def build_prompt(task: str, question: str, reasoning: bool = True) -> str:
     """The prompt text of ``task`` with ``question`` substituted.
 
     Args:
-        task: One of :data:`PROMPTS`.
+        task: One of :data:`PROMPTS` (without ``reasoning``, one of :data:`ANSWER_ONLY_PROMPTS`).
         question: The referring expression or reasoning question, inserted as is.
+        reasoning: Ask for ``<think>`` before the answer (False: the answer-only ablation prompts).
 
     Raises:
         KeyError: For an unknown task, naming the known ones.
     """
+    templates = PROMPTS if reasoning else ANSWER_ONLY_PROMPTS
     try:
-        template = PROMPTS[task]
+        template = templates[task]
     except KeyError:
-        raise KeyError(f"unknown prompt task {task!r}; known: {sorted(PROMPTS)}") from None
+        raise KeyError(f"unknown prompt task {task!r}; known: {sorted(templates)}") from None
     # str.format would trip over the JSON braces of the examples.
     return template.replace(QUESTION_SLOT, question)
 

@@ -14,24 +14,31 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from recipe.common.overlay import overlay_mask
+from recipe.common.prompts import build_prompt
 from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.rewards import VeteranRewardConfig
 from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension
+from reward_server.images import to_rgb
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef
 
 
-def with_image(messages: list[dict[str, Any]], image: Image.Image) -> list[dict[str, Any]]:
-    """The messages with their first image part replaced (the rest shared, not copied)."""
-    replaced, out = False, []
+def with_parts(
+    messages: list[dict[str, Any]], image: Image.Image | None = None, text: str | None = None
+) -> list[dict[str, Any]]:
+    """The messages with their first image part and/or first text part replaced (the rest shared, not copied)."""
+    replacements = {"image": None if image is None else {"type": "image", "image": image}}
+    replacements["text"] = None if text is None else {"type": "text", "text": text}
+    out = []
     for message in messages:
         content = message.get("content")
-        if not replaced and isinstance(content, list):
+        if isinstance(content, list):
             parts = []
             for part in content:
-                if not replaced and isinstance(part, dict) and part.get("type") == "image":
-                    part, replaced = {"type": "image", "image": image}, True
+                kind = part.get("type") if isinstance(part, dict) else None
+                if replacements.get(kind) is not None:
+                    part, replacements[kind] = replacements[kind], None
                 parts.append(part)
             message = {**message, "content": parts}
         out.append(message)
@@ -47,9 +54,12 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]
         image = ImageRef.of(first_image(kwargs["raw_prompt"]))
+        overlay, text = None, None
         if self.shows_mask:
-            overlay = Image.fromarray(overlay_mask(image.data, decode_rle(truth["init_mask"])))
-            kwargs["raw_prompt"] = with_image(kwargs["raw_prompt"], overlay)
+            overlay = Image.fromarray(overlay_mask(to_rgb(image.data), decode_rle(truth["init_mask"])))
+        if not self.reward_config.reasoning(self.task):  # rows hold the CoT prompt; the ablation swaps it
+            text = build_prompt(self.task, kwargs["extra_info"]["question"], reasoning=False)
+        kwargs["raw_prompt"] = with_parts(kwargs["raw_prompt"], image=overlay, text=text)
         output = await super().run(sampling_params, **kwargs)
         text = self.tokenizer.decode(output.response_ids, skip_special_tokens=True)
         info = await self.score(text, truth, image)

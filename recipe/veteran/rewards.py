@@ -53,6 +53,8 @@ class VeteranRewardConfig:
         box_l1_threshold: Mean absolute coordinate error below which ``R_L1^B`` is 1 (pixels).
         point_radius: ``tau_d``, the point reward's distance to the region centre (Table 10: 10, 30, 50).
         format_reward: Each of the two formatting rewards.
+        grounding_cot: Grounding prompts ask for ``<think>`` first, and the tag rule wants it (Table 6: w/o CoT).
+        mask_cot: Likewise for the refinement tasks (Table 6: w/o CoT, w/o Mask CoT).
     """
 
     sam_weight: float = 1.0
@@ -64,6 +66,12 @@ class VeteranRewardConfig:
     box_l1_threshold: float = 10.0
     point_radius: float = 50.0
     format_reward: float = 1.0
+    grounding_cot: bool = True
+    mask_cot: bool = True
+
+    def reasoning(self, task: str) -> bool:
+        """Whether ``task``'s prompt and tag rule include the ``<think>`` step."""
+        return self.grounding_cot if task == "grounding" else self.mask_cot
 
     def __post_init__(self):
         if self.iou_gain not in IOU_GAIN_MODES:

@@ -47,7 +47,7 @@ async def score_grounding(
     text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
 ) -> dict[str, Any]:
     """Box reward + ``R_SAM`` (SAM2's mask of the box against the GT) + formatting."""
-    parsed = parse_response(text)
+    parsed = parse_response(text, reasoning=config.reasoning("grounding"))
     box = parsed.bbox_2d()
     if not box.ok:
         return _breakdown("grounding", parsed, False, config)
@@ -71,7 +71,7 @@ async def score_mask_comprehension(
 
     The shown mask is SAM2's mask of the GT box; a refinement sends the same box, that mask's logits and the clicks.
     """
-    parsed = parse_response(text)
+    parsed = parse_response(text, reasoning=config.reasoning("mask_comprehension"))
     ok, pos, neg = _refinement_clicks(parsed)
     if not ok:
         return _breakdown("mask_comprehension", parsed, False, config)
@@ -102,7 +102,7 @@ async def score_mask_comprehension(
 
 def score_auxiliary(text: str, truth: Mapping[str, Any], config: VeteranRewardConfig) -> dict[str, Any]:
     """Decision reward + point rewards (inside each error region, within ``tau_d`` of its centre) + formatting."""
-    parsed = parse_response(text)
+    parsed = parse_response(text, reasoning=config.reasoning("auxiliary"))
     ok, pos, neg = _refinement_clicks(parsed)
     if not ok:
         return _breakdown("auxiliary", parsed, False, config)

@@ -60,6 +60,8 @@ class Episode:
         ground_truth: COCO RLE of the target at the image's size, for IoUs per step (optional).
         max_steps: Refinement steps at most (the paper evaluates with 3).
         resend_points: Send every earlier click again with each refinement (default: only the new ones).
+        grounding_cot: Grounding asks for ``<think>`` first (False: the answer-only prompt and tag rule).
+        mask_cot: Likewise for refinement turns.
     """
 
     question: str
@@ -67,6 +69,8 @@ class Episode:
     ground_truth: dict[str, Any] | None = None
     max_steps: int = 3
     resend_points: bool = False
+    grounding_cot: bool = True
+    mask_cot: bool = True
     steps: list[Step] = field(default_factory=list)
     termination: str | None = None
     _pending: Step | None = None
@@ -94,13 +98,15 @@ class Episode:
             image, task = Image.fromarray(self.image), "grounding"
         else:
             image, task = Image.fromarray(overlay_mask(self.image, self.final.mask_array())), "mask_comprehension"
-        content = [{"type": "image", "image": image}, {"type": "text", "text": build_prompt(task, self.question)}]
+        text = build_prompt(task, self.question, reasoning=self.grounding_cot if task == "grounding" else self.mask_cot)
+        content = [{"type": "image", "image": image}, {"type": "text", "text": text}]
         return [{"role": "user", "content": content}]
 
     def observe_response(self, text: str) -> Prompt | None:
         """Parses the policy's answer; returns the SAM2 prompt to run, or None when the episode ends here."""
         height, width = self.image.shape[:2]
-        parsed = parse_response(text, image_hw=(height, width))
+        reasoning = self.mask_cot if self.steps else self.grounding_cot
+        parsed = parse_response(text, image_hw=(height, width), reasoning=reasoning)
         if not self.steps:
             step = Step("grounding", text, parsed)
             box = parsed.bbox_2d()

@@ -37,7 +37,15 @@ class WorkflowLoop(AgentLoopBase):
         image = ImageRef.of(first_image(messages))
         # The SAM2 cache keys on the row's image bytes (image); the episode draws overlays on the decoded pixels.
         question = kwargs["extra_info"]["question"]
-        episode = Episode(question, to_rgb(image.data), dict(truth["mask"]), max_steps=self.max_steps)
+        rewards = self.reward_config
+        episode = Episode(
+            question,
+            to_rgb(image.data),
+            dict(truth["mask"]),
+            max_steps=self.max_steps,
+            grounding_cot=rewards.grounding_cot,
+            mask_cot=rewards.mask_cot,
+        )
         images = list((await self.process_multi_modal_info(messages)).get("images") or [])
         runtime_ids = await self.ct_build_initial_tokens(messages, images=images)
         response_mask: list[int] = []
@@ -73,7 +81,7 @@ class WorkflowLoop(AgentLoopBase):
                 break
             messages, runtime_ids, response_mask = answered + turn, merged.token_ids, merged_mask
             images.append(turn[0]["content"][0]["image"])
-        info = score_workflow(episode.steps, truth, episode.termination or "length", self.reward_config)
+        info = score_workflow(episode.steps, truth, episode.termination or "length", rewards)
         return AgentLoopOutput(
             prompt_ids=runtime_ids[: len(runtime_ids) - len(response_mask)],
             response_ids=runtime_ids[len(runtime_ids) - len(response_mask) :],
