@@ -24,12 +24,15 @@ from reward_server.protocol import ImageRef
 
 @register("veteran_workflow")
 class WorkflowLoop(AgentLoopBase):
-    """The multi-turn workflow on-policy; ``veteran.workflow.max_steps`` refinement turns at most."""
+    """The multi-turn workflow on-policy: ``veteran.workflow.max_steps`` refinement turns at most, earlier clicks
+    re-sent with each refinement when ``veteran.workflow.resend_points``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.response_length = self.rollout_config.response_length
-        self.max_steps = self.config.get("veteran", {}).get("workflow", {}).get("max_steps", 3)
+        workflow = self.config.get("veteran", {}).get("workflow", {})
+        self.max_steps = workflow.get("max_steps", 3)
+        self.resend_points = workflow.get("resend_points", False)  # SPEC section 1: off, as in the paper
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]
@@ -43,6 +46,7 @@ class WorkflowLoop(AgentLoopBase):
             to_rgb(image.data),
             dict(truth["mask"]),
             max_steps=self.max_steps,
+            resend_points=self.resend_points,
             grounding_cot=rewards.grounding_cot,
             mask_cot=rewards.mask_cot,
         )
