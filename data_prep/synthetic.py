@@ -138,3 +138,27 @@ def write_reasonseg_split(root: str | Path, split: str = "val", num_images: int 
         texts = [f"What would you use to mark the {NAMES[index % len(NAMES)]} area?", "the second phrasing"]
         (directory / f"{stem}.json").write_text(json.dumps({"text": texts, "is_sentence": True, "shapes": shapes}))
     return directory
+
+
+def synthetic_refer_parquet(
+    root: str | Path,
+    out: str | Path,
+    recipe: str = "samr1",
+    num_images: int = 6,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Writes a synthetic RefCOCOg dataset under ``root`` and converts its train split with ``python -m data_prep``.
+
+    Raises:
+        RuntimeError: When the conversion fails.
+    """
+    from data_prep import __main__ as data_prep_cli  # the CLI imports this module's siblings
+
+    refer = write_refer_dataset(Path(root) / "downloads", "refcocog", num_images=num_images, seed=seed)
+    args = ["refer", "--dataset", "refcocog", "--split", "train", "--recipe", recipe, "--workers", "1"]
+    args += ["--refer-root", str(refer.refer_root), "--image-root", str(refer.image_root), "--out", str(out)]
+    args += ["--seed", str(seed)] + (["--limit", str(limit)] if limit else [])
+    if data_prep_cli.main(args) != 0:
+        raise RuntimeError(f"data_prep refer failed for {out}")
+    return Path(out)

@@ -7,8 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep import __main__ as cli
-from data_prep.synthetic import write_refer_dataset
+from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from reward_server.masks import decode_rle, edge_excluded_iou, encode_rle
 from reward_server.protocol import SegResult
@@ -34,11 +33,7 @@ class ScriptedSegmenter:
 
 @pytest.fixture
 def grounding(tmp_path: Path) -> Path:
-    refer = write_refer_dataset(tmp_path / "downloads", "refcocog", num_images=9, objects_per_image=2)
-    out = tmp_path / "grounding.parquet"
-    args = ["refer", "--dataset", "refcocog", "--split", "train", "--recipe", "veteran", "--workers", "1"]
-    cli.main([*args, "--refer-root", str(refer.refer_root), "--image-root", str(refer.image_root), "--out", str(out)])
-    return out
+    return synthetic_refer_parquet(tmp_path, tmp_path / "grounding.parquet", "veteran", num_images=9)
 
 
 def test_mask_comprehension_is_balanced_and_stores_the_sam_mask(grounding, tmp_path):

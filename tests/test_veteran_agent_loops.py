@@ -9,8 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from data_prep import __main__ as data_prep_cli
-from data_prep.synthetic import write_refer_dataset
+from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from recipe.common.overlay import overlay_mask
 from recipe.common.smoke_setup import instantiate_agent_loop
@@ -66,12 +65,7 @@ class ScriptedServer:
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("veteran_rows")
-    refer = write_refer_dataset(root / "downloads", "refcocog", num_images=6, objects_per_image=2)
-    grounding = root / "grounding.parquet"
-    args = ["refer", "--dataset", "refcocog", "--split", "train", "--recipe", "veteran", "--workers", "1"]
-    data_prep_cli.main(
-        [*args, "--refer-root", str(refer.refer_root), "--image-root", str(refer.image_root), "--out", str(grounding)]
-    )
+    grounding = synthetic_refer_parquet(root, root / "grounding.parquet", "veteran", num_images=6)
     build_mask_comprehension(grounding, root / "mask.parquet", GoodEveryOther())
     build_auxiliary(grounding, root / "aux.parquet", seed=1)
     return {"grounding": grounding, "mask": root / "mask.parquet", "aux": root / "aux.parquet"}

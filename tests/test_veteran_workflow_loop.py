@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from data_prep import __main__ as data_prep_cli
-from data_prep.synthetic import write_refer_dataset
+from data_prep.synthetic import synthetic_refer_parquet
 from recipe.common.overlay import overlay_mask
 from recipe.common.smoke_setup import instantiate_agent_loop
 from recipe.veteran import workflow_loop
@@ -61,24 +60,7 @@ def row_and_tools(tmp_path_factory, tiny_qwen_path):
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     root = tmp_path_factory.mktemp("workflow")
-    refer = write_refer_dataset(root / "downloads", "refcocog", num_images=3)
-    out = root / "grounding.parquet"
-    args = [
-        "refer",
-        "--dataset",
-        "refcocog",
-        "--split",
-        "train",
-        "--recipe",
-        "veteran",
-        "--workers",
-        "1",
-        "--limit",
-        "1",
-    ]
-    data_prep_cli.main(
-        [*args, "--refer-root", str(refer.refer_root), "--image-root", str(refer.image_root), "--out", str(out)]
-    )
+    out = synthetic_refer_parquet(root, root / "grounding.parquet", "veteran", num_images=3, limit=1)
     tokenizer, processor = hf_tokenizer(tiny_qwen_path), hf_processor(tiny_qwen_path)
     config = OmegaConf.create({"data": {"filter_overlong_prompts": False}})
     return RLHFDataset(str(out), tokenizer, config.data, processor=processor)[0], tokenizer, processor
