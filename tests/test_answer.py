@@ -248,6 +248,7 @@ def test_refinement_points_allow_null(answer, pos, neg):
     parsed = parse_response(response("t", json.dumps(answer)))
     assert (parsed.pos_point().ok, parsed.pos_point().value) == pos
     assert (parsed.neg_point().ok, parsed.neg_point().value) == neg
+    assert parsed.clicks() == ((pos[1], neg[1]) if pos[0] and neg[0] else None)
 
 
 def test_null_is_not_a_valid_samr1_point():
@@ -275,3 +276,7 @@ def test_answer_only_tag_rule_for_the_no_cot_ablation(text, ok):
     parsed = parse_response(text, reasoning=False)
     assert parsed.format_ok == ok
     assert parse_response(text).format_ok == text.startswith("<think>")  # the default rule is unchanged
+
+
+def test_clicks_of_a_failed_parse_are_none():
+    assert parse_response("no answer").clicks() is None

@@ -196,6 +196,11 @@ class ParsedResponse:
         value, failure = self._field("neg_point")
         return failure or validate_point(value, self.image_hw, allow_null=True)
 
+    def clicks(self) -> tuple[Point | None, Point | None] | None:
+        """A refinement answer's ``(pos_point, neg_point)``, None for a null click; None when either is invalid."""
+        pos, neg = self.pos_point(), self.neg_point()
+        return (pos.value, neg.value) if pos.ok and neg.ok else None
+
 
 _MISSING = object()
 

@@ -19,7 +19,6 @@ from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.rewards import VeteranRewardConfig
 from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension
-from reward_server.images import to_rgb
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef
 
@@ -51,12 +50,16 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
     task: ClassVar[str]
     shows_mask: ClassVar[bool] = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reward_config = VeteranRewardConfig.from_trainer_config(self.config)
+
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]
         image = ImageRef.of(first_image(kwargs["raw_prompt"]))
         overlay, text = None, None
         if self.shows_mask:
-            overlay = Image.fromarray(overlay_mask(to_rgb(image.data), decode_rle(truth["init_mask"])))
+            overlay = Image.fromarray(overlay_mask(image.data, decode_rle(truth["init_mask"])))
         if not self.reward_config.reasoning(self.task):  # rows hold the CoT prompt; the ablation swaps it
             text = build_prompt(self.task, kwargs["extra_info"]["question"], reasoning=False)
         kwargs["raw_prompt"] = with_parts(kwargs["raw_prompt"], image=overlay, text=text)
@@ -66,10 +69,6 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
         output.reward_score = info["score"]
         output.extra_fields["reward_extra_info"] = info  # V1 copies it to every output and logs it
         return output
-
-    @property
-    def reward_config(self) -> VeteranRewardConfig:
-        return VeteranRewardConfig(**self.config.get("veteran", {}).get("reward", {}))
 
     async def score(self, text: str, truth: dict[str, Any], image: ImageRef) -> dict[str, Any]:
         raise NotImplementedError

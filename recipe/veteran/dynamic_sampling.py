@@ -58,10 +58,10 @@ def rollout_answer(algorithm: str, text: str) -> Any:
     if algorithm == "box":
         box = parsed.bbox_2d()
         return list(box.value) if box.ok else None
-    pos, neg = parsed.pos_point(), parsed.neg_point()
-    if parsed.answer is None or not (pos.ok and neg.ok):
+    clicks = parsed.clicks()
+    if clicks is None:
         return "error"
-    return _POINT_CASES[(pos.value is not None, neg.value is not None)]
+    return _POINT_CASES[(clicks[0] is not None, clicks[1] is not None)]
 
 
 class DynamicSamplingWorker(_WorkerBase):

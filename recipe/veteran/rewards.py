@@ -69,6 +69,11 @@ class VeteranRewardConfig:
     grounding_cot: bool = True
     mask_cot: bool = True
 
+    @classmethod
+    def from_trainer_config(cls, config) -> VeteranRewardConfig:
+        """The ``veteran.reward`` section of a recipe config (the paper's values when absent)."""
+        return cls(**config.get("veteran", {}).get("reward", {}))
+
     def reasoning(self, task: str) -> bool:
         """Whether ``task``'s prompt and tag rule include the ``<think>`` step."""
         return self.grounding_cot if task == "grounding" else self.mask_cot

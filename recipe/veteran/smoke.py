@@ -93,10 +93,9 @@ class WorkflowScript:
     async def generate(self, batch):
         if not self.episode.steps:
             return [_answer({"bbox_2d": [round(v) for v in self.box]})]
-        mask = self.episode.final.mask_array()
         if len(self.episode.steps) >= 2:
             return [_answer({"pos_point": None, "neg_point": None})]
-        return [_answer(click_for(mask, self.gt))]
+        return [_answer(click_for(self.episode.final.mask_array(), self.gt))]
 
 
 def main(argv: list[str] | None = None) -> None:

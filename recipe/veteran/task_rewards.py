@@ -37,12 +37,6 @@ def _breakdown(task: str, parsed: ParsedResponse, answer_ok: bool, config: Veter
     return {"score": float(score), **{k: float(v) for k, v in info.items()}, "task": task, "failure": failure}
 
 
-def _refinement_clicks(parsed: ParsedResponse) -> tuple[bool, tuple | None, tuple | None]:
-    pos, neg = parsed.pos_point(), parsed.neg_point()
-    ok = parsed.answer is not None and pos.ok and neg.ok
-    return ok, pos.value if ok else None, neg.value if ok else None
-
-
 async def score_grounding(
     text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
 ) -> dict[str, Any]:
@@ -72,9 +66,10 @@ async def score_mask_comprehension(
     The shown mask is SAM2's mask of the GT box; a refinement sends the same box, that mask's logits and the clicks.
     """
     parsed = parse_response(text, reasoning=config.reasoning("mask_comprehension"))
-    ok, pos, neg = _refinement_clicks(parsed)
-    if not ok:
+    clicks = parsed.clicks()
+    if clicks is None:
         return _breakdown("mask_comprehension", parsed, False, config)
+    pos, neg = clicks
     before = float(truth["init_edge_iou"])
     after, calls = before, 0
     if pos is not None or neg is not None:
@@ -103,9 +98,10 @@ async def score_mask_comprehension(
 def score_auxiliary(text: str, truth: Mapping[str, Any], config: VeteranRewardConfig) -> dict[str, Any]:
     """Decision reward + point rewards (inside each error region, within ``tau_d`` of its centre) + formatting."""
     parsed = parse_response(text, reasoning=config.reasoning("auxiliary"))
-    ok, pos, neg = _refinement_clicks(parsed)
-    if not ok:
+    clicks = parsed.clicks()
+    if clicks is None:
         return _breakdown("auxiliary", parsed, False, config)
+    pos, neg = clicks
     fp, fn = truth.get("false_positive"), truth.get("false_negative")
     decision = config.decision_weight * auxiliary_decision_reward(
         pos is not None, neg is not None, fn is not None, fp is not None
@@ -143,10 +139,11 @@ def score_workflow(steps: list, truth: Mapping[str, Any], termination: str, conf
                 tags + config.format_reward + box_reward(box.value, truth["box"], config) + config.sam_weight * before
             )
             continue
-        ok, pos, neg = _refinement_clicks(step.parsed)
-        if not ok:
+        clicks = step.parsed.clicks()
+        if clicks is None:
             turns.append(tags)
             continue
+        pos, neg = clicks
         after = before if step.result is None else (step.result.edge_iou if step.result.ok else 0.0)
         case = refinement_case_reward(before >= 1.0, pos is not None, neg is not None, after - before, config)
         turns.append(tags + config.format_reward + config.sam_weight * after + case)

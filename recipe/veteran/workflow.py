@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,9 +76,14 @@ class Episode:
     termination: str | None = None
     _pending: Step | None = None
 
-    def __post_init__(self):
-        self.image_ref = ImageRef.of(self.image)
-        self.gt_ref = None if self.ground_truth is None else GroundTruthRef.of(self.ground_truth)
+    @cached_property
+    def image_ref(self) -> ImageRef:
+        """The image keyed for SAM2, hashed once and only when a driver sends it (verl's loop keys its own bytes)."""
+        return ImageRef.of(self.image)
+
+    @cached_property
+    def gt_ref(self) -> GroundTruthRef | None:
+        return None if self.ground_truth is None else GroundTruthRef.of(self.ground_truth)
 
     @property
     def done(self) -> bool:
@@ -115,10 +121,10 @@ class Episode:
             step.prompt = Prompt(box=box.value)
         else:
             step = Step("refinement", text, parsed)
-            pos, neg = parsed.pos_point(), parsed.neg_point()
-            if not (pos.ok and neg.ok):
+            answer = parsed.clicks()
+            if answer is None:
                 return self._end(step, "invalid_refinement")
-            clicks = [(point.value, label) for point, label in ((pos, 1), (neg, 0)) if point.value is not None]
+            clicks = [(point, label) for point, label in zip(answer, (1, 0), strict=True) if point is not None]
             if not clicks:
                 return self._end(step, "stop")
             if self.resend_points:

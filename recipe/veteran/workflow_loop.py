@@ -33,6 +33,7 @@ class WorkflowLoop(AgentLoopBase):
         workflow = self.config.get("veteran", {}).get("workflow", {})
         self.max_steps = workflow.get("max_steps", 3)
         self.resend_points = workflow.get("resend_points", False)  # SPEC section 1: off, as in the paper
+        self.reward_config = VeteranRewardConfig.from_trainer_config(self.config)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]
@@ -40,15 +41,14 @@ class WorkflowLoop(AgentLoopBase):
         image = ImageRef.of(first_image(messages))
         # The SAM2 cache keys on the row's image bytes (image); the episode draws overlays on the decoded pixels.
         question = kwargs["extra_info"]["question"]
-        rewards = self.reward_config
         episode = Episode(
             question,
             to_rgb(image.data),
             dict(truth["mask"]),
             max_steps=self.max_steps,
             resend_points=self.resend_points,
-            grounding_cot=rewards.grounding_cot,
-            mask_cot=rewards.mask_cot,
+            grounding_cot=self.reward_config.grounding_cot,
+            mask_cot=self.reward_config.mask_cot,
         )
         images = list((await self.process_multi_modal_info(messages)).get("images") or [])
         runtime_ids = await self.ct_build_initial_tokens(messages, images=images)
@@ -85,7 +85,7 @@ class WorkflowLoop(AgentLoopBase):
                 break
             messages, runtime_ids, response_mask = answered + turn, merged.token_ids, merged_mask
             images.append(turn[0]["content"][0]["image"])
-        info = score_workflow(episode.steps, truth, episode.termination or "length", rewards)
+        info = score_workflow(episode.steps, truth, episode.termination or "length", self.reward_config)
         return AgentLoopOutput(
             prompt_ids=runtime_ids[: len(runtime_ids) - len(response_mask)],
             response_ids=runtime_ids[len(runtime_ids) - len(response_mask) :],
@@ -96,7 +96,3 @@ class WorkflowLoop(AgentLoopBase):
             metrics=AgentLoopMetrics(),
             extra_fields={"reward_extra_info": info},
         )
-
-    @property
-    def reward_config(self) -> VeteranRewardConfig:
-        return VeteranRewardConfig(**self.config.get("veteran", {}).get("reward", {}))
