@@ -14,7 +14,8 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward data data-veteran smoke train-samr1 train-veteran lock clean-venv
+.PHONY: setup test lint format bench bench-reward data data-veteran smoke train-samr1 train-veteran eval eval-smoke \
+	lock clean-venv
 
 setup: $(STAMP)
 
@@ -82,6 +83,24 @@ data-veteran: $(STAMP)
 	$(BIN)/python -m data_prep veteran --grounding $(DATA_DIR)/veteran/grounding_9k.parquet \
 		--out-mask $(DATA_DIR)/veteran/mask_comprehension.parquet --out-aux $(DATA_DIR)/veteran/auxiliary.parquet \
 		--sam large --sam-checkpoint "$(SAM2_CHECKPOINT)"
+
+# Evaluation (README, "Evaluation"): MODEL is a Hugging Face checkpoint, DATA parquet files or directories of them
+# (space-separated), MODE samr1 | veteran | baseline | oracle_box; Hydra overrides in ARGS. A rerun resumes.
+MODE ?= samr1
+DATA ?= $(DATA_DIR)/eval
+comma := ,
+empty :=
+space := $(empty) $(empty)
+EVAL_OUT ?= outputs/eval/$(MODE)$(if $(MODEL),-$(notdir $(patsubst %/,%,$(MODEL))))
+
+eval: $(STAMP)
+	@test -n "$(MODEL)" -o "$(MODE)" = oracle_box || { echo "make eval: set MODEL=/path/to/hf_checkpoint [DATA=...] [MODE=...]"; exit 2; }
+	$(BIN)/python -m recipe.evaluate mode=$(MODE) $(if $(MODEL),model.path=$(MODEL)) \
+		'data.files=[$(subst $(space),$(comma),$(strip $(DATA)))]' output_dir=$(EVAL_OUT) $(ARGS)
+
+# Every evaluation mode on a CPU: synthetic evaluation sets, tiny random models; prints the gIoU/cIoU table.
+eval-smoke: $(STAMP)
+	$(BIN)/python -m recipe.evaluate.smoke $(ARGS)
 
 # Regenerates requirements.lock from pyproject.toml: one universal lock (CPython 3.11 and 3.12, CPU-only and GPU
 # nodes alike) with hashes.

@@ -43,3 +43,26 @@ def tiny_sam2():
 
     torch.manual_seed(0)
     return build_sam2_model("sam2.1_hiera_t", ckpt_path=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def eval_sets(tmp_path_factory: pytest.TempPathFactory):
+    """Synthetic RefCOCOg test and ReasonSeg val (with ignore pixels) converted by data_prep into evaluation rows.
+
+    Questions are rewritten to unique ``object NNN`` strings, so scripted policies can tell samples apart.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_prep.schema import ROW
+    from recipe.evaluate.smoke import build_eval_sets
+
+    eval_dir = build_eval_sets(tmp_path_factory.mktemp("eval_sets"))
+    number = 0
+    for path in sorted(eval_dir.glob("*.parquet")):
+        rows = pq.read_table(path).to_pylist()
+        for row in rows:
+            row["extra_info"]["question"] = f"object {number:03d}"
+            number += 1
+        pq.write_table(pa.Table.from_pylist(rows, schema=ROW), path)
+    return eval_dir

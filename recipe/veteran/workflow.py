@@ -23,6 +23,7 @@ from PIL import Image
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import build_prompt
+from reward_server.masks import resize_mask, scale_xy
 from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
 
 Messages = list[dict[str, Any]]
@@ -58,11 +59,13 @@ class Episode:
     Args:
         question: The referring expression or question.
         image: The image the model sees.
-        ground_truth: COCO RLE of the target at the image's size, for IoUs per step (optional).
+        ground_truth: COCO RLE of the target at the SAM2 image's size, for IoUs per step (optional).
         max_steps: Refinement steps at most (the paper evaluates with 3).
         resend_points: Send every earlier click again with each refinement (default: only the new ones).
         grounding_cot: Grounding asks for ``<think>`` first (False: the answer-only prompt and tag rule).
         mask_cot: Likewise for refinement turns.
+        segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, SPEC section 1).
+            The model's coordinates are scaled to it, and its masks are resized to ``image`` for the overlay.
     """
 
     question: str
@@ -72,6 +75,7 @@ class Episode:
     resend_points: bool = False
     grounding_cot: bool = True
     mask_cot: bool = True
+    segment_image: np.ndarray | None = None
     steps: list[Step] = field(default_factory=list)
     termination: str | None = None
     _pending: Step | None = None
@@ -79,7 +83,7 @@ class Episode:
     @cached_property
     def image_ref(self) -> ImageRef:
         """The image keyed for SAM2, hashed once and only when a driver sends it (verl's loop keys its own bytes)."""
-        return ImageRef.of(self.image)
+        return ImageRef.of(self.image if self.segment_image is None else self.segment_image)
 
     @cached_property
     def gt_ref(self) -> GroundTruthRef | None:
@@ -103,7 +107,8 @@ class Episode:
         if not self.steps:
             image, task = Image.fromarray(self.image), "grounding"
         else:
-            image, task = Image.fromarray(overlay_mask(self.image, self.final.mask_array())), "mask_comprehension"
+            mask = resize_mask(self.final.mask_array(), self.image.shape[:2])
+            image, task = Image.fromarray(overlay_mask(self.image, mask)), "mask_comprehension"
         text = build_prompt(task, self.question, reasoning=self.grounding_cot if task == "grounding" else self.mask_cot)
         content = [{"type": "image", "image": image}, {"type": "text", "text": text}]
         return [{"role": "user", "content": content}]
@@ -118,13 +123,13 @@ class Episode:
             box = parsed.bbox_2d()
             if not box.ok:
                 return self._end(step, "invalid_grounding")
-            step.prompt = Prompt(box=box.value)
+            step.prompt = Prompt(box=self._to_sam(box.value))
         else:
             step = Step("refinement", text, parsed)
             answer = parsed.clicks()
             if answer is None:
                 return self._end(step, "invalid_refinement")
-            clicks = [(point, label) for point, label in zip(answer, (1, 0), strict=True) if point is not None]
+            clicks = [(self._to_sam(p), label) for p, label in zip(answer, (1, 0), strict=True) if p is not None]
             if not clicks:
                 return self._end(step, "stop")
             if self.resend_points:
@@ -153,6 +158,12 @@ class Episode:
             self.termination = "sam_error"
         elif sum(s.kind == "refinement" for s in self.steps) >= self.max_steps:
             self.termination = "max_steps"
+
+    def _to_sam(self, coords: Sequence[float]) -> tuple[float, ...]:
+        """Model-space ``(x, y, ...)`` in the SAM2 image's pixels (unchanged when SAM2 sees the model's image)."""
+        if self.segment_image is None:
+            return tuple(coords)
+        return tuple(float(v) for v in scale_xy(coords, self.image.shape[:2], self.segment_image.shape[:2]))
 
     def _end(self, step: Step, reason: str) -> None:
         self.steps.append(step)

@@ -1,0 +1,1 @@
+"""Evaluation of both recipes: gIoU/cIoU per dataset, per-step curves, timing and a visual report (README)."""

@@ -1,0 +1,195 @@
+"""Dataclass config of the evaluator; ``conf/evaluate.yaml`` fills it and Hydra overrides it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from reward_server.config import EngineConfig
+
+
+@dataclass
+class ModelConfig:
+    """The policy checkpoint and how it is served.
+
+    Attributes:
+        path: Hugging Face checkpoint directory (or hub id where online); not needed for ``oracle_box``.
+        backend: ``vllm`` (offline engine), ``transformers``, or ``auto`` (vLLM when CUDA is available).
+        dtype: Weights dtype (``bfloat16`` on GPU; CPU runs use ``float32``).
+        tensor_parallel_size: vLLM tensor parallelism (GPUs per worker).
+        gpu_memory_utilization: vLLM's share of the GPU; SAM2 shares the same GPU in each worker.
+        max_model_len: vLLM context (prompt of ~1,050 tokens per turn plus the answer).
+        enforce_eager: Skip vLLM's CUDA graphs (faster start, slower decoding).
+    """
+
+    path: str | None = None
+    backend: str = "auto"
+    dtype: str = "bfloat16"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.6
+    max_model_len: int = 4096
+    enforce_eager: bool = False
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding; greedy by default so a rerun gives the same numbers.
+
+    Attributes:
+        max_new_tokens: Answer budget per turn.
+        temperature: 0 is greedy.
+        top_p: Nucleus sampling (with ``temperature`` > 0).
+        repetition_penalty: None takes the mode's default (1.1 for ``veteran``, as its paper evaluates; else 1.0).
+        batch_size: Samples per batch: one policy call per turn and one SAM2 batch per step for all of them.
+        seed: Sampling seed.
+    """
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class VeteranConfig:
+    """The iterative workflow of ``veteran`` mode (``baseline`` runs its grounding turn only).
+
+    Attributes:
+        max_steps: Refinement steps at most (3 in the paper's evaluation, 5 for its 32B model).
+        resend_points: Send earlier clicks again at each step (SPEC section 1; default off, paper-faithful).
+        grounding_cot: Ask for ``<think>`` in the grounding turn (False: the answer-only prompt of the ablations).
+        mask_cot: Likewise for refinement turns.
+    """
+
+    max_steps: int = 3
+    resend_points: bool = False
+    grounding_cot: bool = True
+    mask_cot: bool = True
+
+
+@dataclass
+class DataConfig:
+    """What is evaluated.
+
+    Attributes:
+        files: data_prep evaluation parquet files, or directories of them (every ``*.parquet`` inside).
+        limit: Evaluate only the first ``limit`` rows of each file.
+    """
+
+    files: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+
+@dataclass
+class ReportConfig:
+    """The visual report's panels.
+
+    Attributes:
+        random_samples: Panels of randomly drawn samples.
+        worst_samples: Panels of the lowest-IoU samples (failure analysis).
+        seed: Seed of the random draw.
+        max_side: Longest side of each image in a panel, in pixels.
+    """
+
+    random_samples: int = 24
+    worst_samples: int = 24
+    seed: int = 0
+    max_side: int = 448
+
+
+@dataclass
+class ParallelConfig:
+    """Data parallelism: ``workers`` Ray tasks, each with its own policy and SAM2 on ``gpus_per_worker`` GPUs.
+
+    Attributes:
+        workers: 1 runs in this process without Ray; more shard the samples over Ray workers (the GPUs of a node,
+            or of the cluster in ``RAY_ADDRESS``).
+        gpus_per_worker: GPUs per worker (``model.tensor_parallel_size`` of them; 0 on CPU).
+        cpus_per_worker: CPUs per worker.
+        ray_address: A running cluster to join; null starts a local Ray bound to 127.0.0.1.
+    """
+
+    workers: int = 1
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 4.0
+    ray_address: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run.
+
+    Attributes:
+        mode: ``samr1``, ``veteran``, ``baseline`` or ``oracle_box`` (``recipe.evaluate.modes``).
+        output_dir: Where records, summary, table and report go; a rerun with the same config resumes there.
+        name: The method's name in the table (default: mode and checkpoint name).
+        seg_zero_compatible: Score an empty union 0 instead of LISA's 1 (SPEC section 6).
+        report: Write the HTML visual report.
+        sam: The SAM2 engine (from ``reward_server.engine`` in the Hydra config).
+    """
+
+    mode: str = "samr1"
+    output_dir: str = "outputs/eval/run"
+    name: str | None = None
+    seg_zero_compatible: bool = False
+    report: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    veteran: VeteranConfig = field(default_factory=VeteranConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    visual: ReportConfig = field(default_factory=ReportConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    sam: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def method_name(self) -> str:
+        if self.name:
+            return self.name
+        model = Path(self.model.path.rstrip("/")).name if self.model.path else None
+        return f"{self.mode} ({model})" if model and self.mode != "oracle_box" else self.mode
+
+    def data_files(self) -> list[Path]:
+        """``data.files`` with directories expanded to their parquet files.
+
+        Raises:
+            FileNotFoundError: When an entry does not exist or a directory holds no parquet file.
+        """
+        files: list[Path] = []
+        for entry in self.data.files:
+            path = Path(entry)
+            if path.is_dir():
+                found = sorted(path.glob("*.parquet"))
+                if not found:
+                    raise FileNotFoundError(f"no *.parquet in {path}")
+                files += found
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise FileNotFoundError(f"evaluation data {path} does not exist")
+        if not files:
+            raise FileNotFoundError("no evaluation data: set data.files=[...] (make eval DATA=...)")
+        stems = [file.stem for file in files]
+        if len(set(stems)) != len(stems):
+            raise ValueError(f"evaluation files must have distinct names (sample ids use them): {stems}")
+        return files
+
+
+def eval_config(cfg: Any = None) -> EvalConfig:
+    """A validated :class:`EvalConfig` from a DictConfig or dict (unknown keys and wrong types raise).
+
+    The evaluator's SAM2 comes from the ``reward_server`` group's ``engine`` when the config has one, so training and
+    evaluation are pointed at a checkpoint the same way (``reward_server.engine.checkpoint=...``).
+    """
+    if cfg is not None:
+        cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        server = cfg.pop("reward_server", None)
+        if server is not None:
+            cfg["sam"] = server.get("engine", {})
+    schema = OmegaConf.structured(EvalConfig)
+    merged = OmegaConf.merge(schema, cfg) if cfg is not None else schema
+    return OmegaConf.to_object(merged)

@@ -1,0 +1,156 @@
+"""Evaluation modes: how one sample becomes an episode that :func:`recipe.veteran.workflow.run_episodes` drives.
+
+Every mode shows the model the 840x840 image and sends SAM2 the original image, the model's coordinates scaled back
+(``x * W / 840``, ``y * H / 840``, SPEC section 1):
+
+- ``samr1``: one turn with SAM-R1's prompt; box + point (a positive click) -> SAM2.
+- ``veteran``: SAM-Veteran's workflow, grounding then up to ``max_steps`` refinement clicks, stopped by the model.
+- ``baseline``: the workflow's grounding turn only, box -> SAM2 (the papers' "Qwen2.5-VL + SAM2" row).
+- ``oracle_box``: the ground-truth box -> SAM2, no model (the segmenter's upper bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from PIL import Image
+
+from recipe.common.answer import parse_response
+from recipe.common.prompts import build_prompt
+from recipe.evaluate.config import EvalConfig
+from recipe.evaluate.samples import EvalSample
+from recipe.veteran.workflow import Episode, Messages, Step
+from reward_server.masks import model_to_original
+from reward_server.protocol import ImageRef, Prompt, SegResult
+
+
+@dataclass
+class _SingleTurn:
+    """The episode interface of :class:`~recipe.veteran.workflow.Episode` for one-prompt modes."""
+
+    sample: EvalSample
+    steps: list[Step] = field(default_factory=list)
+    termination: str | None = None
+    gt_ref = None  # evaluation scores masks itself, with LISA's ignore pixels, at the original resolution
+
+    @cached_property
+    def image_ref(self) -> ImageRef:
+        return ImageRef.of(self.sample.image)
+
+    @property
+    def done(self) -> bool:
+        return self.termination is not None
+
+    @property
+    def final(self) -> SegResult | None:
+        results = [step.result for step in self.steps if step.result is not None and step.result.ok]
+        return results[-1] if results else None
+
+    def observe_mask(self, result: SegResult) -> None:
+        self.steps[-1].result = result
+        self.termination = "answered" if result.ok else "sam_error"
+
+    def _record(self, step: Step) -> Prompt | None:
+        self.steps.append(step)
+        if step.prompt is None:
+            self.termination = "invalid_answer"
+        return step.prompt
+
+
+@dataclass
+class SamR1Episode(_SingleTurn):
+    """SAM-R1's single shot: the answer's box and point; both must be valid, as for the training reward."""
+
+    def next_messages(self) -> Messages:
+        image = Image.fromarray(self.sample.model_image)
+        text = build_prompt("samr1", self.sample.question)
+        return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+    def observe_response(self, text: str) -> Prompt | None:
+        parsed = parse_response(text)
+        step = Step("grounding", text, parsed)
+        box, point = parsed.bbox_2d(), parsed.point_2d()
+        if box.ok and point.ok:
+            hw = self.sample.image.shape[:2]
+            step.prompt = Prompt(box=_to_original(box.value, hw), points=(_to_original(point.value, hw),), labels=(1,))
+        return self._record(step)
+
+
+@dataclass
+class OracleBoxEpisode(_SingleTurn):
+    """The ground-truth box at the original resolution; the (empty) policy answer is ignored."""
+
+    def next_messages(self) -> Messages:
+        return []
+
+    def observe_response(self, text: str) -> Prompt | None:
+        box = self.sample.gt_box
+        step = Step("grounding", text, parse_response(text))
+        step.prompt = None if box is None else Prompt(box=tuple(box))
+        return self._record(step)
+
+
+def _to_original(coords: Sequence[float], image_hw: tuple[int, int]) -> tuple[float, ...]:
+    return tuple(float(v) for v in model_to_original(coords, image_hw))
+
+
+def _workflow(sample: EvalSample, cfg: EvalConfig, max_steps: int) -> Episode:
+    return Episode(
+        sample.question,
+        sample.model_image,
+        max_steps=max_steps,
+        resend_points=cfg.veteran.resend_points,
+        grounding_cot=cfg.veteran.grounding_cot,
+        mask_cot=cfg.veteran.mask_cot,
+        segment_image=sample.image,
+    )
+
+
+@dataclass(frozen=True)
+class Mode:
+    """An evaluation mode.
+
+    Attributes:
+        build: ``build(sample, config) -> episode``.
+        needs_model: Whether a policy generates (``oracle_box`` needs none).
+        repetition_penalty: The default when ``generation.repetition_penalty`` is null.
+        iterative: Whether records have refinement steps (per-step IoU and termination are reported).
+    """
+
+    build: Callable[[EvalSample, EvalConfig], Any]
+    needs_model: bool = True
+    repetition_penalty: float = 1.0
+    iterative: bool = False
+
+
+MODES: dict[str, Mode] = {
+    "samr1": Mode(lambda sample, cfg: SamR1Episode(sample)),
+    "veteran": Mode(
+        lambda sample, cfg: _workflow(sample, cfg, cfg.veteran.max_steps), repetition_penalty=1.1, iterative=True
+    ),
+    "baseline": Mode(lambda sample, cfg: _workflow(sample, cfg, 0)),
+    "oracle_box": Mode(lambda sample, cfg: OracleBoxEpisode(sample), needs_model=False),
+}
+
+
+def get_mode(name: str) -> Mode:
+    """The registered mode ``name``.
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    if name not in MODES:
+        raise ValueError(f"unknown evaluation mode {name!r}; choose one of {sorted(MODES)}")
+    return MODES[name]
+
+
+class NullPolicy:
+    """The policy of modes that need no model: an empty answer per episode."""
+
+    seconds = 0.0
+
+    async def generate(self, batch: Sequence[Messages]) -> list[str]:
+        return ["" for _ in batch]

@@ -1,0 +1,159 @@
+"""Per-sample records: what the model answered, what SAM2 was asked and returned, and the IoU at every step.
+
+Records are JSON lines appended per batch (flushed and fsynced) under ``<output_dir>/records/``, one file per
+worker. They are the run's state: a restarted run skips every sample that has a record, and a line torn by a kill
+is dropped (and its sample evaluated again), so no sample is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recipe.common.metrics import SegMetrics
+from recipe.evaluate.samples import BadSample, EvalSample
+from recipe.veteran.workflow import Step
+
+logger = logging.getLogger(__name__)
+
+RECORDS_DIR = "records"
+
+
+def _prompt_record(step: Step) -> dict[str, Any] | None:
+    prompt = step.prompt
+    if prompt is None:
+        return None
+    return {
+        "box": None if prompt.box is None else [float(v) for v in prompt.box],
+        "points": [[float(x), float(y)] for x, y in prompt.points],
+        "labels": [int(label) for label in prompt.labels],
+    }
+
+
+def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str, Any]:
+    """One turn: the raw answer, its parsed JSON (model space), the SAM2 prompt (original pixels) and the scored mask.
+
+    ``intersection``, ``union`` and ``iou`` are present when the turn produced a mask.
+    """
+    record: dict[str, Any] = {
+        "kind": step.kind,
+        "response": step.response,
+        "answer": step.parsed.answer,
+        "answer_error": step.parsed.answer_error,
+        "format_ok": step.parsed.format_ok,
+        "prompt": _prompt_record(step),
+    }
+    result = step.result
+    if result is None:
+        return record
+    if not result.ok:
+        record["sam_error"] = f"{result.code}: {result.error}"
+        return record
+    scored = metrics.score(result.mask_array(), labels)
+    record.update(
+        mask=result.mask,
+        sam_score=result.score,
+        intersection=scored.intersection,
+        union=scored.union,
+        iou=scored.iou,
+    )
+    return record
+
+
+def sample_record(
+    sample: EvalSample, episode: Any, mode: str, metrics: SegMetrics, timing: dict[str, float]
+) -> dict[str, Any]:
+    """The record of one evaluated sample; its final prediction is the last mask SAM2 produced (None: failed)."""
+    steps = [step_record(step, sample.labels, metrics) for step in episode.steps]
+    final = episode.final
+    scored = metrics.score(None if final is None else final.mask_array(), sample.labels)
+    return {
+        "uid": sample.uid,
+        "dataset": sample.dataset,
+        "question": sample.question,
+        "mode": mode,
+        "image_hw": list(sample.image.shape[:2]),
+        "gt_area": int(np.count_nonzero(sample.labels == 1)),
+        "steps": steps,
+        "termination": episode.termination,
+        "failed": final is None,
+        "intersection": scored.intersection,
+        "union": scored.union,
+        "iou": scored.iou,
+        "timing": timing,
+    }
+
+
+def bad_sample_record(sample: BadSample, mode: str) -> dict[str, Any]:
+    """A row that could not be evaluated: kept, with its reason, out of the metrics and named in the summary."""
+    return {"uid": sample.uid, "dataset": sample.dataset, "mode": mode, "skipped": sample.error}
+
+
+class RecordWriter:
+    """Appends records to one JSON-lines file, durably per batch.
+
+    Opening drops a torn last line left by a killed run, so the next record starts on a line of its own.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a torn last record (%d bytes) from an interrupted run", path, len(data) - keep)
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+
+
+def read_records(output_dir: str | Path, uids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every complete record under ``<output_dir>/records`` by sample id (the first one, should a sample repeat).
+
+    Args:
+        output_dir: The run's directory.
+        uids: Keep only these samples (the run's current data selection).
+    """
+    wanted = None if uids is None else set(uids)
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(output_dir) / RECORDS_DIR).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn line: that sample is evaluated again
+            uid = record.get("uid")
+            if uid is None or (wanted is not None and uid not in wanted):
+                continue
+            if uid in records:
+                logger.warning("sample %s has more than one record; keeping the first", uid)
+                continue
+            records[uid] = record
+    return records

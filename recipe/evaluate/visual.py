@@ -1,0 +1,180 @@
+"""The visual report: an HTML page of PNG panels showing what the model did, step by step.
+
+Per sample, one panel: the image with the ground truth, then one image per step with SAM2's mask, the prompt's box
+and clicks and the ground truth's outline, titled with the step's IoU. The page shows the worst samples (the papers'
+failure analysis) and a seeded random draw, each with the question and the model's full answers, under the table.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from recipe.common.overlay import draw_box, draw_mask_outline, draw_points, overlay_mask
+from recipe.evaluate.config import EvalConfig
+from recipe.evaluate.samples import EvalSample, iter_samples
+from reward_server.masks import decode_rle
+
+GT_COLOR = (255, 0, 255)
+IGNORE_COLOR = (128, 128, 128)
+TITLE_HEIGHT = 22
+REPORT_DIR = "report"
+
+
+def _fit(image: np.ndarray, max_side: int) -> Image.Image:
+    picture = Image.fromarray(image)
+    scale = max_side / max(picture.size)
+    if scale < 1:
+        picture = picture.resize(
+            (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.LANCZOS
+        )
+    return picture
+
+
+def _titled(picture: Image.Image, title: str) -> Image.Image:
+    canvas = Image.new("RGB", (picture.width, picture.height + TITLE_HEIGHT), (255, 255, 255))
+    canvas.paste(picture, (0, TITLE_HEIGHT))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0), font=ImageFont.load_default(size=14))
+    return canvas
+
+
+def _step_title(index: int, step: dict[str, Any], last_of_stopped: bool) -> str:
+    name = "box" if index == 0 else f"step {index}"
+    if "iou" in step:
+        return f"{name}: IoU {100 * step['iou']:.1f}"
+    if step.get("sam_error"):
+        return f"{name}: SAM2 error"
+    return f"{name}: stop" if last_of_stopped else f"{name}: no valid answer"
+
+
+def render_panel(sample: EvalSample, record: dict[str, Any], max_side: int = 448) -> Image.Image:
+    """The sample's panel: ground truth first, then each step's mask, box, clicks and the GT outline."""
+    target, ignored = sample.labels == 1, sample.labels == 255
+    truth = overlay_mask(sample.image, target, GT_COLOR)
+    if ignored.any():
+        truth = overlay_mask(truth, ignored, IGNORE_COLOR, alpha=0.6)
+    truth = draw_mask_outline(truth, target, GT_COLOR)
+    tiles = [_titled(_fit(truth, max_side), "ground truth")]
+    steps = record["steps"]
+    for index, step in enumerate(steps):
+        picture = sample.image
+        if "mask" in step:
+            picture = overlay_mask(picture, decode_rle(step["mask"]))
+        picture = draw_mask_outline(picture, target, GT_COLOR)
+        prompt = step["prompt"]
+        if prompt is not None:
+            if prompt["box"] is not None:
+                picture = draw_box(picture, prompt["box"])
+            if prompt["points"]:
+                picture = draw_points(picture, prompt["points"], prompt["labels"])
+        stopped = record["termination"] == "stop" and index == len(steps) - 1
+        tiles.append(_titled(_fit(picture, max_side), _step_title(index, step, stopped)))
+    panel = Image.new(
+        "RGB", (sum(t.width for t in tiles) + 6 * (len(tiles) - 1), max(t.height for t in tiles)), "white"
+    )
+    x = 0
+    for tile in tiles:
+        panel.paste(tile, (x, 0))
+        x += tile.width + 6
+    return panel
+
+
+def choose_samples(
+    records: Sequence[dict[str, Any]], random_count: int, worst_count: int, seed: int
+) -> dict[str, list]:
+    """The worst scored samples (lowest final IoU, failures first) and a seeded random draw of the rest."""
+    scored = [r for r in records if "skipped" not in r]
+    worst = sorted(scored, key=lambda r: (r["iou"], r["uid"]))[:worst_count]
+    taken = {r["uid"] for r in worst}
+    rest = [r for r in scored if r["uid"] not in taken]
+    drawn = random.Random(seed).sample(rest, min(random_count, len(rest)))
+    return {"Worst samples": worst, "Random samples": sorted(drawn, key=lambda r: r["uid"])}
+
+
+def _panel_name(uid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", uid) + ".png"
+
+
+def _markdown_to_html(table: str) -> str:
+    """The markdown tables of ``table.md`` as HTML tables (bullet notes as a list)."""
+    parts, rows, notes = [], [], []
+
+    def close_table() -> None:
+        if rows:
+            head, *body = rows
+            cells = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+            lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            parts.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{lines}</tbody></table>")
+            rows.clear()
+
+    for line in table.splitlines():
+        if set(line) <= set("|-") and line:
+            continue  # the header separator
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+            continue
+        close_table()
+        if line.startswith("- "):
+            notes.append(f"<li>{html.escape(line[2:])}</li>")
+    close_table()
+    return "\n".join(parts) + (f"<ul>{''.join(notes)}</ul>" if notes else "")
+
+
+def _sample_html(record: dict[str, Any], panel: str) -> str:
+    answers = "".join(
+        f"<p><b>{'box' if i == 0 else f'step {i}'}</b></p><pre>{html.escape(step['response'] or '(no model)')}</pre>"
+        for i, step in enumerate(record["steps"])
+    )
+    return (
+        f'<div class="sample"><h3>{html.escape(record["uid"])} · {html.escape(record["dataset"])} · '
+        f"IoU {100 * record['iou']:.1f} · {html.escape(str(record['termination']))}</h3>"
+        f'<p class="q">{html.escape(record["question"])}</p>'
+        f'<img src="panels/{panel}" alt="{html.escape(record["uid"])}">'
+        f"<details><summary>answers</summary>{answers}</details></div>"
+    )
+
+
+STYLE = (
+    "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"
+    "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
+    ".sample{margin:18px 0;border-top:1px solid #ddd}.q{font-style:italic}img{max-width:100%}"
+    "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}"
+)
+
+
+def write_report(
+    cfg: EvalConfig, files: Sequence[Path], records: Sequence[dict[str, Any]], summary: dict[str, Any], table: str
+) -> Path:
+    """Writes ``<output_dir>/report/index.html`` and its panels; returns the page's path."""
+    report_dir = Path(cfg.output_dir) / REPORT_DIR
+    (report_dir / "panels").mkdir(parents=True, exist_ok=True)
+    sections = choose_samples(records, cfg.visual.random_samples, cfg.visual.worst_samples, cfg.visual.seed)
+    by_uid = {r["uid"]: r for rows in sections.values() for r in rows}
+    for sample in iter_samples(files, by_uid.__contains__, cfg.data.limit):
+        if isinstance(sample, EvalSample):
+            render_panel(sample, by_uid[sample.uid], cfg.visual.max_side).save(
+                report_dir / "panels" / _panel_name(sample.uid)
+            )
+    body = [f"<h1>{html.escape(summary['method'])}</h1>", _markdown_to_html(table)]
+    legend = (
+        "Magenta: ground truth (grey: ignored pixels); green: SAM2's mask; yellow: the box; blue +: positive click; "
+        "red -: negative click. Coordinates are the model's, mapped to the original image."
+    )
+    body.append(f"<p>{html.escape(legend)}</p>")
+    for title, rows in sections.items():
+        body.append(f"<h2>{title} ({len(rows)})</h2>")
+        body += [_sample_html(r, _panel_name(r["uid"])) for r in rows]
+    page = (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(summary["method"])}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+    index = report_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
