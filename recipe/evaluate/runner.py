@@ -185,6 +185,23 @@ def run_parallel(cfg: EvalConfig, pending: int) -> None:
         raise RuntimeError(f"{len(failures)} evaluation worker(s) failed (rerun to resume): " + "; ".join(failures))
 
 
+def timing_line(summary: dict[str, Any]) -> str:
+    """Seconds per sample (batched: each sample's share of its batch) and this run's throughput."""
+    seconds = summary["s_per_sample"]
+    line = (
+        f"Time per sample: {seconds:.3f} s, of which SAM2 {summary['sam_s_per_sample']:.3f} s and generation "
+        f"{summary['generate_s_per_sample']:.3f} s ({1 / max(seconds, 1e-9):.2f} samples/s per worker)."
+        if summary["n"]
+        else "No sample was evaluated."
+    )
+    if summary["run_samples"]:
+        line += (
+            f" This run: {summary['run_samples']} samples in {summary['run_wall_s']:.1f} s, "
+            f"{summary['run_samples_per_s']:.2f} samples/s including model loading."
+        )
+    return line
+
+
 def evaluate(cfg: EvalConfig, policy: Any = None, engine: Any = None) -> dict[str, Any]:
     """The whole run: evaluate what is unfinished, then write ``summary.json``, ``table.md`` and the report.
 
@@ -221,6 +238,7 @@ def evaluate(cfg: EvalConfig, policy: Any = None, engine: Any = None) -> dict[st
     summary.update(run_samples=pending, run_wall_s=wall, run_samples_per_s=pending / wall if pending else None)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown_table([summary]) + ("\n" + steps_table(summary) if mode.iterative else "")
+    table += "\n" + timing_line(summary) + "\n"
     (output_dir / "table.md").write_text(table)
     print(table, flush=True)
     if cfg.report:
