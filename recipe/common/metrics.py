@@ -76,6 +76,10 @@ class SegMetrics:
             predicted = pred.astype(bool) & valid
             intersection = int(np.count_nonzero(predicted & target))
             union = int(np.count_nonzero(predicted | target))
+        return self.sample_iou(intersection, union)
+
+    def sample_iou(self, intersection: int, union: int) -> SampleIoU:
+        """A sample from its counts (e.g. stored in evaluation records), its IoU under this convention."""
         return SampleIoU(intersection, union, intersection / union if union else self.empty_union_iou)
 
     def update(self, pred: np.ndarray | None, gt: np.ndarray) -> SampleIoU:

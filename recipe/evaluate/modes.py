@@ -44,11 +44,6 @@ class _SingleTurn:
     def done(self) -> bool:
         return self.termination is not None
 
-    @property
-    def final(self) -> SegResult | None:
-        results = [step.result for step in self.steps if step.result is not None and step.result.ok]
-        return results[-1] if results else None
-
     def observe_mask(self, result: SegResult) -> None:
         self.steps[-1].result = result
         self.termination = "answered" if result.ok else "sam_error"

@@ -66,26 +66,38 @@ def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str
     return record
 
 
+def mask_overlap(steps: Sequence[dict[str, Any]], gt_area: int, last: int | None = None) -> tuple[int, int, bool]:
+    """(I, U, whether there is a mask) of the mask in effect after step ``last`` (default: the last step).
+
+    That is the latest mask SAM2 produced up to it; before any (or when every call failed) the prediction is empty:
+    I = 0, U = |GT|.
+    """
+    for step in reversed(steps[: None if last is None else last + 1]):
+        if "intersection" in step:
+            return step["intersection"], step["union"], True
+    return 0, gt_area, False
+
+
 def sample_record(
     sample: EvalSample, episode: Any, mode: str, metrics: SegMetrics, timing: dict[str, float]
 ) -> dict[str, Any]:
-    """The record of one evaluated sample; its final prediction is the last mask SAM2 produced (None: failed)."""
+    """The record of one evaluated sample; its prediction is the last mask SAM2 produced (none: failed)."""
     steps = [step_record(step, sample.labels, metrics) for step in episode.steps]
-    final = episode.final
-    scored = metrics.score(None if final is None else final.mask_array(), sample.labels)
+    gt_area = int(np.count_nonzero(sample.labels == 1))
+    intersection, union, has_mask = mask_overlap(steps, gt_area)
     return {
         "uid": sample.uid,
         "dataset": sample.dataset,
         "question": sample.question,
         "mode": mode,
         "image_hw": list(sample.image.shape[:2]),
-        "gt_area": int(np.count_nonzero(sample.labels == 1)),
+        "gt_area": gt_area,
         "steps": steps,
         "termination": episode.termination,
-        "failed": final is None,
-        "intersection": scored.intersection,
-        "union": scored.union,
-        "iou": scored.iou,
+        "failed": not has_mask,
+        "intersection": intersection,
+        "union": union,
+        "iou": metrics.sample_iou(intersection, union).iou,
         "timing": timing,
     }
 

@@ -11,7 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from recipe.common.metrics import SampleIoU, SegMetrics
+from recipe.common.metrics import SegMetrics
+from recipe.evaluate.records import mask_overlap
 
 DATASET_LABELS = {
     "reasonseg_val": "ReasonSeg val",
@@ -28,10 +29,6 @@ def dataset_order(names: Iterable[str]) -> list[str]:
     return known + sorted(set(names) - set(known))
 
 
-def _sample_iou(metrics: SegMetrics, intersection: int, union: int) -> SampleIoU:
-    return SampleIoU(intersection, union, intersection / union if union else metrics.empty_union_iou)
-
-
 def dataset_metrics(records: Iterable[dict[str, Any]], seg_zero_compatible: bool = False) -> dict[str, SegMetrics]:
     """One accumulator per dataset over the scored records (skipped rows are left out)."""
     metrics: dict[str, SegMetrics] = defaultdict(lambda: SegMetrics(seg_zero_compatible))
@@ -39,16 +36,8 @@ def dataset_metrics(records: Iterable[dict[str, Any]], seg_zero_compatible: bool
         if "skipped" in record:
             continue
         accumulator = metrics[record["dataset"]]
-        accumulator.add(_sample_iou(accumulator, record["intersection"], record["union"]), failed=record["failed"])
+        accumulator.add(accumulator.sample_iou(record["intersection"], record["union"]), failed=record["failed"])
     return dict(metrics)
-
-
-def _step_overlap(record: dict[str, Any], step: int) -> tuple[int, int]:
-    """(I, U) of the mask in effect after ``step``: the latest mask up to it (an empty one before any)."""
-    for earlier in reversed(record["steps"][: step + 1]):
-        if "intersection" in earlier:
-            return earlier["intersection"], earlier["union"]
-    return 0, record["gt_area"]
 
 
 def _stopped_at(record: dict[str, Any]) -> int | None:
@@ -68,7 +57,8 @@ def step_curves(
     for step in range(max_steps + 1):
         metrics = SegMetrics(seg_zero_compatible)
         for record in scored:
-            metrics.add(_sample_iou(metrics, *_step_overlap(record, step)))
+            intersection, union, _ = mask_overlap(record["steps"], record["gt_area"], step)
+            metrics.add(metrics.sample_iou(intersection, union))
         stopped = sum(1 for r in scored if (at := _stopped_at(r)) is not None and at <= step)
         summary = metrics.summary()
         curve.append(
