@@ -14,8 +14,8 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward data data-veteran smoke train-samr1 train-veteran eval eval-smoke \
-	lock clean-venv
+.PHONY: setup test lint format bench bench-reward bench-step gpu-check data data-veteran smoke train-samr1 train-veteran eval \
+	eval-smoke lock clean-venv flash-attn
 
 setup: $(STAMP)
 
@@ -47,10 +47,17 @@ bench: $(STAMP)
 bench-reward: $(STAMP)
 	$(BIN)/python -m bench.reward $(ARGS)
 
-# Both recipes on a CPU: synthetic data, tiny models, verl's data/agent-loop/reward/GRPO code (README).
+# A training step's cost and SAM2's share of it, per recipe, from verl's timing metrics of a real CPU run (README).
+bench-step: $(STAMP)
+	VERL_PLATFORM=cpu $(BIN)/python -m bench.step $(ARGS)
+
+# One GPU in at most 8 minutes: device info, the GPU tests, SAM2-Large throughput (ARGS="--quick" on a CPU).
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check $(ARGS)
+
+# Both recipes through verl's real trainer on a CPU (tiny models, synthetic data): 2 steps, then a resumed 3rd (README).
 smoke: $(STAMP)
-	$(BIN)/python -m recipe.samr1.smoke $(ARGS)
-	$(BIN)/python -m recipe.veteran.smoke
+	VERL_PLATFORM=cpu $(BIN)/python -m recipe.smoke $(ARGS)
 
 # SAM-R1 training on a GPU node; Hydra overrides go in ARGS="key=value ...".
 train-samr1: $(STAMP)
@@ -59,6 +66,14 @@ train-samr1: $(STAMP)
 # SAM-Veteran training on GPU nodes (after make data and make data-veteran); overrides in ARGS.
 train-veteran: $(STAMP)
 	$(BIN)/python -m recipe.veteran.main $(ARGS)
+
+# Optional, on a GPU node: flash-attn has no binary wheel for the locked torch, so it is compiled here (needs nvcc;
+# a long build, MAX_JOBS=N bounds its memory use).
+# The recipes then use it with the overrides
+#   actor_rollout_ref.model.use_remove_padding=true actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
+flash-attn: $(STAMP)
+	@command -v nvcc >/dev/null || { echo "make flash-attn: nvcc not found; install the CUDA toolkit matching torch (or put its bin/ on PATH)"; exit 2; }
+	$(BIN)/uv pip install --python $(BIN)/python flash-attn --no-build-isolation
 
 # Datasets (README, "Data"): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
 # COCO_IMAGES is COCO train2014; REASONSEG_ROOT holds train/, val/, test/ (optional). Outputs go to DATA_DIR.
@@ -100,7 +115,8 @@ eval: $(STAMP)
 
 # Every evaluation mode on a CPU: synthetic evaluation sets, tiny random models; prints the gIoU/cIoU table.
 eval-smoke: $(STAMP)
-	$(BIN)/python -m recipe.evaluate.smoke $(ARGS)
+	$(BIN)/python -m data_prep.smoke eval-sets outputs/eval_smoke/data
+	$(BIN)/python -m recipe.evaluate.smoke --data outputs/eval_smoke/data/eval $(ARGS)
 
 # Regenerates requirements.lock from pyproject.toml: one universal lock (CPython 3.11 and 3.12, CPU-only and GPU
 # nodes alike) with hashes.

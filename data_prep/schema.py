@@ -6,14 +6,12 @@ SAM-Veteran task files (grounding, mask comprehension, auxiliary) share this sch
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
-
-from reward_server.masks import decode_rle
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 REGION = pa.struct([("mask", RLE), ("center", pa.list_(pa.float64()))])
 
+# recipe.common.labels.label_mask reads these masks back as evaluation labels.
 GROUND_TRUTH = pa.struct(
     [
         ("mask", RLE),  # target at 840x840 (model space)
@@ -61,17 +59,3 @@ ROW = pa.schema(
 
 def empty_ground_truth() -> dict:
     return {name: None for name in GROUND_TRUTH.names}
-
-
-def label_mask(ground_truth: dict, original: bool = True) -> np.ndarray:
-    """A row's ground truth as one uint8 label mask: 0 background, 1 target, 255 ignored (what SegMetrics takes).
-
-    Args:
-        ground_truth: ``reward_model.ground_truth`` of a row.
-        original: At the original resolution (evaluation); otherwise at 840 (training).
-    """
-    mask_key, ignore_key = ("orig_mask", "orig_ignore") if original else ("mask", "ignore")
-    labels = decode_rle(ground_truth[mask_key]).astype(np.uint8)
-    if ground_truth.get(ignore_key) is not None:
-        labels[decode_rle(ground_truth[ignore_key])] = 255
-    return labels

@@ -3,7 +3,15 @@
 verl imports every ``verl.plugins`` entry point in each process that imports it (the driver, the TaskRunner and
 every Ray worker), so losses, reward managers, trainers and agent loops registered here exist wherever verl looks
 them up. verl swallows plugin import errors, so ``tests/test_verl_plugin.py`` checks every registry.
+
+Order matters: the ``cpu`` platform is registered first, because several modules imported below resolve verl's
+platform at import time (``VERL_PLATFORM=cpu`` names it). It is never auto-detected, so GPU runs are unaffected;
+the rest of the CPU backend loads only when it is selected.
 """
+
+# isort: off
+from recipe.cpu.platform import selected as cpu_platform_selected  # first: see the module docstring
+# isort: on
 
 # Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1",
 # advantage estimator "grpo_batch_std", agent loops "veteran_grounding", "veteran_mask_comprehension" and
@@ -13,4 +21,10 @@ import recipe.common.trainer
 import recipe.samr1.loss
 import recipe.veteran.advantage
 import recipe.veteran.agent_loops
-import recipe.veteran.workflow_loop  # noqa: F401
+import recipe.veteran.workflow_loop
+from recipe.common.verl_workarounds import apply_image_free_fix, apply_transfer_queue_fix
+
+apply_transfer_queue_fix()
+apply_image_free_fix()
+if cpu_platform_selected():
+    import recipe.cpu.register  # noqa: F401  (engine, rollout "hf_cpu", CPU workarounds)

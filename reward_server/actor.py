@@ -100,6 +100,7 @@ class SamActor:
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._busy_since: float | None = None
+        self._served_s = 0.0  # seconds the device spent on batches since this actor (re)started
         self._started = time.time()
 
     async def segment(
@@ -127,6 +128,7 @@ class SamActor:
             "uptime_s": time.time() - self._started,
             "queued_calls": len(self._queue),
             "busy_s": 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since,
+            "served_s": self._served_s,
             **self.engine.info(),
             **{key: value for key, value in asdict(self.engine.stats).items() if key != "errors"},
             "errors": {str(code): count for code, count in self.engine.stats.errors.items()},
@@ -159,7 +161,9 @@ class SamActor:
                 self.engine.stats.errors[ErrorCode.INTERNAL] += len(requests)
             finally:
                 self._busy_since = None
-            self._metrics.service_latency.observe(time.perf_counter() - started)
+            served = time.perf_counter() - started
+            self._served_s += served
+            self._metrics.service_latency.observe(served)
             self._metrics.record(before, self.engine.stats, self.engine.info())
             offset = 0
             for call in calls:

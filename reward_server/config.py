@@ -22,13 +22,17 @@ class EngineConfig:
             error, so a training run never rewards against random SAM2 weights by accident.
         seed: Torch seed before building, so random-weight actors (and their restarts) are identical.
         image_size: Override the model's input resolution (the tiny CPU preset runs at 512); None keeps 1024.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. ``auto`` follows Ray's assignment inside a Ray worker: the
+            GPU Ray gave the actor, or the CPU (with a warning) when it was given none, so SAM2 never lands unasked on
+            a GPU that verl holds; outside Ray it is CUDA when available. To share a GPU Ray does not account for,
+            name it (``cuda:N``). See :func:`reward_server.engine.resolve_device`.
         dtype: Autocast dtype on CUDA (``bfloat16`` or ``float32``); CPU always runs float32.
         compile_encoder: ``torch.compile`` the image encoder; batches are padded to ``encoder_batch_sizes``.
         compile_backend: The torch.compile backend.
         encoder_batch_sizes: Fixed encoder batch sizes (ascending); the largest is the encode chunk size.
         max_decode_batch: Prompts per mask-decoder call.
-        cache_bytes: Bound of the image-embedding LRU cache (SAM2-Large: ~8 MB per image in bf16, ~16 MB fp32).
+        cache_bytes: Bound of the image-embedding LRU cache. SAM2-Large takes ~10 MiB per image on CUDA (the high-res
+            levels in bf16, the embedding in fp32 after SAM2's ``no_mem_embed`` add) and 16 MiB on the CPU.
         gt_cache_bytes: Bound of the ground-truth cache (masks and their edge-ignore masks).
         multimask_output: Ask SAM2 for three masks and keep the one with the highest predicted IoU.
         apply_postprocessing: SAM2's dynamic multimask fallback for unstable single masks (its builder's default).
@@ -78,7 +82,8 @@ class PoolConfig:
         num_actors: Actors (one per SAM GPU).
         gpus_per_actor: GPUs reserved per actor (0 on CPU-only machines).
         cpus_per_actor: CPUs reserved per actor.
-        strategy: Placement-group strategy for the actors' bundles (``PACK``, ``SPREAD``, ``STRICT_SPREAD``, ...).
+        strategy: Placement-group strategy for the actors' bundles (``PACK``, ``SPREAD``, ``STRICT_SPREAD``, ...);
+            None picks :attr:`placement_strategy`'s default.
         detached: Keep the pool alive after the starting driver exits (a standalone server on a cluster).
         max_restarts: Actor restarts after a crash (-1: unlimited).
         max_task_retries: Ray-level retries of a call whose actor died.
@@ -89,10 +94,22 @@ class PoolConfig:
     num_actors: int = 1
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 2.0
-    strategy: str = "PACK"
+    strategy: str | None = None
     detached: bool = False
     max_restarts: int = -1
     max_task_retries: int = 3
+
+    @property
+    def placement_strategy(self) -> str:
+        """``strategy``, or by default ``PACK`` for one actor and ``SPREAD`` for several.
+
+        Several actors packed onto one node take several of its GPUs, and verl's per-node ``STRICT_PACK`` group of
+        ``trainer.n_gpus_per_node`` GPUs can then never be placed there (Ray waits without a timeout); spread, each
+        node keeps the same number of GPUs for verl.
+        """
+        if self.strategy is not None:
+            return self.strategy
+        return "SPREAD" if self.num_actors > 1 else "PACK"
 
 
 @dataclass

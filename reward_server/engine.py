@@ -5,14 +5,18 @@ decodes, so each image is encoded once into an LRU cache keyed by its content ha
 across images, go through the prompt encoder and mask decoder together, grouped by prompt shape (number of point
 tokens, with or without ``mask_input``) so no padding point ever changes a mask.
 
-The engine is synchronous and Ray-free; ``reward_server.actor`` runs it on one device thread.
+The engine is synchronous and Ray-free (inside a Ray worker it only asks Ray which GPU it was given);
+``reward_server.actor`` runs it on one device thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -70,10 +74,56 @@ class _Job:
     gt: GroundTruth | None
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(
+    device: str, cuda_available: bool, gpu_ids: Sequence[str] | None, env: Mapping[str, str]
+) -> torch.device:
+    """The torch device of an engine; ``auto`` follows the GPUs Ray assigned to this process.
+
+    Ray names the GPUs it assigns by their entries in the node's ``CUDA_VISIBLE_DEVICES`` (or their physical index
+    where that is unset) and narrows the worker's ``CUDA_VISIBLE_DEVICES`` to them, so the assigned GPU is usually
+    ``cuda:0``. With ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` Ray leaves the variable alone and every GPU of
+    the node stays visible: the assigned one is then found by its position in the variable, or by its id.
+
+    Args:
+        device: ``auto``, or an explicit torch device (``cpu``, ``cuda``, ``cuda:N``) used as given.
+        cuda_available: Whether torch can use CUDA in this process.
+        gpu_ids: ``ray.get_runtime_context().get_accelerator_ids()["GPU"]`` inside a Ray worker, None outside Ray.
+        env: The process environment (``CUDA_VISIBLE_DEVICES``).
+
+    Returns:
+        With ``auto``: the CPU without CUDA; any CUDA device outside Ray (torch's current one); inside Ray the first
+        assigned GPU, or the CPU with a warning when Ray assigned none, since every visible GPU then belongs to
+        someone else (verl's FSDP and vLLM workers, whose memory SAM2 would take).
+    """
+    if device != "auto":
+        return torch.device(device)
+    if not cuda_available:
+        return torch.device("cpu")
+    if gpu_ids is None:
+        return torch.device("cuda")
+    if not gpu_ids:
+        logger.warning(
+            "device auto in a Ray worker given no GPU: SAM2 runs on the CPU. Give the pool GPUs "
+            "(reward_server.pool.gpus_per_actor > 0), or name the GPU to share (reward_server.engine.device=cuda:N)"
+        )
+        return torch.device("cpu")
+    visible = [entry.strip() for entry in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    positions = [visible.index(gpu) for gpu in gpu_ids if gpu in visible]
+    return torch.device("cuda", min(positions) if positions else min(int(gpu) for gpu in gpu_ids))
+
+
+def ray_gpu_ids() -> list[str] | None:
+    """The GPU ids Ray assigned to this process when it is a Ray worker; None for a driver or without Ray."""
+    if "ray" not in sys.modules:  # nothing imported Ray, so this process is no Ray worker
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    return context.get_accelerator_ids().get("GPU", [])
 
 
 class SamEngine:
@@ -93,7 +143,7 @@ class SamEngine:
                 "such as facebook/sam2.1-hiera-large); random weights need allow_random_weights=true"
             )
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, torch.cuda.is_available(), ray_gpu_ids(), os.environ)
         overrides = {"model.image_size": config.image_size} if config.image_size else None
         torch.manual_seed(config.seed)
         self.model = build_sam2_model(

@@ -40,13 +40,13 @@ def _placement_group(pool: PoolConfig, timeout_s: float) -> PlacementGroup:
         group = get_placement_group(name)
     except ValueError:
         lifetime = "detached" if pool.detached else None
-        group = placement_group(_bundles(pool), strategy=pool.strategy, name=name, lifetime=lifetime)
+        group = placement_group(_bundles(pool), strategy=pool.placement_strategy, name=name, lifetime=lifetime)
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:
         raise RuntimeError(
-            f"cannot reserve {pool.num_actors} x {_bundles(pool)[0]} ({pool.strategy}) for the SAM2 pool within "
-            f"{timeout_s:.0f}s; the cluster has {ray.cluster_resources()}. Lower reward_server.pool.num_actors or "
-            "gpus_per_actor, or free the resources."
+            f"cannot reserve {pool.num_actors} x {_bundles(pool)[0]} ({pool.placement_strategy}) for the SAM2 pool "
+            f"within {timeout_s:.0f}s; the cluster has {ray.cluster_resources()}. Lower "
+            "reward_server.pool.num_actors or gpus_per_actor, or free the resources."
         )
     return group
 

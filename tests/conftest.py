@@ -1,6 +1,11 @@
-"""Shared pytest fixtures: tiny random models built at test time, nothing downloaded."""
+"""Shared pytest fixtures: tiny random models built at test time, nothing downloaded.
+
+pytest's default (prepend) import mode puts this directory on ``sys.path`` when it loads this file, before any
+test module, so the test modules import the shared doubles as ``support.<module>``.
+"""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +60,7 @@ def eval_sets(tmp_path_factory: pytest.TempPathFactory):
     import pyarrow.parquet as pq
 
     from data_prep.schema import ROW
-    from recipe.evaluate.smoke import build_eval_sets
+    from data_prep.smoke import build_eval_sets
 
     eval_dir = build_eval_sets(tmp_path_factory.mktemp("eval_sets"))
     number = 0
@@ -66,3 +71,12 @@ def eval_sets(tmp_path_factory: pytest.TempPathFactory):
             number += 1
         pq.write_table(pa.Table.from_pylist(rows, schema=ROW), path)
     return eval_dir
+
+
+@pytest.fixture(scope="session")
+def samr1_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic SAM-R1 training parquet of 4 rows (RefCOCOg format, converted by data_prep)."""
+    from data_prep.synthetic import synthetic_refer_parquet
+
+    root = tmp_path_factory.mktemp("samr1_parquet")
+    return synthetic_refer_parquet(root, root / "samr1.parquet", "samr1", num_images=12, limit=4, seed=0)

@@ -15,8 +15,8 @@ from data_prep import __main__ as cli
 from data_prep import rows as rows_module
 from data_prep.corruption import corrupt_mask
 from data_prep.safe_pickle import UnsafePickleError, load_plain_pickle
-from data_prep.schema import label_mask
 from data_prep.synthetic import write_reasonseg_split, write_refer_dataset
+from recipe.common.labels import label_mask
 from reward_server.masks import MODEL_SIZE, decode_rle, mask_to_box, original_to_model, resize_mask
 
 pytestmark = pytest.mark.slow
@@ -223,8 +223,9 @@ def test_a_row_loads_through_verls_rlhf_dataset(refer, tmp_path, tiny_qwen_path)
 
     out = tmp_path / "train.parquet"
     cli.main([*refer_args(refer, out), "--split", "train", "--limit", "2"])
+    # No worker processes (None): `datasets` forks a pool for any number, and a fork of this threaded process can hang.
     config = OmegaConf.create(
-        {"max_prompt_length": 1300, "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1}
+        {"max_prompt_length": 1300, "filter_overlong_prompts": True, "filter_overlong_prompts_workers": None}
     )
     processor = hf_processor(tiny_qwen_path)
     dataset = RLHFDataset(str(out), hf_tokenizer(tiny_qwen_path), config, processor=processor)

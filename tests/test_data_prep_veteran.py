@@ -9,26 +9,11 @@ import pytest
 
 from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
-from reward_server.masks import decode_rle, edge_excluded_iou, encode_rle
-from reward_server.protocol import SegResult
+from reward_server.masks import decode_rle, edge_excluded_iou
+
+from support.fake_sam import GoodEveryNth
 
 pytestmark = pytest.mark.slow
-
-
-class ScriptedSegmenter:
-    """Stands in for SAM2: returns the GT itself for some boxes (Good Enough) and an empty mask for others."""
-
-    def __init__(self, good_every: int):
-        self.good_every, self.calls = good_every, 0
-
-    def segment(self, requests, images=None, ground_truths=None):
-        results = []
-        for request in requests:
-            gt = decode_rle(ground_truths[request.gt_key])
-            mask = gt if self.calls % self.good_every == 0 else np.zeros_like(gt)
-            self.calls += 1
-            results.append(SegResult(mask=encode_rle(mask), score=1.0, edge_iou=edge_excluded_iou(mask, gt)))
-        return results
 
 
 @pytest.fixture
@@ -38,7 +23,7 @@ def grounding(tmp_path: Path) -> Path:
 
 def test_mask_comprehension_is_balanced_and_stores_the_sam_mask(grounding, tmp_path):
     out = tmp_path / "mask.parquet"
-    report = build_mask_comprehension(grounding, out, ScriptedSegmenter(good_every=4), seed=0)
+    report = build_mask_comprehension(grounding, out, GoodEveryNth(4), seed=0)
     rows = pq.read_table(out).to_pylist()
     cases = [row["reward_model"]["ground_truth"]["case"] for row in rows]
     assert cases.count("good_enough") == cases.count("need_refinement") == 3  # 12 rows, every 4th good -> 3 + 9
@@ -51,14 +36,12 @@ def test_mask_comprehension_is_balanced_and_stores_the_sam_mask(grounding, tmp_p
         assert row["agent_name"] == "veteran_mask_comprehension"
         assert row["prompt"][0]["content"].startswith("<image>Please point out any errors in the green")
     again = tmp_path / "again.parquet"
-    build_mask_comprehension(grounding, again, ScriptedSegmenter(good_every=4), seed=0)
+    build_mask_comprehension(grounding, again, GoodEveryNth(4), seed=0)
     assert pq.read_table(again).to_pylist() == rows
 
 
 def test_unbalanced_mask_comprehension_keeps_every_scored_row(grounding, tmp_path):
-    report = build_mask_comprehension(
-        grounding, tmp_path / "all.parquet", ScriptedSegmenter(good_every=4), balanced=False
-    )
+    report = build_mask_comprehension(grounding, tmp_path / "all.parquet", GoodEveryNth(4), balanced=False)
     cases = [row["reward_model"]["ground_truth"]["case"] for row in pq.read_table(tmp_path / "all.parquet").to_pylist()]
     assert report.rows == 12 and cases.count("good_enough") == 3 and cases.count("need_refinement") == 9
 
@@ -89,7 +72,7 @@ def test_auxiliary_rows_hold_corruptions_and_region_centres(grounding, tmp_path)
 
 
 def test_task_files_concatenate_as_verl_loads_them(grounding, tmp_path):
-    build_mask_comprehension(grounding, tmp_path / "mask.parquet", ScriptedSegmenter(good_every=2))
+    build_mask_comprehension(grounding, tmp_path / "mask.parquet", GoodEveryNth(2))
     build_auxiliary(grounding, tmp_path / "aux.parquet")
     files = [str(grounding), str(tmp_path / "mask.parquet"), str(tmp_path / "aux.parquet")]
     parts = [datasets.load_dataset("parquet", data_files=path, split="train") for path in files]

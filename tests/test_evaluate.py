@@ -26,7 +26,9 @@ from recipe.evaluate.summary import step_curves, summarize
 from recipe.veteran.workflow import Episode, run_episodes
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, encode_rle
-from reward_server.protocol import ImageRef, Prompt, SegRequest, SegResult
+from reward_server.protocol import ImageRef, Prompt, SegResult
+
+from support.fake_sam import EngineClient
 
 # ------------------------------------------------------------------ independent references
 
@@ -284,18 +286,6 @@ def veteran_scripts(rows):
     return scripts
 
 
-class DirectSam:
-    """The fake engine behind the SAM2 client's signature, one call per request (no batching)."""
-
-    def __init__(self):
-        self.engine = BoxSam()
-
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
-        image = image if isinstance(image, ImageRef) else ImageRef.of(image)
-        requests = [SegRequest(image.key, prompt, None, return_logits) for prompt in prompts]
-        return self.engine.segment(requests, {image.key: image.data})
-
-
 def test_veteran_records_match_the_workflow_step_by_step(eval_files, tmp_path):
     files = eval_files[:-1]
     rows = reference_rows(files)
@@ -308,7 +298,7 @@ def test_veteran_records_match_the_workflow_step_by_step(eval_files, tmp_path):
 
     samples = [s for s in iter_samples(files) if isinstance(s, EvalSample)]
     episodes = [Episode(s.question, s.model_image, max_steps=3, segment_image=s.image) for s in samples]
-    asyncio.run(run_episodes(episodes, ScriptedPolicy(scripts), DirectSam()))
+    asyncio.run(run_episodes(episodes, ScriptedPolicy(scripts), EngineClient(BoxSam())))
     by_uid = {row["uid"]: row for row in rows}
     terminations = Counter()
     for sample, episode in zip(samples, episodes, strict=True):

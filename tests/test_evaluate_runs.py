@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from recipe.common.smoke_setup import compose_recipe
+from recipe.common.compose import compose_recipe
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.records import RECORDS_DIR, read_records
 from recipe.evaluate.runner import evaluate
@@ -106,7 +107,13 @@ def test_ray_workers_split_the_samples_and_agree_with_one_process(eval_sets, tmp
     parallel = run(
         tmp_path / "parallel", "parallel.workers=2", "parallel.gpus_per_worker=0", "parallel.cpus_per_worker=1"
     )
-    single = run(tmp_path / "single")
+    # A Ray worker with one CPU runs torch on one thread: so does the single run, for the same float sums.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run(tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
     files = sorted(path.name for path in (tmp_path / "parallel" / RECORDS_DIR).glob("*.jsonl"))
     assert files == ["worker-000.jsonl", "worker-001.jsonl"]
     assert parallel["datasets"] == single["datasets"]
@@ -121,10 +128,11 @@ def _chromium() -> str | None:
 
 
 def test_eval_smoke_runs_every_mode_and_writes_a_report_that_renders(tmp_path):
+    from data_prep.smoke import build_eval_sets
     from recipe.evaluate.modes import MODES
     from recipe.evaluate.smoke import main
 
-    table = main(["--out", str(tmp_path)])
+    table = main(["--data", str(build_eval_sets(tmp_path)), "--out", str(tmp_path)])
     for mode in MODES:
         assert re.search(rf"^\| {mode}\b", table, re.MULTILINE), mode
         summary = json.loads((tmp_path / "runs" / mode / "summary.json").read_text())

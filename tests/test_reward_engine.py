@@ -7,7 +7,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from reward_server import ground_truth as ground_truth_module
 from reward_server.config import EngineConfig
-from reward_server.engine import SamEngine
+from reward_server.engine import SamEngine, ray_gpu_ids, resolve_device
 from reward_server.masks import edge_excluded_iou, encode_rle, mask_iou
 from reward_server.protocol import ErrorCode, Prompt, SegRequest, content_key
 
@@ -220,3 +220,34 @@ def test_compiled_encoder_pads_to_fixed_batch_sizes():
 def test_checkpoint_is_required_unless_random_weights_are_allowed():
     with pytest.raises(ValueError, match="no SAM2 checkpoint"):
         SamEngine(EngineConfig(model="sam2.1_hiera_t", device="cpu"))
+
+
+NOSET = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "gpu_ids", "env", "expected"),
+    [
+        ("cpu", True, ["0"], {}, "cpu"),  # an explicit device is used as given
+        ("cuda:3", True, [], {}, "cuda:3"),
+        ("auto", False, ["0"], {}, "cpu"),
+        ("auto", True, None, {}, "cuda"),  # outside Ray: torch's current device
+        ("auto", True, ["3"], {"CUDA_VISIBLE_DEVICES": "3"}, "cuda:0"),  # Ray narrowed the visible devices
+        ("auto", True, ["6", "4"], {"CUDA_VISIBLE_DEVICES": "4,6"}, "cuda:0"),
+        ("auto", True, ["3"], {NOSET: "1", "CUDA_VISIBLE_DEVICES": "2,3"}, "cuda:1"),  # position among the visible
+        ("auto", True, ["5"], {NOSET: "1"}, "cuda:5"),  # every GPU visible: the id is the index
+    ],
+)
+def test_auto_device_follows_rays_assignment(device, cuda, gpu_ids, env, expected):
+    assert resolve_device(device, cuda, gpu_ids, env) == torch.device(expected)
+
+
+def test_a_ray_worker_given_no_gpu_keeps_off_the_visible_ones(caplog):
+    """SAM2 beside verl without a GPU of its own must not take cuda:0, which is an FSDP/vLLM worker's."""
+    with caplog.at_level("WARNING", logger="reward_server.engine"):
+        assert resolve_device("auto", True, [], {"CUDA_VISIBLE_DEVICES": "0,1"}) == torch.device("cpu")
+    assert "gpus_per_actor" in caplog.text and "engine.device=cuda:N" in caplog.text
+
+
+def test_outside_ray_there_are_no_assigned_gpus():
+    assert ray_gpu_ids() is None

@@ -1,21 +1,25 @@
 """The SAM2 actor pool on a local Ray: micro-batching, health, bad input, restarts, reach by name."""
 
 import asyncio
+import os
 import re
 import socket
 import time
+import types
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from reward_server import pool as pool_module
 from reward_server.client import SamClient
-from reward_server.config import ServerConfig, server_config
-from reward_server.engine import SamEngine
+from reward_server.config import PoolConfig, ServerConfig, server_config
+from reward_server.engine import SamEngine, ray_gpu_ids, resolve_device
 from reward_server.masks import encode_rle, mask_iou
 from reward_server.pool import actor_name, connect_pool, pool_health, shutdown_pool, start_pool
 from reward_server.protocol import ErrorCode, ImageRef, Prompt, SegRequest, SegResult
@@ -49,7 +53,15 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def local_ray():
     port = free_port()
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, namespace="samrl", _metrics_export_port=port)
+    # Two logical GPUs, so Ray's GPU assignment can be observed on a machine without one.
+    ray.init(
+        num_cpus=6,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="samrl",
+        _metrics_export_port=port,
+    )
     yield port
     ray.shutdown()
 
@@ -266,3 +278,47 @@ def test_client_bounds_its_calls_in_flight():
 
     results = run(burst())
     assert all(r[0].ok for r in results) and actor.peak == 2
+
+
+def test_several_actors_spread_over_nodes_unless_told_otherwise():
+    assert PoolConfig().placement_strategy == "PACK"
+    assert PoolConfig(num_actors=2).placement_strategy == "SPREAD"
+    assert PoolConfig(num_actors=2, strategy="STRICT_SPREAD").placement_strategy == "STRICT_SPREAD"
+    assert compose_server("large", "reward_server.pool.num_actors=2").pool.placement_strategy == "SPREAD"
+
+
+def test_the_placement_group_gets_the_pools_strategy(monkeypatch):
+    created = {}
+
+    def fake_placement_group(bundles, strategy, name, lifetime):
+        created.update(bundles=bundles, strategy=strategy)
+        return types.SimpleNamespace(ready=lambda: "ready")
+
+    def no_group(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(pool_module, "get_placement_group", no_group)
+    monkeypatch.setattr(pool_module, "placement_group", fake_placement_group)
+    monkeypatch.setattr(pool_module.ray, "wait", lambda refs, timeout: (refs, []))
+    pool_module._placement_group(PoolConfig(num_actors=2), timeout_s=1.0)
+    assert created == {"bundles": [{"CPU": 2.0, "GPU": 1.0}] * 2, "strategy": "SPREAD"}
+
+
+def test_ray_workers_see_the_gpu_they_were_given(local_ray):
+    """What ``device: auto`` resolves to in a Ray worker, with Ray setting CUDA_VISIBLE_DEVICES and without."""
+
+    @ray.remote
+    def assigned() -> tuple[list[str] | None, dict[str, str]]:
+        return ray_gpu_ids(), dict(os.environ)
+
+    ids, env = ray.get(assigned.options(num_gpus=1).remote())
+    assert len(ids) == 1 and env["CUDA_VISIBLE_DEVICES"] == ids[0]  # Ray narrowed the visible devices to it
+    assert resolve_device("auto", True, ids, env) == torch.device("cuda:0")
+    noset = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+    ids, env = ray.get(assigned.options(num_gpus=1, runtime_env=noset).remote())
+    assert env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")  # left as the node has it
+    visible = [gpu for gpu in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu]
+    expected = visible.index(ids[0]) if visible else int(ids[0])
+    assert resolve_device("auto", True, ids, env) == torch.device("cuda", expected)
+    ids, env = ray.get(assigned.options(num_gpus=0).remote())
+    assert ids == [] and resolve_device("auto", True, ids, env) == torch.device("cpu")

@@ -95,7 +95,16 @@ def test_preflight_checks_columns_and_gpu_layout(tmp_path):
 
 def test_entry_point_stops_at_preflight_with_one_line_errors(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "recipe.samr1.main", f"data.train_files={tmp_path}/none.parquet"],
+        [
+            sys.executable,
+            "-m",
+            "recipe.samr1.main",
+            f"data.train_files={tmp_path}/none.parquet",
+            # Neither this machine's CPU count nor its C toolchain plays a part.
+            "ray_kwargs.ray_init.num_cpus=64",
+            "actor_rollout_ref.rollout.enforce_eager=true",
+            "actor_rollout_ref.actor.use_torch_compile=false",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -104,9 +113,9 @@ def test_entry_point_stops_at_preflight_with_one_line_errors(tmp_path):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("preflight: ")]
-    # No SAM2 checkpoint, train and val files missing, and 7 + 1 GPUs wanted where there are none.
-    assert len(lines) == 4, done.stderr[-2000:]
-    assert "0 available" in lines[-1]
+    # No SAM2 checkpoint, train and val files missing, CUDA unusable, and 7 + 1 GPUs wanted where there are none.
+    assert len(lines) == 5, done.stderr[-2000:]
+    assert "torch.cuda.is_available() is false" in lines[-2] and "0 available" in lines[-1]
     assert "Traceback" not in done.stderr
 
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from recipe.samr1.reward import PAPER_TIERS, compute_score, tiered_iou_reward
-from reward_server.masks import encode_rle, mask_iou
+from reward_server.masks import encode_rle
 from reward_server.protocol import ErrorCode, SegResult
+
+from support.fake_sam import FakeSam
 
 GT = np.zeros((840, 840), bool)
 GT[100:300, 100:600] = True  # 100,000 pixels
@@ -18,19 +20,6 @@ def mask_with_iou(iou: float) -> np.ndarray:
     mask = np.zeros_like(GT)
     mask[100 : 100 + round(200 * iou), 100:600] = True
     return mask
-
-
-class FakeSam:
-    """Returns a preset mask and records the prompts it was asked."""
-
-    def __init__(self, mask: np.ndarray | None = None, failure: SegResult | None = None):
-        self.mask, self.failure, self.prompts = mask, failure, []
-
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
-        self.prompts += list(prompts)
-        if self.failure is not None:
-            return [self.failure]
-        return [SegResult(mask=encode_rle(self.mask), score=1.0, iou=mask_iou(self.mask, GT))]
 
 
 ANSWER = (
@@ -61,7 +50,7 @@ def score(solution: str, sam: FakeSam, **kwargs) -> dict:
     ],
 )
 def test_every_tier_boundary(iou, tier):
-    sam = FakeSam(mask_with_iou(iou))
+    sam = FakeSam(mask_with_iou(iou), truth=GT)
     result = score(ANSWER, sam)
     assert result["iou"] == pytest.approx(iou, abs=1e-12)
     assert result["tiered"] == tier == tiered_iou_reward(iou)
@@ -75,7 +64,7 @@ def test_every_tier_boundary(iou, tier):
 def test_fixed_threshold_ablations(threshold):
     for iou in (threshold, threshold + 0.005):
         expected = 4.0 if iou > threshold else 0.0
-        assert score(ANSWER, FakeSam(mask_with_iou(iou)), tiers=[[threshold, 4]])["tiered"] == expected
+        assert score(ANSWER, FakeSam(mask_with_iou(iou), truth=GT), tiers=[[threshold, 4]])["tiered"] == expected
 
 
 @pytest.mark.parametrize(
@@ -95,7 +84,7 @@ def test_fixed_threshold_ablations(threshold):
     ],
 )
 def test_malformed_answers_score_the_penalty_without_calling_sam(solution, failure, reasoning):
-    sam = FakeSam(mask_with_iou(1.0))
+    sam = FakeSam(mask_with_iou(1.0), truth=GT)
     result = score(solution, sam)
     assert sam.prompts == []
     assert result["failure"] == failure and result["failure_detail"]
@@ -105,7 +94,7 @@ def test_malformed_answers_score_the_penalty_without_calling_sam(solution, failu
 
 def test_reasoning_format_is_independent_of_the_answer():
     outside = ANSWER + " trailing words"
-    result = score(outside, FakeSam(mask_with_iou(0.9)))
+    result = score(outside, FakeSam(mask_with_iou(0.9), truth=GT))
     assert (result["reasoning_format"], result["segmentation_format"], result["tiered"]) == (-1, 1, 4)
 
 
@@ -116,7 +105,7 @@ def test_sam_errors_are_scored_not_raised():
 
 
 def test_every_result_has_the_same_keys():
-    keys = {frozenset(score(s, FakeSam(mask_with_iou(0.9)))) for s in (ANSWER, "junk", ANSWER + "x")}
+    keys = {frozenset(score(s, FakeSam(mask_with_iou(0.9), truth=GT))) for s in (ANSWER, "junk", ANSWER + "x")}
     assert len(keys) == 1
 
 

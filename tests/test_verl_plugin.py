@@ -1,5 +1,9 @@
 """Everything the project registers with verl exists in a fresh Ray worker, through the entry point alone."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import ray
 
@@ -40,3 +44,69 @@ def test_registries_are_filled_inside_a_ray_worker():
         }
     finally:
         ray.shutdown()
+
+
+def test_cpu_backend_is_registered_inside_a_ray_worker_on_the_cpu_platform():
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"VERL_PLATFORM": "cpu"}},
+    )
+    try:
+
+        @ray.remote
+        def lookup() -> dict[str, str]:
+            from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name
+            from verl.workers.engine.base import EngineRegistry
+            from verl.workers.rollout.base import get_rollout_class
+            from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+            return {
+                "device": get_device_name(),
+                "backend": get_nccl_backend(),
+                "ray_resource": get_resource_name(),
+                "engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__,
+                "replica": RolloutReplicaRegistry.get("hf_cpu").__name__,
+                "adapter": get_rollout_class("hf_cpu").__name__,
+            }
+
+        assert ray.get(lookup.remote()) == {
+            "device": "cpu",
+            "backend": "gloo",
+            "ray_resource": "GPU",
+            "engine": "FSDPEngineWithLMHead",
+            "replica": "HFReplica",
+            "adapter": "HFServerAdapter",
+        }
+    finally:
+        ray.shutdown()
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != "VERL_PLATFORM"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**environment, **env}, timeout=300
+    )
+
+
+def test_the_cpu_platform_must_be_registered_before_verls_modules_resolve_it():
+    # Without the plugin, importing the project's trainer resolves the platform before anything registered "cpu".
+    wrong_order = _python("import verl, recipe.common.trainer", VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none")
+    assert wrong_order.returncode != 0 and "Unknown platform 'cpu'" in wrong_order.stderr
+    # Through the entry point, the plugin registers it first and every registration follows.
+    right_order = _python(
+        "import verl; from verl.utils.device import get_device_name; from verl.trainer.ppo.v1 import get_trainer_cls;"
+        "print(get_device_name(), get_trainer_cls('sync_reward_metrics').__module__)",
+        VERL_PLATFORM="cpu",
+    )
+    assert right_order.returncode == 0, right_order.stderr[-2000:]
+    assert right_order.stdout.split()[-2:] == ["cpu", "recipe.common.trainer"]
+
+
+def test_the_cpu_platform_is_never_auto_detected():
+    from recipe.cpu.platform import PlatformCPU
+
+    assert not PlatformCPU().is_platform_available(use_smi_check=True)
+    default = _python("import verl; from verl.utils.device import get_device_name; print(get_device_name())")
+    assert default.returncode == 0 and default.stdout.split()[-1] != "cpu"

@@ -12,61 +12,21 @@ from omegaconf import OmegaConf
 from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from recipe.common.overlay import overlay_mask
-from recipe.common.smoke_setup import instantiate_agent_loop
 from recipe.veteran import agent_loops
 from reward_server.images import to_rgb
-from reward_server.masks import decode_rle, edge_excluded_iou, encode_rle
-from reward_server.protocol import SegResult
+from reward_server.masks import decode_rle
+
+from support.agent_loops import ScriptedServer, instantiate_agent_loop
+from support.fake_sam import FakeSam, GoodEveryNth
 
 pytestmark = pytest.mark.slow
-
-
-class GoodEveryOther:
-    """Data-prep stand-in for SAM2: the GT itself for even rows (Good Enough), nothing for odd ones."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def segment(self, requests, images=None, ground_truths=None):
-        results = []
-        for request in requests:
-            gt = decode_rle(ground_truths[request.gt_key])
-            mask = gt if self.calls % 2 == 0 else np.zeros_like(gt)
-            self.calls += 1
-            results.append(SegResult(mask=encode_rle(mask), score=1.0, edge_iou=edge_excluded_iou(mask, gt)))
-        return results
-
-
-class FakeSam:
-    """Answers every prompt with a fixed edge-excluded IoU and logits; records the prompts."""
-
-    def __init__(self, edge_iou: float):
-        self.edge_iou, self.prompts = edge_iou, []
-
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
-        self.prompts += list(prompts)
-        logits = np.full((256, 256), len(self.prompts), np.float16) if return_logits else None
-        mask = encode_rle(np.zeros((840, 840), bool))
-        return [SegResult(mask=mask, score=1.0, logits=logits, iou=self.edge_iou, edge_iou=self.edge_iou)]
-
-
-class ScriptedServer:
-    def __init__(self, tokenizer, text: str):
-        self.tokenizer, self.text, self.seen = tokenizer, text, {}
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, **_):
-        from verl.workers.rollout.replica import TokenOutput
-
-        self.seen = {"prompt_ids": prompt_ids, "images": image_data}
-        ids = [*self.tokenizer.encode(self.text, add_special_tokens=False), self.tokenizer.eos_token_id]
-        return TokenOutput(token_ids=ids)
 
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("veteran_rows")
     grounding = synthetic_refer_parquet(root, root / "grounding.parquet", "veteran", num_images=6)
-    build_mask_comprehension(grounding, root / "mask.parquet", GoodEveryOther())
+    build_mask_comprehension(grounding, root / "mask.parquet", GoodEveryNth(2))
     build_auxiliary(grounding, root / "aux.parquet", seed=1)
     return {"grounding": grounding, "mask": root / "mask.parquet", "aux": root / "aux.parquet"}
 
@@ -96,9 +56,9 @@ def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeyp
     image = to_rgb(row["raw_prompt"][0]["content"][0]["bytes"])
     output = asyncio.run(run())
     pads = sum(
-        token == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") for token in server.seen["prompt_ids"]
+        token == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") for token in server.calls[-1]["prompt_ids"]
     )
-    assert pads == 900 and len(server.seen["images"]) == 1 and all(m == 1 for m in output.response_mask)
+    assert pads == 900 and len(server.calls[-1]["images"]) == 1 and all(m == 1 for m in output.response_mask)
     return output, server, row, image
 
 
@@ -107,7 +67,7 @@ def answer(payload: dict) -> str:
 
 
 def test_grounding_loop_scores_box_sam_and_format(task_files, tiny_qwen_path, monkeypatch):
-    sam = FakeSam(edge_iou=0.7)
+    sam = FakeSam(iou=0.7, edge_iou=0.7)
     truth_box = None
     output, server, row, image = run_loop(task_files["grounding"], tiny_qwen_path, "placeholder", sam, monkeypatch)
     truth_box = row["reward_model"]["ground_truth"]["box"]
@@ -115,29 +75,29 @@ def test_grounding_loop_scores_box_sam_and_format(task_files, tiny_qwen_path, mo
         task_files["grounding"],
         tiny_qwen_path,
         answer({"bbox_2d": [round(v) for v in truth_box]}),
-        FakeSam(0.7),
+        FakeSam(iou=0.7, edge_iou=0.7),
         monkeypatch,
     )
     info = output.extra_fields["reward_extra_info"]
-    assert np.array_equal(np.asarray(server.seen["images"][0]), image)  # the plain 840 image
+    assert np.array_equal(np.asarray(server.calls[-1]["images"][0]), image)  # the plain 840 image
     assert info["box"] == 2 and info["sam_iou"] == 0.7 and info["format_tags"] == 1 and info["format_answer"] == 1
     assert output.reward_score == pytest.approx(1 + 1 + 0.7 + 2) == info["score"]
 
 
 def test_grounding_loop_penalises_malformed_answers_without_sam(task_files, tiny_qwen_path, monkeypatch):
-    sam = FakeSam(edge_iou=0.7)
+    sam = FakeSam(iou=0.7, edge_iou=0.7)
     output, *_ = run_loop(task_files["grounding"], tiny_qwen_path, "no tags", sam, monkeypatch)
     assert output.reward_score == 0 and sam.prompts == [] and output.extra_fields["reward_extra_info"]["failure"]
 
 
 @pytest.mark.parametrize("row_index", [0, 1])
 def test_mask_comprehension_loop_shows_the_overlay_and_refines(task_files, tiny_qwen_path, monkeypatch, row_index):
-    sam = FakeSam(edge_iou=0.95)
+    sam = FakeSam(iou=0.95, edge_iou=0.95)
     click = answer({"pos_point": [420, 420], "neg_point": None})
     output, server, row, image = run_loop(task_files["mask"], tiny_qwen_path, click, sam, monkeypatch, row_index)
     truth = row["reward_model"]["ground_truth"]
     expected = overlay_mask(image, decode_rle(truth["init_mask"]))
-    assert np.array_equal(np.asarray(server.seen["images"][0]), expected)
+    assert np.array_equal(np.asarray(server.calls[-1]["images"][0]), expected)
     first, second = sam.prompts  # the GT box for the shown mask's logits, then the refinement with them
     assert first.box == second.box == tuple(truth["box"]) and first.points == ()
     assert second.points == ((420.0, 420.0),) and second.labels == (1,) and float(second.mask_input[0, 0]) == 1
@@ -152,13 +112,15 @@ def test_mask_comprehension_loop_shows_the_overlay_and_refines(task_files, tiny_
 
 
 def test_auxiliary_loop_rewards_decisions_and_points_without_sam(task_files, tiny_qwen_path, monkeypatch):
-    sam = FakeSam(edge_iou=0.0)
+    sam = FakeSam(iou=0.0, edge_iou=0.0)
     rows = pq.read_table(task_files["aux"]).to_pylist()
     index = next(i for i, r in enumerate(rows) if r["reward_model"]["ground_truth"]["case"] == "both")
     truth = rows[index]["reward_model"]["ground_truth"]
     click = answer({"pos_point": truth["false_negative"]["center"], "neg_point": truth["false_positive"]["center"]})
     output, server, _, image = run_loop(task_files["aux"], tiny_qwen_path, click, sam, monkeypatch, index)
-    assert np.array_equal(np.asarray(server.seen["images"][0]), overlay_mask(image, decode_rle(truth["init_mask"])))
+    assert np.array_equal(
+        np.asarray(server.calls[-1]["images"][0]), overlay_mask(image, decode_rle(truth["init_mask"]))
+    )
     info = output.extra_fields["reward_extra_info"]
     assert (info["decision"], info["point"], sam.prompts) == (2.0, 4.0, [])
     assert output.reward_score == pytest.approx(1 + 1 + 2 + 4)
@@ -169,8 +131,13 @@ def test_no_cot_ablation_swaps_in_the_answer_only_prompt_and_rule(task_files, ti
 
     click = '<answer>{"pos_point": null, "neg_point": null}</answer>'
     output, server, _, _ = run_loop(
-        task_files["mask"], tiny_qwen_path, click, FakeSam(0.9), monkeypatch, reward={"mask_cot": False}
+        task_files["mask"],
+        tiny_qwen_path,
+        click,
+        FakeSam(iou=0.9, edge_iou=0.9),
+        monkeypatch,
+        reward={"mask_cot": False},
     )
-    shown = hf_tokenizer(tiny_qwen_path).decode(server.seen["prompt_ids"])
+    shown = hf_tokenizer(tiny_qwen_path).decode(server.calls[-1]["prompt_ids"])
     assert "without any reasoning" in shown and "<think>" not in shown
     assert output.extra_fields["reward_extra_info"]["format_tags"] == 1  # answer-only responses meet the rule

@@ -37,7 +37,9 @@ def test_paper_values_land_where_verl_reads_them():
 
     config = compose_veteran()
     actor, rollout = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    # The paper's batch 16 on 8 verl GPUs (+1 for SAM2); preflight prints the one-node layout (7 GPUs, batch 14).
     assert (config.data.train_batch_size, rollout.n, rollout.temperature) == (16, 8, 1.0)
+    assert (config.trainer.n_gpus_per_node, config.trainer.nnodes) == (8, 1)
     assert (actor.optim.lr, actor.optim.weight_decay) == (1e-6, 0.01)
     assert (actor.clip_ratio_low, actor.clip_ratio_high) == (0.2, 0.28)
     assert actor.use_kl_loss and actor.kl_loss_type == "low_var_kl" and actor.kl_loss_coef == 0.005
@@ -50,6 +52,8 @@ def test_paper_values_land_where_verl_reads_them():
     assert sampling == DynamicSamplingConfig() and (sampling.stop_iter, sampling.box_iou_threshold) == (300, 0.8)
     assert config.actor_rollout_ref.rollout.agent.agent_loop_manager_class.endswith("DynamicSamplingManager")
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    one_node = compose_veteran("trainer.n_gpus_per_node=7", "data.train_batch_size=14")
+    validate_config(one_node, use_reference_policy=need_reference_policy(one_node), use_critic=need_critic(one_node))
 
 
 PRESETS = {

@@ -13,7 +13,7 @@ import ray
 from omegaconf import open_dict
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
-from recipe.common.smoke_setup import compose_recipe
+from recipe.common.compose import compose_recipe
 
 pytestmark = pytest.mark.slow
 

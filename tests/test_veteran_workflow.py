@@ -10,8 +10,9 @@ from recipe.common.overlay import overlay_mask
 from recipe.veteran.workflow import Episode, run_episodes
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
-from reward_server.masks import encode_rle, mask_iou
-from reward_server.protocol import SegRequest, SegResult
+from reward_server.masks import encode_rle
+
+from support.fake_sam import EngineClient, FakeSam
 
 IMAGE = (np.random.default_rng(0).random((840, 840, 3)) * 255).astype(np.uint8)
 GT = np.zeros((840, 840), bool)
@@ -40,19 +41,15 @@ class Policy:
         return texts
 
 
-class RecordingSam:
-    """A fake SAM2: the mask grows towards the GT with each call; it records every prompt."""
+def recording_sam() -> FakeSam:
+    """A fake SAM2 whose mask grows towards the GT with each call; it records every prompt."""
 
-    def __init__(self):
-        self.prompts = []
+    def mask(n: int) -> np.ndarray:
+        grown = np.zeros((840, 840), bool)
+        grown[200 : 200 + 400 - 100 // n, 300:700] = True
+        return grown
 
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
-        self.prompts += list(prompts)
-        rows = 400 - 100 // len(self.prompts)
-        mask = np.zeros((840, 840), bool)
-        mask[200 : 200 + rows, 300:700] = True
-        logits = np.full((256, 256), float(len(self.prompts)), np.float16)
-        return [SegResult(mask=encode_rle(mask), score=0.9, logits=logits, iou=mask_iou(mask, GT))]
+    return FakeSam(mask, truth=GT, score=0.9)
 
 
 def run(episodes, scripts, sam):
@@ -63,7 +60,7 @@ def run(episodes, scripts, sam):
 
 def test_grounding_then_refinement_then_stop():
     episode = Episode("the square", IMAGE, encode_rle(GT))
-    sam = RecordingSam()
+    sam = recording_sam()
     scripts = [
         [
             answer({"bbox_2d": [290, 190, 710, 610]}),
@@ -93,7 +90,7 @@ def test_grounding_then_refinement_then_stop():
 
 def test_stops_at_max_steps_and_can_resend_points():
     episode = Episode("the square", IMAGE, max_steps=2, resend_points=True)
-    sam = RecordingSam()
+    sam = recording_sam()
     click = answer({"pos_point": [500, 500], "neg_point": None})
     run([episode], [[answer({"bbox_2d": [10, 10, 400, 400]}), click]], sam)
     assert episode.termination == "max_steps" and len(sam.prompts) == 3
@@ -114,7 +111,7 @@ def test_stops_at_max_steps_and_can_resend_points():
 )
 def test_invalid_answers_end_the_episode_without_calling_sam(scripts, termination, sam_calls):
     episode = Episode("q", IMAGE)
-    sam = RecordingSam()
+    sam = recording_sam()
     run([episode], [scripts], sam)
     assert episode.termination == termination and len(sam.prompts) == sam_calls
     assert (episode.final is None) == (sam_calls == 0)
@@ -125,23 +122,9 @@ def test_episodes_advance_in_lockstep():
     box = answer({"bbox_2d": [10, 10, 400, 400]})
     stop = answer({"pos_point": None, "neg_point": None})
     click = answer({"pos_point": [100, 100], "neg_point": None})
-    policy = run(episodes, [["junk"], [box, stop], [box, click, stop]], RecordingSam())
+    policy = run(episodes, [["junk"], [box, stop], [box, click, stop]], recording_sam())
     assert [e.termination for e in episodes] == ["invalid_grounding", "stop", "stop"]
     assert len(policy.shown) == 3 + 2 + 1  # one batched call per step, for the episodes still running
-
-
-class EngineSegmenter:
-    """The real SAM2 engine in-process, behind the client's segment signature."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
-        requests = [
-            SegRequest(image.key, p, ground_truth.key if ground_truth else None, return_logits) for p in prompts
-        ]
-        gts = {ground_truth.key: ground_truth.rle} if ground_truth else None
-        return self.engine.segment(requests, {image.key: image.data}, gts)
 
 
 @pytest.mark.slow
@@ -149,7 +132,7 @@ def test_with_the_tiny_sam2_engine_logits_flow_back_as_mask_input():
     engine = SamEngine(EngineConfig(model="sam2.1_hiera_t", allow_random_weights=True, device="cpu", image_size=256))
     episode = Episode("the square", IMAGE, encode_rle(GT), max_steps=2)
     click = answer({"pos_point": [500, 400], "neg_point": [250, 250]})
-    run([episode], [[answer({"bbox_2d": [300, 200, 700, 600]}), click]], EngineSegmenter(engine))
+    run([episode], [[answer({"bbox_2d": [300, 200, 700, 600]}), click]], EngineClient(engine))
     assert episode.termination == "max_steps" and all(step.result.ok for step in episode.steps)
     assert episode.steps[1].prompt.mask_input.shape == (64, 64)  # SAM2 at 256 px takes 64 x 64 logits
     assert all(0.0 <= step.iou <= 1.0 for step in episode.steps)

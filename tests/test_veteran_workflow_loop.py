@@ -9,11 +9,11 @@ from omegaconf import OmegaConf
 
 from data_prep.synthetic import synthetic_refer_parquet
 from recipe.common.overlay import overlay_mask
-from recipe.common.smoke_setup import instantiate_agent_loop
 from recipe.veteran import workflow_loop
 from reward_server.images import to_rgb
-from reward_server.masks import encode_rle
-from reward_server.protocol import SegResult
+
+from support.agent_loops import ScriptedServer, instantiate_agent_loop
+from support.fake_sam import FakeSam
 
 pytestmark = pytest.mark.slow
 
@@ -22,36 +22,11 @@ def answer(payload: dict) -> str:
     return f"<think>t</think><answer>{json.dumps(payload)}</answer>"
 
 
-class ScriptedServer:
-    def __init__(self, tokenizer, texts: list[str]):
-        self.tokenizer, self.texts, self.calls = tokenizer, texts, []
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, **_):
-        from verl.workers.rollout.replica import TokenOutput
-
-        self.calls.append(
-            {"prompt_ids": list(prompt_ids), "images": list(image_data), "max_tokens": sampling_params["max_tokens"]}
-        )
-        text = self.texts[min(len(self.calls) - 1, len(self.texts) - 1)]
-        return TokenOutput(
-            token_ids=[*self.tokenizer.encode(text, add_special_tokens=False), self.tokenizer.eos_token_id]
-        )
-
-
-class GrowingSam:
-    """Each call returns a larger mask (so each overlay differs) with logits and an edge IoU."""
-
-    def __init__(self):
-        self.prompts = []
-
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False):
-        self.prompts += list(prompts)
-        mask = np.zeros((840, 840), bool)
-        mask[100 : 200 + 100 * len(self.prompts), 100:500] = True
-        logits = np.zeros((256, 256), np.float16)
-        return [
-            SegResult(mask=encode_rle(mask), score=1.0, logits=logits, iou=0.5, edge_iou=0.4 + 0.1 * len(self.prompts))
-        ]
+def growing_mask(n: int) -> np.ndarray:
+    """A larger mask at each SAM2 call, so each overlay differs."""
+    mask = np.zeros((840, 840), bool)
+    mask[100 : 200 + 100 * n, 100:500] = True
+    return mask
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +41,7 @@ def row_and_tools(tmp_path_factory, tiny_qwen_path):
     return RLHFDataset(str(out), tokenizer, config.data, processor=processor)[0], tokenizer, processor
 
 
-def run_workflow(row_and_tools, texts, monkeypatch, max_steps=3, response_length=4096):
+def run_workflow(row_and_tools, texts, monkeypatch, max_steps=3, response_length=4096, sampling=None, versioned=False):
     row, tokenizer, processor = row_and_tools
     config = OmegaConf.create(
         {
@@ -76,12 +51,13 @@ def run_workflow(row_and_tools, texts, monkeypatch, max_steps=3, response_length
             "veteran": {"reward": {}, "workflow": {"max_steps": max_steps}},
         }
     )
-    sam, server = GrowingSam(), ScriptedServer(tokenizer, texts)
+    sam = FakeSam(growing_mask, iou=0.5, edge_iou=lambda n: 0.4 + 0.1 * n)
+    server = ScriptedServer(tokenizer, texts, versioned=versioned)
     monkeypatch.setattr(workflow_loop, "get_sam_client", lambda _: sam)
 
     async def run():
         loop = instantiate_agent_loop(config, "veteran_workflow", server, tokenizer, processor)
-        return await loop.run({"temperature": 1.0}, **dict(row))
+        return await loop.run(sampling or {"temperature": 1.0}, **dict(row))
 
     return asyncio.run(run()), server, sam, row, processor
 
@@ -108,7 +84,7 @@ def test_turns_tokens_masks_and_images(row_and_tools, monkeypatch):
     assert (response[mask == 0] == pad).sum() == 1800 and len(output.multi_modal_data["images"]) == 3
     model_tokens = [len(processor.tokenizer.encode(t, add_special_tokens=False)) + 1 for t in (box, click, stop)]
     assert mask.sum() >= sum(model_tokens) - 3  # merges may re-attach the end-of-turn token to the context
-    assert server.calls[1]["max_tokens"] == 4096 - len(server.calls[1]["prompt_ids"]) + len(
+    assert server.calls[1]["sampling_params"]["max_tokens"] == 4096 - len(server.calls[1]["prompt_ids"]) + len(
         server.calls[0]["prompt_ids"]
     )
 
@@ -129,3 +105,23 @@ def test_a_turn_that_does_not_fit_ends_the_episode(row_and_tools, monkeypatch):
     output, server, *_ = run_workflow(row_and_tools, [box], monkeypatch, response_length=600)
     assert len(server.calls) == 1 and output.extra_fields["reward_extra_info"]["failure"] == "length"
     assert len(output.response_mask) < 600 and all(output.response_mask)  # the overlay turn was not committed
+
+
+def test_log_probs_and_weight_versions_follow_the_turns(row_and_tools, monkeypatch):
+    """verl's trainer reads both: the rollout's log-probs per response token, the versions per trajectory."""
+    box = answer({"bbox_2d": [100, 100, 500, 300]})
+    click = answer({"pos_point": [300, 350], "neg_point": None})
+    stop = answer({"pos_point": None, "neg_point": None})
+    sampling = {"temperature": 1.0, "logprobs": True}
+    output, server, *_ = run_workflow(row_and_tools, [box, click, stop], monkeypatch, sampling=sampling, versioned=True)
+    assert len(server.calls) == 3
+    assert output.extra_fields["min_global_steps"] == 1 and output.extra_fields["max_global_steps"] == 3
+    mask, log_probs = np.array(output.response_mask), np.array(output.response_logprobs)
+    assert len(log_probs) == len(mask)
+    assert (log_probs[mask == 0] == 0).all()  # the overlay turns were not sampled
+    # Each model turn carries its own call's log-probs, in order (the turn's end token may merge into the context).
+    runs = [int(-value) for value in log_probs[mask == 1]]
+    assert sorted(set(runs)) == [1, 2, 3] and runs == sorted(runs)
+
+    without, *_ = run_workflow(row_and_tools, [box, stop], monkeypatch)
+    assert without.response_logprobs is None and "min_global_steps" not in without.extra_fields

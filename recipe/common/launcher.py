@@ -1,23 +1,23 @@
-"""Runs a recipe: preflight, Ray, the SAM2 pool on its own GPUs, then verl's V1 trainer.
+"""Runs a recipe: preflight, then verl's ``run_ppo`` with a TaskRunner that starts the SAM2 pool before training.
 
-Ray is started here (with verl's own runtime environment) rather than by verl, so the dashboard URL can be printed
-and the SAM2 pool can reserve its GPUs before verl's resource pools take theirs; verl's ``run_ppo`` then finds Ray
-running and uses it.
+verl's ``run_ppo`` owns Ray's start: it turns the config into environment settings (full determinism, RL insight)
+before ``ray.init``, so every worker sees them. The project only adds to what ``ray.init`` receives (loopback
+dashboard, virtual GPUs on the CPU platform, where TensorBoard writes) and to what the TaskRunner does first: the
+SAM2 pool takes its resources before verl's resource pools take theirs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import ray
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recipe.common.preflight import check_gpus, preflight
-from reward_server.config import server_config
-from reward_server.pool import pool_health, start_pool
-from reward_server.ray_setup import init_ray
+from recipe.common.preflight import absolute_paths, check_gpus, check_pool_devices, preflight
 
 
 def _fail(errors: list[str]) -> None:
@@ -26,56 +26,106 @@ def _fail(errors: list[str]) -> None:
     sys.exit(2)
 
 
-def ray_runtime_env(config: DictConfig) -> dict:
-    """verl's PPO runtime environment, the run's ``ray_kwargs.ray_init.runtime_env``, and where TensorBoard writes."""
-    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
+    """``ray_kwargs.ray_init`` as the run needs it: verl's keys plus the dashboard, virtual GPUs and env vars.
 
-    runtime_env = OmegaConf.merge(
-        get_ppo_ray_runtime_env(config), config.ray_kwargs.get("ray_init", {}).get("runtime_env", {})
+    A run joins the cluster in ``samrl.ray_address`` (``RAY_ADDRESS``) as it is; otherwise it starts a local Ray
+    bound to loopback, with the dashboard on ``samrl.dashboard_host:dashboard_port``. On the CPU platform the local
+    Ray declares one virtual GPU per verl worker, because verl's resource pools place workers on ``GPU`` bundles.
+    """
+    from recipe.cpu.platform import PLATFORM, selected
+
+    kwargs = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
+    env_vars = kwargs.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    output_dir = Path(config.samrl.output_dir).resolve()
+    env_vars["TENSORBOARD_DIR"] = str(output_dir / "tensorboard")
+    # verl's "file" logger truncates its file on start: one file per launch keeps a resumed run's earlier steps.
+    env_vars.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file(output_dir)))
+    if selected():
+        env_vars["VERL_PLATFORM"] = PLATFORM
+    if config.samrl.ray_address:
+        kwargs["address"] = config.samrl.ray_address
+        for key in ("num_cpus", "num_gpus"):  # a running cluster has its own resources
+            kwargs.pop(key, None)
+        return kwargs
+    kwargs.update(
+        address=None,
+        include_dashboard=True,
+        dashboard_host=config.samrl.dashboard_host,
+        dashboard_port=config.samrl.dashboard_port,
     )
-    runtime_env = OmegaConf.to_container(runtime_env, resolve=True)
-    env_vars = runtime_env.setdefault("env_vars", {})
-    env_vars["TENSORBOARD_DIR"] = str(Path(config.samrl.output_dir).resolve() / "tensorboard")
-    if config.transfer_queue.enable:  # as verl's run_ppo does when it starts Ray itself
-        env_vars["TRANSFER_QUEUE_ENABLE"] = "1"
-    return runtime_env
+    if selected():
+        kwargs["num_gpus"] = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
+    return kwargs
+
+
+def metrics_file(output_dir: Path) -> Path:
+    """Where this launch's step metrics go (verl's ``file`` logger, one JSON line per step)."""
+    path = output_dir / "metrics" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _task_runner_class() -> Any:
+    from verl.trainer.main_ppo import TaskRunnerV1
+
+    @ray.remote
+    class SamTaskRunner(TaskRunnerV1.__ray_actor_class__):
+        """verl's V1 TaskRunner, which first checks the cluster and starts the SAM2 pool the rewards call."""
+
+        def run(self, config: DictConfig) -> None:
+            from reward_server.config import server_config
+            from reward_server.pool import pool_health, start_pool
+
+            if config.samrl.ray_address:
+                errors = check_gpus(config, int(ray.cluster_resources().get("GPU", 0)))
+                if errors:
+                    raise RuntimeError("; ".join(errors))
+            print(f"Ray dashboard: {_dashboard_url() or 'disabled'}", flush=True)
+            server = server_config(config.reward_server)
+            actors = start_pool(server)
+            health = pool_health(actors)
+            errors = check_pool_devices(config, health)
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            devices = ", ".join(f"{actor['name']} on {actor['device']}" for actor in health)
+            print(f"SAM2 pool {server.pool.name!r} ready: {devices}", flush=True)
+            super().run(config)
+
+    return SamTaskRunner
+
+
+def _dashboard_url() -> str | None:
+    from ray._private.services import get_webui_url_from_internal_kv
+
+    url = get_webui_url_from_internal_kv()
+    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def launch(config: DictConfig) -> None:
     """Trains with ``config``; exits with status 2 and one line per problem when preflight fails."""
-    address = config.samrl.ray_address or None
-    local_gpus = None if address else _local_gpu_count()
+    absolute_paths(config)  # the TaskRunner may run on another node, in another working directory
+    from recipe.cpu.platform import selected
+
+    # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
+    local_gpus = None if config.samrl.ray_address or selected() else _local_gpu_count()
     errors = preflight(config, available_gpus=local_gpus)
     if errors:
         _fail(errors)
     # verl is imported only after preflight: its import is slow and noisy, and a failing check should read cleanly.
-    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    from verl.trainer.main_ppo import run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
     auto_set_device(config)
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    server = server_config(config.reward_server)
-    ray_init = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
-    dashboard = init_ray(
-        address=address,
-        num_cpus=ray_init.get("num_cpus"),
-        dashboard_host=config.samrl.dashboard_host,
-        dashboard_port=config.samrl.dashboard_port,
-        runtime_env=ray_runtime_env(config),
-    )
-    if address:
-        errors = check_gpus(config, int(ray.cluster_resources().get("GPU", 0)))
-        if errors:
-            _fail(errors)
-    output_dir = Path(config.samrl.output_dir).resolve()
-    print(f"Ray dashboard: {dashboard or 'disabled'}", flush=True)
-    print(f"outputs: {output_dir} (checkpoints/, tensorboard/, hydra/)", flush=True)
-    actors = start_pool(server)
-    devices = ", ".join(f"{h['name']} on {h['device']}" for h in pool_health(actors))
-    print(f"SAM2 pool {server.pool.name!r} ready: {devices}", flush=True)
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    # On one machine Ray binds loopback only; a cluster keeps its own node addresses.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    with open_dict(config):
+        config.ray_kwargs.ray_init = ray_init_kwargs(config)
+    print(f"outputs: {Path(config.samrl.output_dir).resolve()} (checkpoints/, tensorboard/, hydra/)", flush=True)
+    run_ppo(config, task_runner_class=_task_runner_class())
 
 
 def _local_gpu_count() -> int:

@@ -1,47 +1,142 @@
-"""Checks a training config before Ray starts or any GPU is taken; each problem is one line saying what to fix."""
+"""Checks a training config before Ray starts or any GPU is taken; each problem is one line saying what to fix.
+
+:func:`preflight` runs every check of :data:`CHECKS`, then, when the run starts its own Ray on this machine, the
+checks of its GPUs and CPUs. A check that cannot read an odd config answers with a line as well, never an exception.
+:func:`absolute_paths` and :func:`check_pool_devices` serve the launcher before and after the SAM2 pool starts.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import json
+import math
+import os
 import re
-from collections.abc import Callable
+import shutil
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reward_server.config import server_config
+from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
 
 REQUIRED_COLUMNS = ("data_source", "prompt", "images", "reward_model", "extra_info", "agent_name")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_FLASH_OFF = (
+    "actor_rollout_ref.model.use_remove_padding=false "
+    "{plus}actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+)
+# Model types whose remove-padding attention verl replaces by a flash-attn-only one (its monkey_patch.py).
+_FLASH_ONLY_REMOVE_PADDING = {"qwen2_vl", "qwen2_5_vl"}
+# CPUs in each GPU bundle of verl's resource pools (ResourcePoolManager.max_colocate_count: one per colocated group).
+CPUS_PER_VERL_GPU = 3
+# verl's checkpoint tracker (verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename).
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+_SHARD = re.compile(r"^model_world_size_(\d+)_rank_\d+\.pt$")
+WORKFLOW_AGENT = "veteran_workflow"
+# Qwen2.5-VL turns each 28x28 pixel block (2x2 patches of 14) into one token: 900 for the 840x840 model image
+# under its own processor config (which keeps that image whole).
+IMAGE_TOKENS = (MODEL_SIZE // 28) ** 2
+# Q^P, the question and the chat-turn markers of one overlay turn: 134 for a 9-word question with the Qwen2.5
+# tokenizer, 148 for a 23-word one; 156 leaves room for long ReasonSeg-style questions.
+OVERLAY_TEXT_TOKENS = 156
+# Room for one model answer (reasoning + JSON) in the workflow's shared response budget.
+ANSWER_TOKENS = 512
+
+Check = Callable[..., list[str]]
 
 
-def _files(value) -> list[str]:
+def _never_raises(check: Check) -> Check:
+    """Turns an exception of ``check`` into its one-line report, so an odd config never crashes the launcher."""
+
+    @functools.wraps(check)
+    def guarded(config: DictConfig, *args: Any) -> list[str]:
+        try:
+            return check(config, *args)
+        except Exception as err:  # whatever an odd config makes a check raise is a line to read, not a traceback
+            detail = " ".join(f"{type(err).__name__}: {err}".split())
+            return [f"{check.__name__}: cannot check this config ({detail[:300]})"]
+
+    return guarded
+
+
+def _files(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | ListConfig | tuple) else [str(value)]
 
 
+def _on_gpu(config: DictConfig) -> bool:
+    """Whether verl trains on CUDA; the CPU platform sets ``trainer.device=cpu`` (verl's default is ``cuda``)."""
+    return str(OmegaConf.select(config, "trainer.device", default="cuda")) == "cuda"
+
+
+def _verl_gpus(config: DictConfig) -> int:
+    return int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_offline() -> bool:
+    # Read now rather than from huggingface_hub.constants, which froze the environment when it was imported.
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def _cached(repo_id: str, filename: str) -> Path | None:
+    """``filename`` of hub repo ``repo_id`` in the local Hugging Face cache, without any network call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _hub_errors(repo_id: str, filename: str, key: str) -> list[str]:
+    """A hub id downloads where the machine is online; offline it must be in the cache already."""
+    if not _hub_offline() or _cached(repo_id, filename) is not None:
+        return []
+    return [
+        f"{key}={repo_id} is a hub id, HF_HUB_OFFLINE is set and the Hugging Face cache lacks it: "
+        f"run `hf download {repo_id}` where online (same HF_HOME), or set {key}=/local/path"
+    ]
+
+
+@_never_raises
 def check_model(config: DictConfig) -> list[str]:
     path = str(config.actor_rollout_ref.model.path)
     if Path(path).expanduser().is_dir():
         return [] if (Path(path).expanduser() / "config.json").is_file() else [f"model {path} has no config.json"]
     if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
-        return []  # a hub id, fetched by verl where the machine is online
+        return _hub_errors(path, "config.json", "actor_rollout_ref.model.path")
     return [f"model {path} not found: set actor_rollout_ref.model.path=/path/to/Qwen2.5-VL-7B-Instruct"]
 
 
+@_never_raises
 def check_sam_checkpoint(config: DictConfig) -> list[str]:
     engine = server_config(config.reward_server).engine
     if engine.checkpoint is None:
         if engine.allow_random_weights:
             return []
         return ["no SAM2 checkpoint: set reward_server.engine.checkpoint=/path/to/sam2.1_hiera_large.pt"]
-    if Path(engine.checkpoint).expanduser().is_file() or engine.checkpoint in HF_MODEL_ID_TO_FILENAMES:
+    if Path(engine.checkpoint).expanduser().is_file():
         return []
+    if engine.checkpoint in HF_MODEL_ID_TO_FILENAMES:
+        _, filename = HF_MODEL_ID_TO_FILENAMES[engine.checkpoint]
+        return _hub_errors(engine.checkpoint, filename, "reward_server.engine.checkpoint")
     return [f"SAM2 checkpoint {engine.checkpoint} not found: set reward_server.engine.checkpoint to an existing file"]
 
 
+@_never_raises
 def check_datasets(config: DictConfig) -> list[str]:
-    errors = []
+    errors, train_rows = [], 0
     for key in ("train_files", "val_files"):
         for file in _files(config.data[key]):
             path = Path(file).expanduser()
@@ -59,30 +154,492 @@ def check_datasets(config: DictConfig) -> list[str]:
                 errors.append(f"data.{key}: {file} lacks columns {missing}; rebuild it with python -m data_prep")
             elif rows == 0:
                 errors.append(f"data.{key}: {file} has no rows")
-            elif key == "train_files" and rows < config.data.train_batch_size:
-                errors.append(f"data.train_files: {file} has {rows} rows, fewer than data.train_batch_size")
+            elif key == "train_files":
+                train_rows += rows
+    if not errors and train_rows < config.data.train_batch_size:
+        # verl concatenates the list into one dataset, so the batch is drawn from all files together.
+        errors.append(f"data.train_files: {train_rows} rows in all, fewer than data.train_batch_size")
     return errors
 
 
-def check_gpus(config: DictConfig, available: int) -> list[str]:
-    """verl's ``n_gpus_per_node x nnodes`` plus the SAM2 pool's GPUs must fit in ``available``."""
-    pool = server_config(config.reward_server).pool
-    verl_gpus = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
-    sam_gpus = pool.num_actors * pool.gpus_per_actor
-    if verl_gpus + sam_gpus <= available:
+def _model_type(path: str) -> str | None:
+    """``model_type`` from the checkpoint's ``config.json``, in its directory or the hub cache; None when unread."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        config_file = local / "config.json"
+    elif _HUB_ID.match(path):
+        config_file = _cached(path, "config.json")
+    else:
+        return None
+    if config_file is None or not config_file.is_file():
+        return None
+    return json.loads(config_file.read_text()).get("model_type")
+
+
+def _flash_only_remove_padding(path: str) -> bool:
+    model_type = _model_type(path)
+    if model_type is not None:
+        return model_type in _FLASH_ONLY_REMOVE_PADDING
+    return re.search(r"qwen2(\.5)?-vl", path, re.IGNORECASE) is not None  # a hub id not cached yet: its name
+
+
+def _import_error(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # a build for another torch or CUDA fails with OSError or undefined symbols, too
+        return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    return None
+
+
+@_never_raises
+def check_attention(config: DictConfig) -> list[str]:
+    """verl's attention needs flash-attn for ``flash_attention_2`` (its default) and for remove-padding on Qwen2-VL."""
+    model = config.actor_rollout_ref.model
+    override = model.get("override_config") or {}
+    users = []
+    if override.get("attn_implementation", "flash_attention_2") == "flash_attention_2":
+        users.append("attn_implementation flash_attention_2")
+    if model.get("use_remove_padding", False) and _flash_only_remove_padding(str(model.path)):
+        users.append("use_remove_padding on Qwen2-VL")
+    if not users:
         return []
+    error = _import_error("flash_attn")
+    if error is None:
+        return []
+    # Hydra adds a key only with "+"; the recipes' configs define attn_implementation, verl's defaults do not.
+    plus = "" if "attn_implementation" in override else "+"
     return [
-        f"{verl_gpus} GPUs for verl (trainer.n_gpus_per_node x trainer.nnodes) + {sam_gpus:g} for SAM2 "
-        f"(reward_server.pool.num_actors x gpus_per_actor) > {available} available: lower trainer.n_gpus_per_node"
+        f"{' and '.join(users)} need flash-attn, which does not import ({error}): "
+        f"build it with `make flash-attn` on a node with nvcc, or set {_FLASH_OFF.format(plus=plus)}"
     ]
 
 
-CHECKS: list[Callable[[DictConfig], list[str]]] = [check_model, check_sam_checkpoint, check_datasets]
+@_never_raises
+def check_driver(config: DictConfig) -> list[str]:
+    """A CUDA run needs torch to reach the GPUs; counting them through NVML passes even with a too-old driver."""
+    pool = server_config(config.reward_server).pool
+    if not _on_gpu(config) or _verl_gpus(config) + pool.num_actors * pool.gpus_per_actor <= 0:
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    if torch.version.cuda is None:
+        return [f"trainer.device=cuda but torch {torch.__version__} is a CPU build: reinstall with `make setup`"]
+    return [
+        f"trainer.device=cuda but torch.cuda.is_available() is false: torch {torch.__version__} needs an NVIDIA "
+        f"driver for CUDA {torch.version.cuda} (R580+ for CUDA 13; `nvidia-smi` shows the driver's CUDA) and a "
+        "visible GPU (CUDA_VISIBLE_DEVICES)"
+    ]
+
+
+def _c_compiler() -> str | None:
+    """The compiler Triton would use (triton/runtime/build.py): $CC, else gcc, else clang."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _python_header() -> Path:
+    """Where Triton looks for ``Python.h`` (triton/runtime/build.py)."""
+    scheme = sysconfig.get_default_scheme()
+    if scheme == "posix_local":  # Debian's system Python; Triton maps it the same way
+        scheme = "posix_prefix"
+    return Path(sysconfig.get_paths(scheme=scheme)["include"]) / "Python.h"
+
+
+@_never_raises
+def check_compiler(config: DictConfig) -> list[str]:
+    """Triton compiles a C launcher at run time for vLLM's compiled graphs, verl's and SAM2's ``torch.compile``."""
+    if not _on_gpu(config):
+        return []
+    actor_rollout_ref = config.actor_rollout_ref
+    use_compile = bool(actor_rollout_ref.actor.get("use_torch_compile", True))
+    switches = {
+        "actor_rollout_ref.rollout.enforce_eager=true": not actor_rollout_ref.rollout.get("enforce_eager", False),
+        "actor_rollout_ref.actor.use_torch_compile=false": use_compile,
+        "actor_rollout_ref.ref.use_torch_compile=false": not use_compile
+        and bool(actor_rollout_ref.ref.get("use_torch_compile", False)),
+        "reward_server.engine.compile_encoder=false": server_config(config.reward_server).engine.compile_encoder,
+    }
+    overrides = [override for override, on in switches.items() if on]
+    missing = []
+    if _c_compiler() is None:
+        missing.append("a C compiler (gcc, clang or $CC)")
+    if not _python_header().is_file():
+        missing.append(f"Python.h ({_python_header().parent})")
+    if not overrides or not missing:
+        return []
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return [
+        f"no {' and no '.join(missing)}, which Triton needs to build its kernel launchers at run time: install them "
+        f"(apt-get install gcc python{version}-dev), or turn compilation off: {' '.join(overrides)}"
+    ]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What verl's batch splitting depends on; a micro-batch size of None means dynamic batch size (no division).
+
+    The update splits each mini-batch of ``ppo_mini_batch_size x n`` responses over the data-parallel ranks and each
+    rank's share into micro-batches; log-probs split the whole ``train_batch_size x n`` the same way
+    (verl/workers/engine_workers.py, verl/workers/engine/utils.py ``prepare_micro_batches``).
+    """
+
+    batch: int
+    n: int
+    world: int
+    sp: int
+    mini: int | None
+    mini_follows_batch: bool
+    update_micro: int | None
+    infer_micros: tuple[tuple[str, int | None], ...]
+
+    @classmethod
+    def of(cls, config: DictConfig) -> _Layout:
+        actor_rollout_ref = config.actor_rollout_ref
+        actor, rollout, ref = actor_rollout_ref.actor, actor_rollout_ref.rollout, actor_rollout_ref.ref
+        dynamic = bool(actor.get("use_dynamic_bsz", False))
+        raw_mini = OmegaConf.to_container(actor, resolve=False).get("ppo_mini_batch_size")
+        infer = [("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", rollout, "log_prob_use_dynamic_bsz")]
+        if actor.get("use_kl_loss", False) or config.algorithm.get("use_kl_in_reward", False):
+            infer.append(("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", ref, "log_prob_use_dynamic_bsz"))
+        return cls(
+            batch=int(config.data.train_batch_size),
+            n=int(rollout.n),
+            world=_verl_gpus(config),
+            sp=int(actor.get("ulysses_sequence_parallel_size", 1) or 1),
+            mini=None if dynamic else int(actor.ppo_mini_batch_size),
+            mini_follows_batch=raw_mini == "${data.train_batch_size}",
+            update_micro=None if dynamic else actor.get("ppo_micro_batch_size_per_gpu"),
+            infer_micros=tuple(
+                (key, None if node.get(flag, False) else node.get(key.rsplit(".", 1)[1])) for key, node, flag in infer
+            ),
+        )
+
+    def with_batch(self, batch: int) -> _Layout:
+        follows = self.mini_follows_batch and self.mini is not None
+        return replace(self, batch=batch, mini=batch if follows else self.mini)
+
+    def errors(self, suggest: bool = True) -> list[str]:
+        """One line per size verl would reject; ``suggest`` adds a value that works to each."""
+        if self.world < 1:
+            return [f"trainer.n_gpus_per_node x trainer.nnodes = {self.world}: verl needs at least one GPU"]
+        if self.world % self.sp:
+            return [
+                f"{self.world} GPUs (trainer.n_gpus_per_node x trainer.nnodes) do not divide by "
+                f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={self.sp}"
+            ]
+        dp, total = self.world // self.sp, self.batch * self.n
+        if total % self.world:
+            if self.mini is None:  # verl checks this only without dynamic batch size, which balances by tokens
+                return []
+            fix = self.nearest_batch() if suggest else None
+            return [
+                f"data.train_batch_size={self.batch} x actor_rollout_ref.rollout.n={self.n} = {total} responses do not "
+                f"divide among {self.world} GPUs (trainer.n_gpus_per_node x trainer.nnodes): "
+                + (f"set data.train_batch_size={fix}" if fix else "change data.train_batch_size")
+            ]
+        errors = []
+        if self.mini is not None:
+            errors += self._mini_errors(dp, suggest)
+        for key, micro in self.infer_micros:
+            if micro and (total // dp) % micro:
+                errors.append(_micro_error(key, micro, total // dp, "data.train_batch_size x rollout.n", dp))
+        return errors
+
+    def _mini_errors(self, dp: int, suggest: bool) -> list[str]:
+        key = "actor_rollout_ref.actor.ppo_mini_batch_size"
+        if self.mini > self.batch:
+            return [f"{key}={self.mini} exceeds data.train_batch_size={self.batch}: set {key}={self.batch}"]
+        if (self.mini * self.n) % dp:
+            fix = None
+            if suggest:  # the candidates themselves are checked without suggestions, so the search ends
+                fix = _nearest(self.mini, self.batch, lambda m: replace(self, mini=m).errors(suggest=False) == [])
+            return [
+                f"{key}={self.mini} x rollout.n={self.n} responses do not divide among {dp} data-parallel ranks: "
+                + (f"set {key}={fix}" if fix else f"change {key}")
+            ]
+        per_rank = self.mini * self.n // dp
+        if self.update_micro and per_rank % self.update_micro:
+            key = "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"
+            return [_micro_error(key, self.update_micro, per_rank, "ppo_mini_batch_size x rollout.n", dp)]
+        return []
+
+    def nearest_batch(self) -> int | None:
+        """The ``train_batch_size`` nearest the current one (smaller on a tie) that every size here divides."""
+        sizes = [self.update_micro or 1, *(micro or 1 for _, micro in self.infer_micros)]
+        # With the mini-batch following the batch, world x lcm(micro sizes) works, so the search ends by there.
+        limit = max(self.batch, self.mini or 0) + self.world * math.lcm(*sizes)
+        return _nearest(self.batch, limit, lambda b: self.with_batch(b).errors(suggest=False) == [])
+
+
+def _nearest(start: int, limit: int, ok: Callable[[int], bool]) -> int | None:
+    """The value in ``1..limit`` nearest ``start`` (smaller first) for which ``ok`` holds."""
+    for distance in range(max(start, limit)):
+        for value in (start - distance, start + distance):
+            if 1 <= value <= limit and ok(value):
+                return value
+    return None
+
+
+def _micro_error(key: str, micro: int, per_rank: int, source: str, dp: int) -> str:
+    works = max(d for d in range(1, micro + 1) if per_rank % d == 0)
+    return (
+        f"{key}={micro} does not divide the {per_rank} responses of each GPU ({source} / {dp} GPUs): set {key}={works}"
+    )
+
+
+@_never_raises
+def check_batch_sizes(config: DictConfig) -> list[str]:
+    """Every batch split verl makes must come out even, or the first ``compute_log_prob`` or update fails."""
+    return _Layout.of(config).errors()
+
+
+def _workflow_files(config: DictConfig) -> Iterator[str]:
+    for file in dict.fromkeys(_files(config.data.train_files)):
+        path = Path(file).expanduser()
+        if path.is_file() and "agent_name" in pq.read_schema(path).names:
+            agents = pq.read_table(path, columns=["agent_name"]).column("agent_name")
+            if pc.any(pc.equal(agents, WORKFLOW_AGENT)).as_py():
+                yield file
+
+
+def image_tokens(model_path: str) -> int:
+    """Tokens of one 840x840 model image under the checkpoint's own image processor.
+
+    A checkpoint whose processor bounds the pixels lower shrinks the image and spends fewer tokens; one without a
+    local processor config (a hub id) is taken to be Qwen2.5-VL's (:data:`IMAGE_TOKENS`).
+    """
+    path = Path(model_path).expanduser()
+    # Hub checkpoints carry preprocessor_config.json; transformers >= 5 saves processor_config.json.
+    if not any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+        return IMAGE_TOKENS
+    import numpy as np
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(path)
+    grid = processor(images=[np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8)], return_tensors="np")["image_grid_thw"]
+    return int(np.prod(grid[0])) // int(processor.merge_size) ** 2
+
+
+def workflow_response_tokens(steps: int, image: int = IMAGE_TOKENS) -> int:
+    """The response budget of a workflow row: its grounding answer, then ``steps`` overlay turns with their answers."""
+    return ANSWER_TOKENS + steps * (image + OVERLAY_TEXT_TOKENS + ANSWER_TOKENS)
+
+
+@_never_raises
+def check_workflow_budget(config: DictConfig) -> list[str]:
+    """The workflow loop spends one response budget on every answer and every overlay turn (image included)."""
+    files = list(_workflow_files(config))
+    if not files:
+        return []
+    steps = int(config.get("veteran", {}).get("workflow", {}).get("max_steps", 3))
+    budget = int(config.data.max_response_length)
+    image = image_tokens(str(config.actor_rollout_ref.model.path))
+    need = workflow_response_tokens(steps, image)
+    if budget >= need:
+        return []
+    step = workflow_response_tokens(1, image) - ANSWER_TOKENS
+    fits = max(0, (budget - ANSWER_TOKENS) // step)
+    return [
+        f"data.max_response_length={budget} cannot hold veteran.workflow.max_steps={steps} refinement steps of the "
+        f"{WORKFLOW_AGENT} rows in {files[0]} (~{ANSWER_TOKENS} tokens for the grounding answer, then ~{step} per "
+        f"step: {image} image + ~{OVERLAY_TEXT_TOKENS} prompt tokens + ~{ANSWER_TOKENS} for the answer): "
+        f"set data.max_response_length={need}, or veteran.workflow.max_steps={fits}"
+    ]
+
+
+def _resume_folder(config: DictConfig) -> Path | None:
+    """The ``global_step_*`` folder verl will load (verl/trainer/ppo/v1/trainer_base.py ``_load_checkpoint``)."""
+    mode = config.trainer.get("resume_mode", "auto")
+    if mode == "resume_path":
+        return Path(str(config.trainer.resume_from_path)).expanduser()
+    if mode != "auto":
+        return None
+    tracker = Path(str(config.trainer.default_local_dir)).expanduser() / CHECKPOINT_TRACKER
+    if not tracker.is_file():
+        return None
+    return tracker.parent / f"global_step_{int(tracker.read_text().strip())}"
+
+
+@_never_raises
+def check_resume(config: DictConfig) -> list[str]:
+    """FSDP shards are named by world size, so a checkpoint loads only into the layout that saved it."""
+    folder = _resume_folder(config)
+    if folder is None or not (folder / "actor").is_dir():
+        return []
+    saved = {int(match[1]) for file in (folder / "actor").iterdir() if (match := _SHARD.match(file.name))}
+    world = _verl_gpus(config)
+    if not saved or saved == {world}:
+        return []
+    return [
+        f"{folder} was saved by {max(saved)} GPUs and this run has {world}: resume with trainer.n_gpus_per_node x "
+        "trainer.nnodes as saved, or start afresh with trainer.resume_mode=disable or a new "
+        "trainer.default_local_dir (e.g. trainer.experiment_name=...)"
+    ]
+
+
+@_never_raises
+def check_sam_placement(config: DictConfig) -> list[str]:
+    """Several SAM2 actors packed onto one node leave it too few GPUs for verl's per-node group."""
+    pool = server_config(config.reward_server).pool
+    strategy = pool.placement_strategy
+    if pool.num_actors < 2 or int(config.trainer.nnodes) < 2 or strategy not in ("PACK", "STRICT_PACK"):
+        return []
+    return [
+        f"reward_server.pool.strategy={strategy} puts the {pool.num_actors} SAM2 actors on one node, where verl's "
+        f"trainer.n_gpus_per_node={config.trainer.n_gpus_per_node} GPUs then never fit: set "
+        "reward_server.pool.strategy=SPREAD"
+    ]
+
+
+@_never_raises
+def check_scripted_answers(config: DictConfig) -> list[str]:
+    """The CPU rollout's scripted answers (recipe/cpu/rollout.py) make a random tiny model's rewards vary; a real
+    run must train on its policy's own answers only."""
+    hf_cpu = OmegaConf.select(config, "actor_rollout_ref.rollout.engine_kwargs.hf_cpu", default=None) or {}
+    scripted = hf_cpu.get("scripted_every", 0)
+    if not scripted or not _on_gpu(config):
+        return []
+    return [
+        f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.scripted_every={scripted} mixes scripted answers into "
+        "the rollouts, which only the CPU smoke run may do: set "
+        "actor_rollout_ref.rollout.engine_kwargs.hf_cpu.scripted_every=0"
+    ]
+
+
+@_never_raises
+def check_gpus(config: DictConfig, available: int) -> list[str]:
+    """verl's ``n_gpus_per_node x nnodes`` plus the SAM2 pool's GPUs must fit in ``available``.
+
+    The message names a layout that fits: the GPUs per node left beside SAM2 and, where the batch no longer divides
+    among them, the nearest batch size that does.
+    """
+    pool = server_config(config.reward_server).pool
+    verl_gpus = _verl_gpus(config)
+    sam_gpus = pool.num_actors * pool.gpus_per_actor
+    if verl_gpus + sam_gpus <= available:
+        return []
+    head = (
+        f"{verl_gpus} GPUs for verl (trainer.n_gpus_per_node x trainer.nnodes) + {sam_gpus:g} for SAM2 "
+        f"(reward_server.pool.num_actors x gpus_per_actor) > {available} available"
+    )
+    nnodes = int(config.trainer.nnodes)
+    per_node = (available - math.ceil(sam_gpus)) // nnodes  # a GPU SAM2 holds in part is no whole GPU for verl
+    if per_node < 1:
+        return [f"{head}: no GPU is left for verl; lower reward_server.pool.num_actors or gpus_per_actor"]
+    layout = replace(_Layout.of(config), world=per_node * nnodes)
+    override = f"trainer.n_gpus_per_node={per_node}"
+    if layout.errors(suggest=False):
+        batch = layout.nearest_batch()
+        override += f" data.train_batch_size={batch}" if batch else " and a data.train_batch_size that divides"
+    return [f"{head}: lower trainer.n_gpus_per_node: {override}"]
+
+
+def _tq_cpus(config: DictConfig) -> int:
+    """TransferQueue's controller plus, with SimpleStorage, one actor per storage unit (verl's V1 always runs it)."""
+    backend = config.get("transfer_queue", {}).get("backend", {})
+    if backend.get("storage_backend", "SimpleStorage") != "SimpleStorage":
+        return 1
+    return 1 + int(backend.get("SimpleStorage", {}).get("num_data_storage_units", 1))
+
+
+@_never_raises
+def check_cpus(config: DictConfig) -> list[str]:
+    """A local Ray must hold every CPU the run reserves, or a placement group waits forever without a word."""
+    if not _on_gpu(config):
+        return []
+    pool = server_config(config.reward_server).pool
+    verl, sam, tq = CPUS_PER_VERL_GPU * _verl_gpus(config), pool.num_actors * pool.cpus_per_actor, _tq_cpus(config)
+    # verl's TaskRunner and agent/reward-loop workers reserve no CPU but need one free to be scheduled.
+    need = math.ceil(verl + sam + tq + 1)
+    configured = config.get("ray_kwargs", {}).get("ray_init", {}).get("num_cpus")
+    have = int(configured) if configured else os.cpu_count() or 0
+    if have >= need:
+        return []
+    return [
+        f"Ray gets {have} CPUs but the run reserves {need} ({verl} for verl at {CPUS_PER_VERL_GPU} per GPU, {sam:g} "
+        f"for SAM2, {tq} for TransferQueue, 1 free to schedule verl's helpers): set "
+        f"ray_kwargs.ray_init.num_cpus={need} (Ray's CPUs are logical), or lower reward_server.pool.cpus_per_actor "
+        "or transfer_queue.backend.SimpleStorage.num_data_storage_units"
+    ]
+
+
+@_never_raises
+def check_pool_devices(config: DictConfig, health: list[dict[str, Any]]) -> list[str]:
+    """After the SAM2 pool started: in a CUDA run, an ``auto`` engine that chose the CPU has no usable GPU.
+
+    Args:
+        config: The training config.
+        health: Every actor's ``health()`` (``name`` and ``device``).
+    """
+    engine = server_config(config.reward_server).engine
+    if not _on_gpu(config) or engine.device != "auto":
+        return []
+    on_cpu = [str(actor["name"]) for actor in health if str(actor.get("device", "")).startswith("cpu")]
+    if not on_cpu:
+        return []
+    return [
+        f"SAM2 actors {', '.join(on_cpu)} run on the CPU in a CUDA run (no GPU assigned, or torch cannot use it): "
+        "give the pool GPUs (reward_server.pool.gpus_per_actor=1) and check the driver, or set "
+        "reward_server.engine.device=cpu to accept it"
+    ]
+
+
+def _absolute(path: str) -> str:
+    if "://" in path:  # hdfs:// and other remote locations verl copies itself
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def absolute_paths(config: DictConfig) -> None:
+    """Makes the run's relative paths absolute against the driver's working directory, in place.
+
+    verl's TaskRunner reads data files and writes checkpoints relative to its own working directory, which on a
+    cluster is another machine's. Hub ids (the model path, a SAM2 checkpoint id) are left as they are.
+    """
+    for key in ("data.train_files", "data.val_files"):
+        value = OmegaConf.select(config, key)
+        if value is None:
+            continue
+        files = _files(value)
+        absolute = [_absolute(file) for file in files]
+        if absolute != files:
+            OmegaConf.update(config, key, absolute if isinstance(value, ListConfig) else absolute[0], merge=False)
+    for key in ("samrl.output_dir", "trainer.default_local_dir"):
+        value = OmegaConf.select(config, key)
+        if value is not None and _absolute(str(value)) != str(value):
+            OmegaConf.update(config, key, _absolute(str(value)), merge=False)
+    for key in ("actor_rollout_ref.model.path", "reward_server.engine.checkpoint"):
+        value = OmegaConf.select(config, key)
+        if value is not None and Path(str(value)).expanduser().exists():
+            OmegaConf.update(config, key, _absolute(str(value)), merge=False)
+
+
+CHECKS: list[Callable[[DictConfig], list[str]]] = [
+    check_model,
+    check_sam_checkpoint,
+    check_datasets,
+    check_attention,
+    check_driver,
+    check_compiler,
+    check_batch_sizes,
+    check_workflow_budget,
+    check_resume,
+    check_sam_placement,
+    check_scripted_answers,
+]
 
 
 def preflight(config: DictConfig, available_gpus: int | None = None) -> list[str]:
-    """All problems found; the GPU check runs when the number of available GPUs is known."""
+    """All problems found, one line each.
+
+    Args:
+        config: The composed training config.
+        available_gpus: GPUs of the machine when the run starts its own Ray there; None when it joins a cluster,
+            whose resources :func:`check_gpus` checks once connected. A CPU run (``trainer.device=cpu``) skips the
+            GPU and CPU counts: its GPUs are Ray's virtual ones.
+    """
     errors = [error for check in CHECKS for error in check(config)]
-    if available_gpus is not None:
-        errors += check_gpus(config, available_gpus)
+    if available_gpus is not None and _on_gpu(config):
+        errors += check_gpus(config, available_gpus) + check_cpus(config)
     return errors

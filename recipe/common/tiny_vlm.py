@@ -17,6 +17,11 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+# Qwen2.5-VL's processor bound on an image's pixels (its preprocessor_config.json): the 840x840 image stays whole.
+QWEN2_5_VL_MAX_PIXELS = 28 * 28 * 16384
+# 16 blocks of 28x28 pixels: the 840x840 image becomes 112x112 and 16 tokens, for CPU runs where every token counts.
+SMALL_IMAGE_MAX_PIXELS = 28 * 28 * 16
+
 # Qwen2.5's added tokens, in id order from the first id after the 151643 BPE ranks.
 QWEN2_5_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -147,12 +152,14 @@ def build_qwen2_5_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, max_pixels: int = QWEN2_5_VL_MAX_PIXELS) -> Path:
     """Builds a tiny random Qwen2.5-VL and saves model, processor and generation config with `save_pretrained`.
 
     Args:
         output_dir: Directory to save into; created if missing.
         seed: Torch seed for the random weights.
+        max_pixels: The processor's image-size bound. Qwen2.5-VL's own keeps the 840x840 model image whole (900
+            tokens); a smaller one shrinks every image before the model sees it, e.g. ``SMALL_IMAGE_MAX_PIXELS``.
 
     Returns:
         `output_dir` as a `Path`, loadable with the `Auto*` classes by path.
@@ -161,7 +168,7 @@ def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = build_qwen2_5_tokenizer()
     processor = Qwen2_5_VLProcessor(
         # Passing `size` rather than min/max_pixels: the latter mutate the class-level default dict.
-        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}),
+        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": max_pixels}),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN2_5_VL_CHAT_TEMPLATE,

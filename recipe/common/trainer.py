@@ -1,12 +1,16 @@
 """verl's sync V1 trainer, also logging the reward components of every training step.
 
 verl logs ``reward_extra_info`` (IoU, format rewards, failure categories) only at validation; this trainer adds
-each numeric component's batch mean as ``reward/<name>/mean`` and each failure category's share as
-``reward/failure/<category>`` to every step's metrics, so they move on the console and in TensorBoard.
+each numeric component's batch mean as ``reward/<name>/mean``, each failure category's share as
+``reward/failure/<category>`` and each task's share as ``reward/task/<task>`` (SAM-Veteran's mix) to every step's
+metrics, so they move on the console and in TensorBoard. It also logs the SAM2 pool's work in the step
+(``sam/requests``, ``sam/encodes``, ``sam/cache_hits``, ``sam/served_s``, ``sam/restarts``; see
+:mod:`recipe.common.pool_meter`); an unreachable pool is logged and counted, never a failed step.
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections import Counter
 from collections.abc import Iterable
@@ -18,11 +22,19 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from recipe.common.pool_meter import PoolMeter
+
+logger = logging.getLogger(__name__)
+
 TRAINER_MODE = "sync_reward_metrics"
 
 
+CATEGORIES = ("failure", "task")
+"""``reward_extra_info`` keys whose string values are reported as shares of the batch."""
+
+
 def reward_component_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
-    """Means of the numeric ``reward_extra_info`` values and shares of each ``failure`` category.
+    """Means of the numeric ``reward_extra_info`` values and shares of each value of the :data:`CATEGORIES` keys.
 
     Args:
         extra_fields: Each trajectory's ``extra_fields`` (dicts holding ``reward_extra_info``; others ignored).
@@ -35,10 +47,11 @@ def reward_component_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
         values = [info[key] for info in infos if isinstance(info.get(key), numbers.Real)]
         if values:
             metrics[f"reward/{key}/mean"] = float(np.mean(values))
-    failures = Counter(str(info.get("failure", "")) for info in infos if "failure" in info)
-    total = sum(failures.values())
-    for category, count in failures.items():
-        metrics[f"reward/failure/{category or 'none'}"] = count / total
+    for key in CATEGORIES:
+        counts = Counter(str(info[key]) for info in infos if key in info)
+        total = sum(counts.values())
+        for value, count in counts.items():
+            metrics[f"reward/{key}/{value or 'none'}"] = count / total
     return metrics
 
 
@@ -51,6 +64,32 @@ class RewardMetricsTrainer(PPOTrainerSync):
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
         super().__init__(config=config)
+        self._pool_meter: PoolMeter | None = None
+        self._pool_unreachable = 0
+
+    def init(self):
+        super().init()
+        # The baseline: an attached pool may have served other runs before this one.
+        self._pool_meter = PoolMeter(self._pool_health())
+
+    def _pool_health(self) -> list[dict] | None:
+        from reward_server.config import server_config
+        from reward_server.pool import connect_pool, pool_health
+
+        try:
+            return pool_health(connect_pool(server_config(self.config.reward_server).pool))
+        except Exception as err:  # the step's own results stand; the counter shows the pool was not reachable
+            self._pool_unreachable += 1
+            logger.warning("SAM2 pool metrics unavailable: %r", err)
+            return None
+
+    def _pool_metrics(self) -> dict[str, float]:
+        health = self._pool_health()
+        if health is None:
+            return {"sam/unreachable": float(self._pool_unreachable)}
+        if self._pool_meter is None:
+            self._pool_meter = PoolMeter()
+        return self._pool_meter.step(health)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
@@ -58,3 +97,4 @@ class RewardMetricsTrainer(PPOTrainerSync):
         if keys:
             data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
             metrics.update(reward_component_metrics(data.pop("extra_fields").tolist()))
+        metrics.update(self._pool_metrics())

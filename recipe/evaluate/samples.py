@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from data_prep.schema import label_mask
+from recipe.common.labels import label_mask
 from reward_server.images import to_rgb
 from reward_server.masks import MODEL_SIZE, mask_to_box
 

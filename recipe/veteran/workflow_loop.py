@@ -53,6 +53,11 @@ class WorkflowLoop(AgentLoopBase):
         images = list((await self.process_multi_modal_info(messages)).get("images") or [])
         runtime_ids = await self.ct_build_initial_tokens(messages, images=images)
         response_mask: list[int] = []
+        # The rollout's log-probs, aligned with the response like its mask, when verl asks for them.
+        response_logprobs: list[float] | None = [] if sampling_params.get("logprobs") else None
+        # The server's fields (the weights' global steps): the first turn's, then the latest max_global_steps,
+        # as verl's tool loop keeps them; verl's trainer reads min/max_global_steps of every trajectory.
+        server_fields: dict[str, Any] = {}
         sam = get_sam_client(self.config.reward_server)
         while not episode.done:
             budget = self.response_length - len(response_mask)
@@ -65,7 +70,17 @@ class WorkflowLoop(AgentLoopBase):
                 sampling_params={**sampling_params, "max_tokens": budget},
                 image_data=images,
             )
-            merged, response_mask, _ = await self.ct_merge_assistant_token(runtime_ids, output.token_ids, response_mask)
+            if not server_fields:
+                server_fields.update(output.extra_fields)
+            elif output.extra_fields.get("max_global_steps") is not None:
+                server_fields["max_global_steps"] = output.extra_fields["max_global_steps"]
+            merged, response_mask, response_logprobs = await self.ct_merge_assistant_token(
+                runtime_ids,
+                output.token_ids,
+                response_mask,
+                response_logprobs,
+                assistant_logprobs=output.log_probs if response_logprobs is not None else None,
+            )
             runtime_ids = merged.token_ids
             text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
             sam_prompt = episode.observe_response(text)
@@ -77,22 +92,24 @@ class WorkflowLoop(AgentLoopBase):
                 break
             answered = [*messages, {"role": "assistant", "content": text}]
             turn = episode.next_messages()
-            merged, merged_mask, _ = await self.ct_merge_context_msg(
-                answered, answered + turn, runtime_ids, response_mask
+            merged, merged_mask, merged_logprobs = await self.ct_merge_context_msg(
+                answered, answered + turn, runtime_ids, response_mask, response_logprobs
             )
             if len(merged_mask) >= self.response_length:  # never cut an image's placeholder run
                 episode.termination = "length"
                 break
             messages, runtime_ids, response_mask = answered + turn, merged.token_ids, merged_mask
+            response_logprobs = merged_logprobs
             images.append(turn[0]["content"][0]["image"])
         info = score_workflow(episode.steps, truth, episode.termination or "length", self.reward_config)
         return AgentLoopOutput(
             prompt_ids=runtime_ids[: len(runtime_ids) - len(response_mask)],
             response_ids=runtime_ids[len(runtime_ids) - len(response_mask) :],
             response_mask=response_mask,
+            response_logprobs=response_logprobs,
             multi_modal_data={"images": images},
             reward_score=info["score"],
             num_turns=2 * len(episode.steps),
             metrics=AgentLoopMetrics(),
-            extra_fields={"reward_extra_info": info},
+            extra_fields={**server_fields, "reward_extra_info": info},
         )

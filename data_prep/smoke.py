@@ -1,0 +1,85 @@
+"""The inputs of ``make smoke``: synthetic RefCOCOg rows converted for a recipe, and the tiny random Qwen2.5-VL.
+
+SAM-Veteran's inputs hold one file per training task (grounding, mask comprehension, auxiliary, the multi-turn
+workflow), derived from the grounding rows exactly as ``make data-veteran`` derives them, with the tiny SAM2.
+
+The inputs of ``make eval-smoke`` are evaluation rows of synthetic RefCOCOg and ReasonSeg splits (``build_eval_sets``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep import __main__ as data_prep_cli
+from data_prep.synthetic import synthetic_refer_parquet, write_reasonseg_split, write_refer_dataset
+from data_prep.veteran import build_auxiliary, build_mask_comprehension, build_workflow
+from recipe.common.tiny_vlm import SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
+from reward_server.config import load_preset
+from reward_server.engine import SamEngine
+
+
+@dataclass(frozen=True)
+class SmokeInputs:
+    """What a smoke run trains on: its parquet files (one per task) and the tiny model's directory."""
+
+    train_files: list[Path]
+    model: Path
+
+
+def build_smoke_inputs(out_dir: Path, recipe: str, prompts: int, seed: int = 0) -> SmokeInputs:
+    """Writes ``recipe``'s smoke inputs under ``out_dir`` (``prompts`` grounding rows; every task derives from them)."""
+    # Images rotate through train, val and test; 3 per prompt leaves every prompt an image of its own.
+    grounding = synthetic_refer_parquet(
+        out_dir, out_dir / f"{recipe}_grounding.parquet", recipe, num_images=3 * prompts, limit=prompts, seed=seed
+    )
+    files = [grounding]
+    if recipe == "veteran":
+        files += [out_dir / "mask_comprehension.parquet", out_dir / "auxiliary.parquet", out_dir / "workflow.parquet"]
+        # Random SAM2 weights give no Good Enough masks: keep every scored row instead of balancing the cases.
+        build_mask_comprehension(grounding, files[1], SamEngine(load_preset("tiny_cpu").engine), balanced=False)
+        build_auxiliary(grounding, files[2], seed=seed)
+        build_workflow(grounding, files[3])
+    # Small images (16 tokens each, not 900): on a CPU the padded sequence length sets the cost of every step.
+    model = build_tiny_qwen2_5_vl(out_dir / "tiny_qwen2_5_vl", seed=seed, max_pixels=SMALL_IMAGE_MAX_PIXELS)
+    return SmokeInputs(files, model)
+
+
+def build_eval_sets(out_dir: str | Path, seed: int = 0) -> Path:
+    """Writes the inputs of ``make eval-smoke``: synthetic RefCOCOg test and ReasonSeg val rows in ``<out_dir>/eval``.
+
+    The ReasonSeg split holds ignore regions, so evaluation's 255 labels are exercised too.
+
+    Returns:
+        The directory of the evaluation parquet files.
+
+    Raises:
+        RuntimeError: When a conversion fails.
+    """
+    out_dir = Path(out_dir)
+    downloads, eval_dir = out_dir / "downloads", out_dir / "eval"
+    refer = write_refer_dataset(downloads, "refcocog", num_images=6, seed=seed)
+    reasonseg = write_reasonseg_split(downloads, "val", num_images=3, seed=seed)
+    refer_rows = ["refer", "--dataset", "refcocog", "--split", "test", "--refer-root", str(refer.refer_root)]
+    refer_rows += ["--image-root", str(refer.image_root), "--out", str(eval_dir / "refcocog_test.parquet")]
+    reasonseg_rows = ["reasonseg", "--root", str(reasonseg.parent), "--split", "val"]
+    reasonseg_rows += ["--out", str(eval_dir / "reasonseg_val.parquet")]
+    for args in (refer_rows, reasonseg_rows):
+        if data_prep_cli.main([*args, "--workers", "1", "--seed", str(seed)]) != 0:
+            raise RuntimeError(f"data_prep {args[0]} failed")
+    return eval_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m data_prep.smoke eval-sets OUT``: builds ``make eval-smoke``'s evaluation sets under ``OUT``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("what", choices=["eval-sets"])
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    print(build_eval_sets(args.out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

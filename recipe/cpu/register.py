@@ -1,0 +1,29 @@
+"""Registers the CPU platform's pieces with verl; :mod:`recipe.verl_plugin` imports it when ``VERL_PLATFORM=cpu``.
+
+Order matters: importing :mod:`recipe.cpu.platform` registers the ``cpu`` platform before anything below imports
+``verl.workers.engine.fsdp.transformer_impl``, which resolves the platform at import time. The other order makes
+verl raise "Unknown platform 'cpu'" inside the plugin import, which verl swallows, and the run fails much later.
+"""
+
+# isort: off
+from recipe.cpu.platform import PLATFORM  # first: see the module docstring
+
+# isort: on
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+from recipe.common.verl_workarounds import apply_cpu_workarounds
+from recipe.cpu.rollout import ROLLOUT_NAME
+
+
+def _load_replica() -> type:
+    from recipe.cpu.rollout import HFReplica
+
+    return HFReplica
+
+
+# verl registers its FSDP engine for the "cuda" and "npu" devices; the same engine runs on "cpu" with FSDP2 on gloo.
+EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=PLATFORM)(FSDPEngineWithLMHead)
+RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
+apply_cpu_workarounds(ROLLOUT_NAME, "recipe.cpu.rollout.HFServerAdapter")

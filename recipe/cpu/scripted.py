@@ -1,0 +1,64 @@
+"""Random well-formed answers for the CPU smoke preset's scripted rollouts.
+
+A random tiny model never writes the tags, so every reward of a group is equal and every GRPO advantage is 0. The
+``hf_cpu`` rollout answers some requests with these instead: the answer format of the task the prompt asks for
+(recognised by the project's own prompt templates), with random coordinates, so IoU, the format rewards and the
+refinement actions all vary. Nothing here reads the ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from recipe.common.prompts import ANSWER_ONLY_PROMPTS, PROMPTS, QUESTION_SLOT
+from reward_server.masks import MODEL_SIZE
+
+_TASK_KIND = {"samr1": "samr1", "grounding": "box", "mask_comprehension": "points", "auxiliary": "points"}
+
+
+def last_task(prompt_text: str) -> tuple[str, bool] | None:
+    """The task of the last prompt template in ``prompt_text`` and whether it asks for reasoning; None if none.
+
+    Multi-turn prompts hold every earlier turn, so the last template is the one being answered.
+    """
+    best: tuple[int, str, bool] | None = None
+    for reasoning, templates in ((True, PROMPTS), (False, ANSWER_ONLY_PROMPTS)):
+        for task, template in templates.items():
+            position = prompt_text.rfind(template.split(QUESTION_SLOT)[1])
+            if position >= 0 and (best is None or position > best[0]):
+                best = (position, task, reasoning)
+    return None if best is None else best[1:]
+
+
+def _box(rng: np.random.Generator) -> list[int]:
+    x1, y1 = rng.integers(0, MODEL_SIZE - 120, size=2)
+    width, height = rng.integers(60, MODEL_SIZE // 3, size=2)
+    return [int(x1), int(y1), int(min(x1 + width, MODEL_SIZE)), int(min(y1 + height, MODEL_SIZE))]
+
+
+def _point(rng: np.random.Generator) -> list[int]:
+    return [int(v) for v in rng.integers(0, MODEL_SIZE, size=2)]
+
+
+def random_answer(kind: str, rng: np.random.Generator) -> dict:
+    """A valid answer object of ``kind`` (``samr1``, ``box`` or ``points``) with random coordinates."""
+    if kind == "points":
+        positive, negative = rng.integers(0, 2, size=2)
+        return {"pos_point": _point(rng) if positive else None, "neg_point": _point(rng) if negative else None}
+    box = _box(rng)
+    if kind == "box":
+        return {"bbox_2d": box}
+    point = [int(rng.integers(box[0], box[2])), int(rng.integers(box[1], box[3]))]
+    return {"bbox_2d": box, "point_2d": point, "label": "the object"}
+
+
+def scripted_answer(prompt_text: str, rng: np.random.Generator) -> str | None:
+    """A response to the last prompt in ``prompt_text`` in its task's format; None for a prompt of no known task."""
+    found = last_task(prompt_text)
+    if found is None:
+        return None
+    task, reasoning = found
+    answer = f"<answer>{json.dumps(random_answer(_TASK_KIND[task], rng))}</answer>"
+    return f"<think>A scripted answer.</think>\n{answer}" if reasoning else answer

@@ -1,0 +1,123 @@
+"""The ``hf_cpu`` rollout server against the model it serves: log-probs, scripted answers, weight sync, budget."""
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recipe.common.prompts import build_messages
+
+pytestmark = pytest.mark.slow
+
+
+def _config(
+    scripted_every: int = 0, response_length: int = 12, prompt_length: int = 1400, max_new_tokens: int = 0
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        engine_kwargs={"hf_cpu": {"scripted_every": scripted_every, "max_new_tokens": max_new_tokens}},
+        response_length=response_length,
+        prompt_length=prompt_length,
+    )
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_qwen_path):
+    """A grounding prompt with one 840x840 image, tokenised by the model's processor as verl's dataset does."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (840, 840, 3), dtype=np.uint8))
+    text = build_messages("grounding", "the dog")[0]["content"].replace("<image>", "")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = processor(text=[chat], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+    return ids, [image]
+
+
+def _server(tiny_qwen_path, config):
+    from recipe.cpu.rollout import HFServer
+
+    return HFServer(config, SimpleNamespace(path=tiny_qwen_path, local_path=None), replica_rank=0)
+
+
+def _forward_log_probs(model, processor, ids: list[int], tokens: list[int], images, temperature: float = 1.0):
+    """The reference: one teacher-forced forward of the model, log-softmax at each response position."""
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    full = torch.tensor([ids + tokens])
+    with torch.no_grad():
+        logits = model(input_ids=full, attention_mask=torch.ones_like(full), **inputs).logits[0].float()
+    rows = (logits[len(ids) - 1 : len(ids) - 1 + len(tokens)] / temperature).log_softmax(-1)
+    return rows[torch.arange(len(tokens)), torch.tensor(tokens)]
+
+
+def test_sampled_tokens_come_with_the_models_log_probs(tiny_qwen_path, prompt):
+    ids, images = prompt
+    server = _server(tiny_qwen_path, _config())
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    out = asyncio.run(server.generate(ids, dict(params), "request-1", image_data=images))
+    assert 1 <= len(out.token_ids) <= 12 and len(out.log_probs) == len(out.token_ids)
+    expected = _forward_log_probs(server.model, server.processor, ids, out.token_ids, images)
+    torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=2e-4, rtol=1e-4)
+    again = asyncio.run(server.generate(ids, dict(params), "request-1", image_data=images))
+    assert again.token_ids == out.token_ids  # the request id seeds the sampler
+    without = asyncio.run(server.generate(ids, {**params, "logprobs": False}, "request-1", image_data=images))
+    assert without.log_probs is None
+
+
+def test_scripted_answers_are_scored_by_the_model(tiny_qwen_path, prompt):
+    from recipe.common.answer import parse_response
+
+    ids, images = prompt
+    # The per-turn cap binds the sampled answer only: a scripted answer cut short would not parse.
+    server = _server(tiny_qwen_path, _config(scripted_every=2, response_length=64, max_new_tokens=6))
+    params = {"temperature": 0.7, "logprobs": True}
+    first, second = (asyncio.run(server.generate(ids, dict(params), f"r{i}", image_data=images)) for i in range(2))
+    assert server.counters == {"requests": 2, "scripted": 1, "weight_updates": 0}
+    text = server.tokenizer.decode(second.token_ids, skip_special_tokens=True)
+    assert parse_response(text).bbox_2d().ok and second.token_ids[-1] == server.tokenizer.eos_token_id
+    expected = _forward_log_probs(server.model, server.processor, ids, second.token_ids, images, temperature=0.7)
+    torch.testing.assert_close(torch.tensor(second.log_probs), expected, atol=2e-4, rtol=1e-4)
+    assert not parse_response(server.tokenizer.decode(first.token_ids)).format_ok  # the random model's own answer
+    assert len(first.token_ids) <= 6 < len(second.token_ids)
+
+
+def test_weight_sync_loads_the_actors_weights(tiny_qwen_path, prompt, tmp_path):
+    from transformers import AutoModelForImageTextToText
+    from verl.utils.model import convert_weight_keys
+
+    from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+
+    server = _server(tiny_qwen_path, _config())
+    other = AutoModelForImageTextToText.from_pretrained(build_tiny_qwen2_5_vl(tmp_path / "other", seed=1))
+    sent = convert_weight_keys(dict(other.state_dict()), other)  # the checkpoint names verl's engine sends
+    counters = asyncio.run(server.update_weights(sent, global_steps=3))
+    assert counters["weight_updates"] == 1 and server.global_steps == 3
+    for name, tensor in other.state_dict().items():
+        torch.testing.assert_close(server.model.state_dict()[name], tensor)
+    ids, images = prompt
+    out = asyncio.run(server.generate(ids, {"temperature": 1.0}, "r", image_data=images))
+    assert out.extra_fields["global_steps"] == 3
+    missing = dict(list(sent.items())[1:])
+    with pytest.raises(RuntimeError, match="weight sync mismatch"):
+        asyncio.run(server.update_weights(missing))
+
+
+def test_token_budget_follows_vllms_rule():
+    from recipe.cpu.rollout import max_new_tokens
+
+    config = _config(response_length=100, prompt_length=1000)
+    assert max_new_tokens(config, {}, 950) == 100
+    assert max_new_tokens(config, {}, 1050) == 50  # the multi-turn budget: prompt + response <= both lengths
+    assert max_new_tokens(config, {}, 1200) == 1
+    assert max_new_tokens(config, {"max_tokens": 7}, 950) == 7
+
+
+def test_unknown_options_are_refused():
+    from recipe.cpu.rollout import HFRolloutOptions
+
+    assert HFRolloutOptions.from_engine_kwargs({"vllm": {}}) == HFRolloutOptions()
+    with pytest.raises(ValueError, match="scripted_evry"):
+        HFRolloutOptions.from_engine_kwargs({"hf_cpu": {"scripted_evry": 2}})

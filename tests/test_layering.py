@@ -1,0 +1,104 @@
+"""Imports flow one way: reward_server <- recipe.common <- recipe.samr1, recipe.veteran <- recipe.evaluate.
+
+data_prep may use reward_server and recipe.common; no product module uses the tests' doubles in tests/support.
+Imports are read from the source (ast), lazy ones inside functions included, so nothing here is imported.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("recipe", "reward_server", "data_prep")
+
+# (importing package, imported package): an import of the second (or a submodule) from the first is forbidden.
+FORBIDDEN = [
+    ("reward_server", "recipe"),
+    ("reward_server", "data_prep"),
+    ("recipe.common", "data_prep"),
+    ("recipe.common", "recipe.samr1"),
+    ("recipe.common", "recipe.veteran"),
+    ("recipe.common", "recipe.evaluate"),
+    ("recipe.samr1", "recipe.evaluate"),
+    ("recipe.veteran", "recipe.evaluate"),
+    ("recipe.evaluate", "data_prep"),
+    ("data_prep", "recipe.samr1"),
+    ("data_prep", "recipe.veteran"),
+    ("data_prep", "recipe.evaluate"),
+    *((package, double) for package in PRODUCT for double in ("support", "tests")),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def product_modules() -> dict[str, Path]:
+    return {module_name(path): path for package in PRODUCT for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def imported_modules(name: str, path: Path) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved against its package ``name``."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            # ``from a import b`` may import the submodule a.b: count both.
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+IMPORTS = {name: imported_modules(name, path) for name, path in product_modules().items()}
+
+
+@pytest.mark.parametrize(("importer", "imported"), FORBIDDEN, ids=[f"{a}->{b}" for a, b in FORBIDDEN])
+def test_no_forbidden_import(importer, imported):
+    offenders = sorted(
+        f"{name} imports {module}"
+        for name, modules in IMPORTS.items()
+        if within(name, importer)
+        for module in modules
+        if within(module, imported)
+    )
+    assert offenders == []
+
+
+def test_the_import_reader_sees_lazy_and_relative_imports(tmp_path):
+    path = tmp_path / "mod.py"
+    path.write_text("from . import sibling\nfrom ..up import thing\n\ndef f():\n    import data_prep.schema\n")
+    found = imported_modules("recipe.common.mod", path)
+    assert {"recipe.common.sibling", "recipe.up.thing", "data_prep.schema"} <= found
+
+
+def test_the_smoke_imitation_is_gone():
+    for module in ("smoke_setup", "smoke_policies", "logprob"):
+        assert not (ROOT / "recipe" / "common" / f"{module}.py").exists(), module
+    assert (
+        not (ROOT / "recipe" / "samr1" / "smoke.py").exists()
+        and not (ROOT / "recipe" / "veteran" / "smoke.py").exists()
+    )
+
+
+def test_every_shared_module_is_used_by_the_product():
+    """A module of recipe.common that only tests import belongs in tests/support."""
+    unused = []
+    for name in IMPORTS:
+        if not within(name, "recipe.common") or name == "recipe.common":
+            continue
+        users = [other for other, modules in IMPORTS.items() if other != name and name in modules]
+        if not users:
+            unused.append(name)
+    assert unused == []

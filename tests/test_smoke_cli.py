@@ -1,0 +1,19 @@
+"""``make smoke``'s command line (``make bench-step`` takes the same recipe names)."""
+
+import pytest
+
+from recipe.smoke import parse_args
+
+
+def test_no_recipe_named_runs_both():
+    assert parse_args([]).recipes == ["samr1", "veteran"]
+
+
+def test_one_recipe_named_runs_it_alone():
+    assert parse_args(["veteran", "--steps", "4"]).recipes == ["veteran"]
+
+
+def test_an_unknown_recipe_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["samr2"])
+    assert "invalid recipe 'samr2'" in capsys.readouterr().err
