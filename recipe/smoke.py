@@ -4,7 +4,7 @@ For each recipe it builds the inputs (``data_prep.smoke``), prints and runs the 
 (``python -m recipe.<recipe>.main +smoke=cpu ...``, as ``make train-<recipe>`` does) for 2 steps with a checkpoint
 after each, runs it again to step 3 (verl resumes from step 2), and ends with one line read from the runs' outputs:
 
-    smoke: recipe=samr1 trainer=verl steps=3 resumed_from=2 checkpoints=3 reward_metrics=9 sam_calls=24
+    smoke: recipe=samr1 trainer=verl steps=3 resumed_from=2 checkpoints=3 reward_metrics=8 sam_calls=6
 
 ``reward_metrics`` counts the distinct ``reward/*`` metrics the steps logged; ``sam_calls`` the prompts the SAM2
 pool answered over all steps (the trainer's ``sam/requests``).

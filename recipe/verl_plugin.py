@@ -7,10 +7,13 @@ them up. verl swallows plugin import errors, so ``tests/test_verl_plugin.py`` ch
 Order matters: the ``cpu`` platform is registered first, because several modules imported below resolve verl's
 platform at import time (``VERL_PLATFORM=cpu`` names it). It is never auto-detected, so GPU runs are unaffected;
 the rest of the CPU backend loads only when it is selected.
+
+A module this plugin takes names from must not import verl itself: imported first in a process, it would start
+``import verl``, which loads this plugin while that module is half-initialised (the plugin then fails, silently).
 """
 
 # isort: off
-from recipe.cpu.platform import selected as cpu_platform_selected  # first: see the module docstring
+import recipe.cpu.platform  # first: see the module docstring
 # isort: on
 
 # Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1",
@@ -23,6 +26,7 @@ import recipe.veteran.advantage
 import recipe.veteran.agent_loops
 import recipe.veteran.workflow_loop
 from recipe.common.verl_workarounds import apply_image_free_fix, apply_transfer_queue_fix
+from recipe.cpu import selected as cpu_platform_selected
 
 apply_transfer_queue_fix()
 apply_image_free_fix()

@@ -15,11 +15,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def model(tiny_qwen_path):
     from transformers import AutoModelForImageTextToText
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen2_vl
     from verl.models.transformers.monkey_patch import apply_monkey_patch
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen_path, attn_implementation="sdpa")
-    apply_monkey_patch(model, use_remove_padding=False)  # what verl's FSDP engine does before training
-    return model
+    with pytest.MonkeyPatch.context() as patches:
+        # apply_monkey_patch replaces these classes' forwards in the whole process: put them back after this module
+        # (transformers' generate refuses the processor's mm_token_type_ids with verl's forward).
+        for cls in (qwen2_5_vl.Qwen2_5_VLForConditionalGeneration, qwen2_5_vl.Qwen2_5_VLModel):
+            patches.setattr(cls, "forward", cls.forward)
+        for cls in (qwen2_vl.Qwen2VLForConditionalGeneration, qwen2_vl.Qwen2VLModel):
+            patches.setattr(cls, "forward", cls.forward)
+        apply_monkey_patch(model, use_remove_padding=False)  # what verl's FSDP engine does before training
+        yield model
 
 
 def _text_only_batch(model) -> dict:

@@ -110,3 +110,21 @@ def test_the_cpu_platform_is_never_auto_detected():
     assert not PlatformCPU().is_platform_available(use_smi_check=True)
     default = _python("import verl; from verl.utils.device import get_device_name; print(get_device_name())")
     assert default.returncode == 0 and default.stdout.split()[-1] != "cpu"
+
+
+# The modules the plugin takes names from: if importing one first started `import verl`, verl would load the plugin
+# while that module is half-initialised, and swallow the ImportError (a debug log line) - no registry, no fix.
+@pytest.mark.parametrize("first", ["recipe.common.verl_workarounds", "recipe.cpu.platform"])
+def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first(first):
+    probe = (
+        f"import {first}, sys\n"
+        "import verl\n"
+        "from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager\n"
+        "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
+        "from recipe.common.verl_workarounds import get_data_with_ragged_positions\n"
+        "fixed = AsyncSimpleStorageManager.get_data is get_data_with_ragged_positions\n"
+        "print(get_policy_loss_fn('samr1').__module__, fixed)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["recipe.samr1.loss", "True"]

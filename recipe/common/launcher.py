@@ -33,7 +33,7 @@ def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     bound to loopback, with the dashboard on ``samrl.dashboard_host:dashboard_port``. On the CPU platform the local
     Ray declares one virtual GPU per verl worker, because verl's resource pools place workers on ``GPU`` bundles.
     """
-    from recipe.cpu.platform import PLATFORM, selected
+    from recipe.cpu import PLATFORM, selected
 
     kwargs = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
     env_vars = kwargs.setdefault("runtime_env", {}).setdefault("env_vars", {})
@@ -105,7 +105,7 @@ def _dashboard_url() -> str | None:
 def launch(config: DictConfig) -> None:
     """Trains with ``config``; exits with status 2 and one line per problem when preflight fails."""
     absolute_paths(config)  # the TaskRunner may run on another node, in another working directory
-    from recipe.cpu.platform import selected
+    from recipe.cpu import selected
 
     # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
     local_gpus = None if config.samrl.ray_address or selected() else _local_gpu_count()

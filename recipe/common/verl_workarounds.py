@@ -107,12 +107,11 @@ def apply_transfer_queue_fix() -> None:
 # verl's partitioning puts together at the tail of a rank's list. The fix runs the same placeholder pass and takes
 # the embeddings out of the output with verl's own unpack_visual_output; batches with images go to verl unchanged.
 
+# verl is resolved when the fix is applied, not when this module is imported: importing this module first must not
+# start `import verl`, whose plugin loading would then import this half-initialised module and fail (silently).
 _EMBEDS_TARGET = "verl.models.transformers.qwen2_vl:_get_input_embeds"
-_EMBEDS = resolve(_EMBEDS_TARGET)
-_REPLACED[_EMBEDS_TARGET] = _EMBEDS
 
 
-@functools.wraps(_EMBEDS)
 def input_embeds_image_free_safe(
     model: Any,
     input_ids: torch.Tensor,
@@ -124,7 +123,7 @@ def input_embeds_image_free_safe(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """verl's ``_get_input_embeds``, with the placeholder vision pass of a text-only batch working (see above)."""
     if pixel_values is not None or pixel_values_videos is not None:
-        return _EMBEDS(
+        return _REPLACED[_EMBEDS_TARGET](
             model, input_ids, attention_mask, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw
         )
     from verl.models.transformers.qwen2_vl import unpack_visual_output
@@ -143,6 +142,7 @@ def apply_image_free_fix() -> None:
     """Installs :func:`input_embeds_image_free_safe` where verl's Qwen2-VL forwards look it up."""
     from verl.models.transformers import qwen2_vl
 
+    _REPLACED.setdefault(_EMBEDS_TARGET, qwen2_vl._get_input_embeds)
     qwen2_vl._get_input_embeds = input_embeds_image_free_safe
 
 

@@ -7,19 +7,13 @@ workers then run on the CPU with gloo collectives and torch never sees CUDA.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
-PLATFORM = "cpu"
-
-
-def selected() -> bool:
-    """Whether this process runs verl on the CPU platform."""
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM
+from recipe.cpu import PLATFORM
 
 
 class CpuDeviceModule:

@@ -6,7 +6,7 @@ verl raise "Unknown platform 'cpu'" inside the plugin import, which verl swallow
 """
 
 # isort: off
-from recipe.cpu.platform import PLATFORM  # first: see the module docstring
+import recipe.cpu.platform  # noqa: F401  first: see the module docstring
 
 # isort: on
 from verl.workers.engine.base import EngineRegistry
@@ -14,6 +14,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 
 from recipe.common.verl_workarounds import apply_cpu_workarounds
+from recipe.cpu import PLATFORM
 from recipe.cpu.rollout import ROLLOUT_NAME
 
 
