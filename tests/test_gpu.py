@@ -27,6 +27,8 @@ from reward_server.engine import SamEngine
 from reward_server.masks import mask_iou
 from reward_server.protocol import Prompt, SegRequest, SegResult, content_key
 
+from support.sam_parity import assert_same_mask, parity_prompts, predictor_reference, random_image
+
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 TINY_SAM2 = "sam2.1_hiera_t"
@@ -76,25 +78,6 @@ def test_vllm_policy_generates_on_the_tiny_qwen(tiny_qwen_path: str) -> None:
             completion.finish_reason == "length" and len(token_ids) == MAX_NEW_TOKENS
         )
         assert isinstance(completion.text, str)
-
-
-def random_image(seed: int, hw: tuple[int, int] = (840, 840)) -> np.ndarray:
-    return (np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8)
-
-
-def parity_prompts(hw: tuple[int, int], seed: int) -> list[Prompt]:
-    """Box; box + point; box + two points; box + point + ``mask_input``; a point alone."""
-    rng = np.random.default_rng(seed)
-    height, width = hw
-    box = (0.1 * width, 0.15 * height, 0.7 * width, 0.8 * height)
-    logits = (rng.normal(size=(256, 256)) * 4).astype(np.float32)
-    return [
-        Prompt(box=box),
-        Prompt(box=box, points=((0.3 * width, 0.4 * height),), labels=(1,)),
-        Prompt(box=box, points=((0.3 * width, 0.4 * height), (0.65 * width, 0.2 * height)), labels=(1, 0)),
-        Prompt(box=box, points=((0.5 * width, 0.5 * height),), labels=(0,), mask_input=logits),
-        Prompt(points=((0.2 * width, 0.3 * height),), labels=(1,)),
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -159,19 +142,11 @@ def test_fp32_engine_matches_sam2_predictor_on_cuda(engine_fp32: SamEngine, case
             for (case_image, prompt), result in zip(cases, results, strict=True):
                 if case_image is not image:
                     continue
-                masks, scores, logits = predictor.predict(
-                    point_coords=np.array(prompt.points, np.float32) if prompt.points else None,
-                    point_labels=np.array(prompt.labels) if prompt.labels else None,
-                    box=None if prompt.box is None else np.array(prompt.box, np.float32),
-                    mask_input=None if prompt.mask_input is None else prompt.mask_input[None],
-                    multimask_output=False,
-                    return_logits=True,
-                )
-                assert np.abs(result.logits - np.clip(logits[0], -32, 32)).max() < 1e-3
-                assert result.score == pytest.approx(float(scores[0]), abs=1e-4)
+                full_logits, score, low_res = predictor_reference(predictor, prompt)
+                assert np.abs(result.logits - np.clip(low_res, -32, 32)).max() < 1e-3
+                assert result.score == pytest.approx(score, abs=1e-4)
                 # Equal masks, except where SAM2's own logit is too close to the threshold to tell.
-                differ = result.mask_array() != (masks[0] > 0)
-                assert not differ.any() or np.abs(masks[0][differ]).max() < 1e-3
+                assert_same_mask(result.mask_array(), full_logits)
 
 
 def test_bf16_masks_match_fp32(engine_bf16: SamEngine, engine_fp32: SamEngine, cases) -> None:

@@ -24,6 +24,8 @@ from reward_server.masks import encode_rle, mask_iou
 from reward_server.pool import actor_name, connect_pool, pool_health, shutdown_pool, start_pool
 from reward_server.protocol import ErrorCode, ImageRef, Prompt, SegRequest, SegResult
 
+from support.sam_parity import random_image
+
 pytestmark = pytest.mark.slow
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -34,10 +36,6 @@ def compose_server(preset: str, *overrides: str) -> ServerConfig:
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("reward_server_app", overrides=[f"reward_server={preset}", *overrides])
     return server_config(cfg.reward_server)
-
-
-def random_image(seed: int) -> np.ndarray:
-    return (np.random.default_rng(seed).random((840, 840, 3)) * 255).astype(np.uint8)
 
 
 def run(coroutine):
