@@ -101,6 +101,20 @@ def test_the_recipes_defaults_pass_where_their_gpus_exist(machine):
     assert preflight(good(machine, "veteran"), available_gpus=9) == []  # the paper's 8 for verl + 1 for SAM2
 
 
+@pytest.mark.parametrize(
+    ("recipe", "preset"),
+    [
+        ("samr1", "policy_updates=updates_4"),
+        ("samr1", "+ablation=no_kl"),
+        ("veteran", "+veteran_ablation=qwen_32b"),
+        ("veteran", "+veteran_ablation=rollouts_4"),
+        ("veteran", "+veteran_ablation=rollouts_16"),
+    ],
+)
+def test_the_table_presets_pass_preflight_on_the_papers_layout(machine, recipe, preset):
+    assert preflight(good(machine, recipe, preset), available_gpus=8 if recipe == "samr1" else 9) == []
+
+
 def test_the_batch_is_drawn_from_all_training_files_together(machine):
     files = [write_rows(machine / f"task_{i}.parquet", 1, "veteran_grounding") for i in range(4)]
     listed = f"data.train_files=[{','.join(files)}]"

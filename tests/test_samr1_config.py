@@ -52,10 +52,12 @@ def test_the_config_is_the_papers_and_passes_verls_validation():
         ("threshold_0.8", "reward.custom_reward_function.reward_kwargs.tiers", [[0.8, 4.0]]),
         ("seq_level", "actor_rollout_ref.actor.loss_agg_mode", "seq-mean-token-mean"),
         ("symmetric_clip", "actor_rollout_ref.actor.clip_ratio_high", 0.2),
+        ("no_kl", "actor_rollout_ref.actor.use_kl_loss", False),
+        ("data_10k", "data.train_files", "data/samr1/refcocog_train_10k.parquet"),
     ],
 )
 def test_ablation_presets_change_exactly_their_key(preset, key, value):
-    """Each preset maps to one row of the paper's Tables 3 and 4."""
+    """Each preset maps to one row of the paper's Tables 3, 4 and 6, or to Appendix A.1."""
     # Unresolved, so keys that merely interpolate the changed one (critic.loss_agg_mode) do not count as changed.
     base = OmegaConf.to_container(compose_samr1(), resolve=False)
     ablated = OmegaConf.to_container(compose_samr1(f"+ablation={preset}"), resolve=False)
@@ -140,6 +142,31 @@ def test_reward_component_metrics():
     )
     assert "reward/failure_detail/mean" not in metrics
     assert reward_component_metrics([]) == {}
+
+
+@pytest.mark.parametrize("recipe", ["samr1", "veteran"])
+def test_policy_updates_per_step_is_one_knob_that_verl_validates(recipe):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from recipe.common.compose import compose_recipe
+
+    for preset, updates in (("on_policy", 1), ("updates_2", 2), ("updates_4", 4)):
+        config = compose_recipe(recipe, [f"policy_updates={preset}"])
+        actor = config.actor_rollout_ref.actor
+        # verl takes one optimizer step per mini-batch per epoch: the whole batch as one mini-batch, `updates` times.
+        assert actor.ppo_mini_batch_size == config.data.train_batch_size and actor.ppo_epochs == updates
+        validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert compose_recipe(recipe, []).actor_rollout_ref.actor.ppo_epochs == 1  # the papers' default
+
+
+@pytest.mark.parametrize("preset", ["symmetric_clip", "seq_level", "grpo_baseline"])
+def test_table4_presets_compose_with_an_off_policy_schedule(preset):
+    alone = compose_samr1(f"+ablation={preset}").actor_rollout_ref.actor
+    both = compose_samr1(f"+ablation={preset}", "policy_updates=updates_4").actor_rollout_ref.actor
+    assert both.ppo_epochs == 4
+    keys = ("clip_ratio_low", "clip_ratio_high", "loss_agg_mode", "policy_loss")
+    assert {key: both[key] for key in keys} == {key: alone[key] for key in keys}
 
 
 def test_grpo_baseline_combines_both_table4_changes():

@@ -8,7 +8,7 @@ from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl.utils.config import omega_conf_to_dataclass
 
 
-def actor_config(clip_low: float, clip_high: float, batch_num_tokens: int, dp_size: int = 1):
+def actor_config(clip_low: float, clip_high: float, batch_num_tokens: int, dp_size: int = 1, clip_ratio_c: float = 3.0):
     config = omega_conf_to_dataclass(
         OmegaConf.create(
             {
@@ -18,6 +18,7 @@ def actor_config(clip_low: float, clip_high: float, batch_num_tokens: int, dp_si
                 "ppo_micro_batch_size_per_gpu": 1,
                 "clip_ratio_low": clip_low,
                 "clip_ratio_high": clip_high,
+                "clip_ratio_c": clip_ratio_c,
                 "rollout_n": 1,
             }
         )
@@ -63,8 +64,36 @@ def test_samr1_loss_equals_eq4_in_float64(seed, eps_low, eps_high):
         config=config,
     )
     assert loss.item() == pytest.approx(eq4_reference(old, new, advantages, mask, eps_low, eps_high), rel=1e-12)
-    clipped = metrics["actor/pg_clipfrac_low"] + metrics["actor/pg_clipfrac_high"]
-    assert clipped == pytest.approx(metrics["actor/pg_clipfrac"], abs=1e-6)  # float32 masked means
+    # The clip binds where the clipped term is the smaller objective: r A > clip(r) A.
+    ratio, adv, m = np.exp((new - old).numpy()), advantages.numpy(), mask.numpy()
+    binds = ratio * adv > np.clip(ratio, 1 - eps_low, 1 + eps_high) * adv
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(binds[m].mean(), abs=1e-6)  # float32 masked means
+    assert metrics["actor/pg_clipfrac"] > 0.0
+
+
+def test_it_is_verls_vanilla_loss_with_dual_clipping_switched_off():
+    """clip_ratio_c = inf disables vanilla's dual clip: loss and verl's metric names agree with it."""
+    old, new, advantages, mask = random_batch(2)
+    advantages[1] = 0.0  # GRPO's all-equal groups; vanilla's unused branch is -0 * inf there
+    kwargs = dict(old_log_prob=old, log_prob=new, advantages=advantages, response_mask=mask, loss_agg_mode="token-mean")
+    config = actor_config(0.2, 0.3, batch_num_tokens=int(mask.sum()), clip_ratio_c=float("inf"))
+    ours, our_metrics = get_policy_loss_fn("samr1")(**kwargs, config=config)
+    vanilla, vanilla_metrics = get_policy_loss_fn("vanilla")(**kwargs, config=config)
+    assert ours.item() == pytest.approx(vanilla.item(), rel=1e-12)
+    assert our_metrics.keys() == vanilla_metrics.keys()
+    for key, value in vanilla_metrics.items():
+        assert our_metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_on_policy_the_ratio_is_one_and_nothing_is_clipped():
+    """One update per step: old log-probs are the current ones, so no clip bound can bind."""
+    old, _, advantages, mask = random_batch(3)
+    config = actor_config(0.2, 0.3, batch_num_tokens=int(mask.sum()))
+    loss, metrics = get_policy_loss_fn("samr1")(
+        old_log_prob=old, log_prob=old.clone(), advantages=advantages, response_mask=mask, config=config
+    )
+    assert metrics["actor/pg_clipfrac"] == 0.0 and metrics["actor/ppo_kl"] == 0.0
+    assert loss.item() == pytest.approx(-float((advantages * mask).sum() / mask.sum()), rel=1e-12)
 
 
 def test_no_dual_clip_unlike_verls_vanilla_loss():

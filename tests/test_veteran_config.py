@@ -72,6 +72,13 @@ PRESETS = {
     "box_iou_soft": {"veteran.reward.box_iou_threshold": None},
     "rollouts_4": {"actor_rollout_ref.rollout.n": 4},
     "rollouts_16": {"actor_rollout_ref.rollout.n": 16},
+    "qwen_32b": {
+        "actor_rollout_ref.model.path": "Qwen/Qwen2.5-VL-32B-Instruct",
+        "actor_rollout_ref.actor.fsdp_config.param_offload": True,
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": True,
+        "actor_rollout_ref.ref.fsdp_config.param_offload": True,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 4,
+    },
     "no_dynamic_sampling": {"veteran.dynamic_sampling.enable": False},
     "no_cot": {"veteran.reward.grounding_cot": False, "veteran.reward.mask_cot": False},
     "no_mask_cot": {"veteran.reward.mask_cot": False},

@@ -127,13 +127,15 @@ def test_malformed_rollouts_within_the_error_budget_are_kept(worker_and_queue):
     assert kept == [0, 1, 3, 5]  # 2 malformed (the budget), then distinct boxes in arrival order
 
 
-def test_point_quotas(worker_and_queue):
+def test_point_quotas_scale_to_the_group(worker_and_queue):
     stop = answer({"pos_point": None, "neg_point": None})
     pos = answer({"pos_point": [10, 10], "neg_point": None})
+    neg = answer({"pos_point": None, "neg_point": [20, 20]})
     both = answer({"pos_point": [10, 10], "neg_point": [20, 20]})
-    script = {0: stop, 1: stop, 2: pos, 3: stop, 4: both, 5: pos, 6: both, 7: "junk"}
+    script = {0: stop, 1: stop, 2: pos, 3: pos, 4: both, 5: neg, 6: "junk", 7: both}
     kept, _ = run_group(worker_and_queue, "p", "ds_scripted_point", 4, script)
-    assert kept == [0, 2, 4, 5]  # terminate 1, positive 2, both 1 fill R = 4
+    # R = 4: error 1, terminate 1, positive 1, negative 1, both 0 (the paper's 8-rollout quotas would keep 3 and 4).
+    assert kept == [0, 2, 5, 6]
 
 
 def test_switches_off_after_stop_iter(worker_and_queue):

@@ -4,7 +4,12 @@ import random
 
 import pytest
 
-from recipe.veteran.sampling import DEFAULT_POINT_QUOTAS, select_box_rollouts, select_point_rollouts
+from recipe.veteran.sampling import (
+    DEFAULT_POINT_QUOTAS,
+    scaled_point_quotas,
+    select_box_rollouts,
+    select_point_rollouts,
+)
 
 
 def iou(a, b) -> float:
@@ -52,8 +57,18 @@ def algorithm_1(batches, R=8, A=3, E=2, tau=0.8):
     return chosen
 
 
+# Algorithm 2's "cases" line, verbatim, for the paper's R = 8; Table 10's 4 and 16 by the README's rule (shares of 8,
+# largest remainder, ties to the case listed first).
+PAPER_CASES = {"error": 2, "terminate": 1, "positive": 2, "negative": 2, "both": 1}
+QUOTAS_FOR = {
+    8: PAPER_CASES,
+    16: {"error": 4, "terminate": 2, "positive": 4, "negative": 4, "both": 2},
+    4: {"error": 1, "terminate": 1, "positive": 1, "negative": 1, "both": 0},
+}
+
+
 def algorithm_2(batches, R=8, A=3, quotas=None):
-    chosen, cases = [], dict(quotas or DEFAULT_POINT_QUOTAS)
+    chosen, cases = [], dict(quotas or QUOTAS_FOR[R])
     for a in range(1, A):
         if a - 1 >= len(batches):
             break
@@ -112,8 +127,21 @@ def test_point_selection_equals_algorithm_2(seed):
     assert selected == algorithm_2(batches, R, A, quotas)
     assert len(selected) <= R
     picked = [batches[b][j] for b, j in selected if b < A - 1]
-    for case, quota in (quotas or DEFAULT_POINT_QUOTAS).items():
+    for case, quota in (quotas or QUOTAS_FOR[R]).items():
         assert picked.count(case) <= quota
+
+
+def test_the_quotas_are_the_papers_at_8_and_scale_with_the_group():
+    assert DEFAULT_POINT_QUOTAS == PAPER_CASES
+    for n, expected in QUOTAS_FOR.items():
+        assert scaled_point_quotas(n) == expected, n
+    for n in range(1, 65):
+        quotas = scaled_point_quotas(n)
+        assert sum(quotas.values()) == n
+        # Largest remainder: every case within one rollout of its exact share of the group.
+        assert all(abs(quotas[c] - PAPER_CASES[c] * n / 8) < 1 for c in PAPER_CASES), n
+    with pytest.raises(ValueError):
+        scaled_point_quotas(0)
 
 
 def test_duplicates_are_suppressed_and_the_rest_comes_from_a_fresh_batch():

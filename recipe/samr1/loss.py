@@ -2,6 +2,11 @@
 
 verl's ``vanilla`` loss adds dual clipping (a floor of ``clip_ratio_c * A`` for negative advantages); the paper's
 objective has none, so ratios far above ``1 + clip_ratio_high`` with negative advantages keep their full gradient.
+It equals ``vanilla`` with ``clip_ratio_c = inf`` (tests/test_samr1_loss.py checks both against each other and
+against the formula), without the NaN that ``-A * inf`` leaves in vanilla's unused branch where ``A = 0``.
+
+The clip bounds act only when the policy has moved since the rollout: with one update per step (the
+``policy_updates=on_policy`` default) the ratio is 1 on every token and ``actor/pg_clipfrac`` is 0.
 Token-level averaging and the k3 KL term come from verl itself: ``agg_loss`` with ``loss_agg_mode=token-mean`` and
 the actor's KL loss (``use_kl_loss``, ``kl_loss_type=low_var_kl``).
 """
@@ -52,12 +57,11 @@ def compute_policy_loss_samr1(
     if rollout_is_weights is not None:
         losses = losses * rollout_is_weights
     loss = agg_loss(loss_mat=losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info)
-    was_clipped = torch.gt(clipped, unclipped)
-    # Without dual clipping, a clipped token with A < 0 sits below 1 - eps_low, one with A > 0 above 1 + eps_high.
+    # verl's own metric names, so a dashboard compares this loss with ``vanilla`` key for key. Without dual clipping
+    # its bound never binds: pg_clipfrac_lower is 0, as verl's vanilla reports it with clip_ratio_c = inf.
     metrics = {
-        "actor/pg_clipfrac": verl_F.masked_mean(was_clipped.float(), response_mask).item(),
-        "actor/pg_clipfrac_low": verl_F.masked_mean((was_clipped & (advantages < 0)).float(), response_mask).item(),
-        "actor/pg_clipfrac_high": verl_F.masked_mean((was_clipped & (advantages > 0)).float(), response_mask).item(),
+        "actor/pg_clipfrac": verl_F.masked_mean(torch.gt(clipped, unclipped).float(), response_mask).item(),
         "actor/ppo_kl": verl_F.masked_mean(-log_ratio, response_mask).item(),
+        "actor/pg_clipfrac_lower": 0.0,
     }
     return loss, metrics

@@ -24,7 +24,7 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
 from recipe.common.answer import parse_response
-from recipe.veteran.sampling import DEFAULT_POINT_QUOTAS, select_box_rollouts, select_point_rollouts
+from recipe.veteran.sampling import select_box_rollouts, select_point_rollouts
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class DynamicSamplingConfig:
     max_attempts: int = 3
     max_errors: int = 2
     box_iou_threshold: float = 0.8
-    point_quotas: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_POINT_QUOTAS))
+    # None: Algorithm 2's quotas scaled to the group size (sampling.scaled_point_quotas); a dict sets them outright.
+    point_quotas: dict[str, int] | None = None
     tasks: dict[str, str] = field(
         default_factory=lambda: {
             "veteran_grounding": "box",

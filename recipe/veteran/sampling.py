@@ -19,6 +19,25 @@ Selection = list[tuple[int, int]]
 POINT_CASES = ("error", "terminate", "positive", "negative", "both")
 DEFAULT_POINT_QUOTAS: Mapping[str, int] = {"error": 2, "terminate": 1, "positive": 2, "negative": 2, "both": 1}
 """Algorithm 2: at most 2 malformed answers, 1 (null, null), 2 (p+, null), 2 (null, p-), 1 (p+, p-)."""
+PAPER_GROUP_SIZE = 8  # the rollout number the quotas were written for (SAM-Veteran section 4.1)
+
+
+def scaled_point_quotas(n_rollouts: int) -> dict[str, int]:
+    """Algorithm 2's quotas for a group of ``n_rollouts``: the paper's shares of 8, summing to ``n_rollouts``.
+
+    The paper gives quotas only for its 8 rollouts; Table 10 also trains with 4 and 16. Each case keeps its share
+    ``quota * n / 8``, rounded by largest remainder (the floors first, then one more to the largest fractions, ties
+    to the case Algorithm 2 lists first), so 16 doubles every quota and 4 gives error 1, terminate 1, positive 1,
+    negative 1, both 0.
+    """
+    if n_rollouts < 1:
+        raise ValueError(f"n_rollouts must be positive, got {n_rollouts}")
+    shares = {case: DEFAULT_POINT_QUOTAS[case] * n_rollouts / PAPER_GROUP_SIZE for case in POINT_CASES}
+    quotas = {case: int(share) for case, share in shares.items()}
+    by_remainder = sorted(POINT_CASES, key=lambda case: (-(shares[case] - quotas[case]), POINT_CASES.index(case)))
+    for case in by_remainder[: n_rollouts - sum(quotas.values())]:
+        quotas[case] += 1
+    return quotas
 
 
 def _fill_from_fresh_batch(batches: Sequence[Sequence], selected: Selection, n_rollouts: int, fresh: int) -> Selection:
@@ -89,9 +108,9 @@ def select_point_rollouts(
             or ``both``.
         n_rollouts: Group size ``R``.
         max_attempts: ``A``, as in :func:`select_box_rollouts`.
-        quotas: Rollouts wanted per case (default :data:`DEFAULT_POINT_QUOTAS`).
+        quotas: Rollouts wanted per case (default: :func:`scaled_point_quotas` of ``n_rollouts``, the paper's at 8).
     """
-    remaining = dict(DEFAULT_POINT_QUOTAS if quotas is None else quotas)
+    remaining = dict(scaled_point_quotas(n_rollouts) if quotas is None else quotas)
     unknown = set(remaining) - set(POINT_CASES)
     if unknown:
         raise ValueError(f"unknown point cases {sorted(unknown)}; known: {POINT_CASES}")
