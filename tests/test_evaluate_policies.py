@@ -1,6 +1,8 @@
-"""The evaluator's policies: vLLM requests built from the chat template, batched transformers generation."""
+"""The evaluator's policies: vLLM requests built from the chat template, batched transformers generation; the SAM-R1
+mode's episode."""
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from recipe.evaluate.policies import (
     vllm_prompts,
     vllm_sampling_kwargs,
 )
+from recipe.evaluate.samples import EvalSample
+from reward_server.protocol import Prompt
 
 
 def conversation(question, seed):
@@ -78,3 +82,27 @@ def test_build_policy_needs_a_model_except_for_oracle_boxes():
     cfg.model.path, cfg.model.backend = "/m", "tensorrt"
     with pytest.raises(ValueError, match=r"unknown model\.backend"):
         build_policy(cfg, MODES["samr1"])
+
+
+@pytest.mark.parametrize("label", ["the bar", "absent", "", None])
+def test_samr1_episode_sends_box_and_point_to_sam2_whatever_the_label(label):
+    """SAM-R1 section 3.3: SAM2 gets the box and the reference point; the label is a format flag, not a prompt. The
+    coordinates go back to the original image as ``x * W / 840``, ``y * H / 840`` (SPEC section 1)."""
+    height, width = 420, 1680
+    pixels = np.zeros((height, width, 3), np.uint8)
+    sample = EvalSample("d:0", "d", "the bar", np.zeros((840, 840, 3), np.uint8), pixels, np.zeros((height, width)))
+    payload = {"bbox_2d": [100, 100, 600, 300], "point_2d": [350, 200]}
+    if label != "absent":
+        payload["label"] = label
+    episode = MODES["samr1"].build(sample, EvalConfig(mode="samr1"))
+    prompt = episode.observe_response(f"<think>t</think><answer>{json.dumps(payload)}</answer>")
+    box = (100 * width / 840, 100 * height / 840, 600 * width / 840, 300 * height / 840)
+    assert prompt == Prompt(box=box, points=((350 * width / 840, 200 * height / 840),), labels=(1,))
+    assert not episode.done  # waiting for SAM2's mask
+
+
+def test_samr1_episode_without_a_point_ends_unsegmented():
+    sample = EvalSample("d:0", "d", "q", *(np.zeros((840, 840, 3), np.uint8),) * 2, np.zeros((840, 840)))
+    episode = MODES["samr1"].build(sample, EvalConfig(mode="samr1"))
+    assert episode.observe_response('<think>t</think><answer>{"bbox_2d": [1, 1, 9, 9], "label": "a"}</answer>') is None
+    assert episode.termination == "invalid_answer"

@@ -12,19 +12,7 @@ from recipe.common.prompts import (
     build_prompt,
 )
 
-# Figure 5 of SAM-Veteran, typed from the paper.
-FIGURE5_GROUNDING = (
-    'Let\'s find out "{Question}" with bbox step by step. Output the thinking process in <think> </think> and final '
-    "answer in <answer> </answer> tags. Output the bbox of the target object in JSON format. Here is an example: "
-    '<think> thinking process here </think> <answer> {"bbox_2d": [x1, y1, x2, y2]} </answer>'
-)
-FIGURE5_REFINEMENT = (
-    'Please point out any errors in the green segmentation mask according to the question "{Question}". Output the '
-    "thinking process in <think> </think> and final answer in <answer> </answer> tags. Output the center point of "
-    'the error area in JSON format, with the key "pos_point" for the false negative and "neg_point" for the false '
-    "positive. Set the point to null if there are no errors. i.e., <think> thinking process here </think> <answer> "
-    '{"pos_point": null, "neg_point": [x,y]} </answer>'
-)
+from support.paper_prompts import FIGURE5_GROUNDING, FIGURE5_REFINEMENT
 
 
 def test_veteran_prompts_are_figure5_verbatim():

@@ -124,6 +124,28 @@ def test_the_rollout_server_samples_with_the_updated_weights(real_run, recipe):
         assert run.steps[step]["training/rollout_probs_diff_max"] < 1e-3
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_on_policy_the_clip_bounds_never_bind(real_run, recipe):
+    """One update per step (policy_updates=on_policy): old log-probs are the current policy's, the ratio is 1."""
+    for step, metrics in real_run(recipe).steps.items():
+        assert metrics["actor/pg_clipfrac"] == 0.0, step
+
+
+def test_several_policy_updates_make_the_clip_bounds_act(tmp_path):
+    """policy_updates=updates_4: from the second pass over the batch the ratio leaves [1 - 0.2, 1 + 0.3]."""
+    from data_prep.smoke import build_smoke_inputs
+    from recipe.smoke import PROMPTS, command, launch
+
+    inputs = build_smoke_inputs(tmp_path, "samr1", PROMPTS["samr1"])
+    # lr 0.05 moves the tiny random model far within one update, so some token's ratio crosses a bound.
+    extra = ["policy_updates=updates_4", "actor_rollout_ref.actor.optim.lr=0.05", "trainer.save_freq=-1"]
+    argv = command("samr1", inputs.train_files, inputs.model, tmp_path / "run", 1, extra)
+    done = launch(argv, tmp_path / "train.log", {**os.environ, "VERL_PLATFORM": "cpu"})
+    assert done.returncode == 0, done.output[-6000:]
+    (step,) = done.steps
+    assert step["data"]["actor/pg_clipfrac"] > 0.0 and step["data"]["actor/ppo_kl"] != 0.0
+
+
 def test_samr1_rewards_carry_the_papers_components(real_run):
     metrics = real_run("samr1").steps[1]
     for component in ("iou", "tiered", "reasoning_format", "segmentation_format", "sam_called"):

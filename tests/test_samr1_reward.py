@@ -1,13 +1,14 @@
 """SAM-R1's reward against eq. (5) and section 3.3, with a fake SAM2 that returns masks of known IoU."""
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
 
 from recipe.samr1.reward import PAPER_TIERS, compute_score, tiered_iou_reward
 from reward_server.masks import encode_rle
-from reward_server.protocol import ErrorCode, SegResult
+from reward_server.protocol import ErrorCode, Prompt, SegResult
 
 from support.fake_sam import FakeSam
 
@@ -79,17 +80,55 @@ def test_fixed_threshold_ablations(threshold):
             "no_answer",
             1,
         ),
-        ('<think>x</think><answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [2, 2], "label": ""}</answer>', "label", 1),
-        ('<answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [2, 2]}</answer>', "label", -1),
+        ('<answer>{"bbox_2d": [1, 1, 9, 9]}</answer>', "point", -1),
     ],
 )
-def test_malformed_answers_score_the_penalty_without_calling_sam(solution, failure, reasoning):
+def test_answers_without_a_valid_box_and_point_score_the_penalty_without_calling_sam(solution, failure, reasoning):
     sam = FakeSam(mask_with_iou(1.0), truth=GT)
     result = score(solution, sam)
     assert sam.prompts == []
     assert result["failure"] == failure and result["failure_detail"]
     assert result["segmentation_format"] == -1 and result["reasoning_format"] == reasoning
     assert result["score"] == reasoning - 1 and result["sam_called"] == 0 and result["tiered"] == 0
+
+
+@pytest.mark.parametrize(
+    ("label", "reasoning", "tags"),
+    [
+        ("absent", True, 1),
+        ("", True, 1),
+        ("   ", True, 1),
+        (None, True, 1),
+        (3, True, 1),
+        ("absent", False, -1),
+    ],
+)
+def test_the_label_decides_only_the_segmentation_format(label, reasoning, tags):
+    """Section 3.3's three rewards are independent: the box and point reach SAM2 and earn eq. (5)'s tier whatever the
+    label; a missing or empty label (not the "descriptive textual flag" the schema asks for) costs the
+    segmentation-format reward alone."""
+    payload = {"bbox_2d": [100, 100, 600, 300], "point_2d": [350, 200]}  # the GT box exactly
+    if label != "absent":
+        payload["label"] = label
+    body = f"<answer>{json.dumps(payload)}</answer>"
+    sam = FakeSam(mask_with_iou(1.0), truth=GT)
+    result = score(f"<think>the bar</think>{body}" if reasoning else body, sam)
+    assert sam.prompts == [Prompt(box=(100.0, 100.0, 600.0, 300.0), points=((350.0, 200.0),), labels=(1,))]
+    assert (result["tiered"], result["reasoning_format"], result["segmentation_format"]) == (4, tags, -1)
+    assert result["score"] == 4 + tags - 1 and result["iou"] == 1.0 and result["sam_called"] == 1
+    assert result["failure"] == "label" and "label" in result["failure_detail"]
+
+
+def test_a_sam_error_outranks_a_missing_label():
+    failure = SegResult.failure(ErrorCode.UNAVAILABLE, "SAM2 pool unavailable after 6 attempts")
+    solution = '<think>x</think><answer>{"bbox_2d": [1, 1, 9, 9], "point_2d": [2, 2]}</answer>'
+    result = score(solution, FakeSam(failure=failure))
+    assert (result["failure"], result["tiered"], result["segmentation_format"], result["score"]) == (
+        "sam_unavailable",
+        0,
+        -1,
+        0,
+    )
 
 
 def test_reasoning_format_is_independent_of_the_answer():

@@ -13,6 +13,12 @@ from reward_server.engine import SamEngine
 from reward_server.masks import encode_rle
 
 from support.fake_sam import EngineClient, FakeSam
+from support.paper_prompts import (
+    ANSWER_ONLY_GROUNDING,
+    ANSWER_ONLY_REFINEMENT,
+    FIGURE5_GROUNDING,
+    FIGURE5_REFINEMENT,
+)
 
 IMAGE = (np.random.default_rng(0).random((840, 840, 3)) * 255).astype(np.uint8)
 GT = np.zeros((840, 840), bool)
@@ -86,6 +92,37 @@ def test_grounding_then_refinement_then_stop():
     assert "green segmentation mask" in shown[1][0]["content"][1]["text"]
     expected_overlay = overlay_mask(IMAGE, episode.steps[1].result.mask_array())
     assert np.array_equal(np.asarray(shown[2][0]["content"][0]["image"]), expected_overlay)
+
+
+@pytest.mark.parametrize(
+    ("grounding_cot", "mask_cot", "grounding_prompt", "refinement_prompt"),
+    [
+        (True, True, FIGURE5_GROUNDING, FIGURE5_REFINEMENT),
+        (False, False, ANSWER_ONLY_GROUNDING, ANSWER_ONLY_REFINEMENT),  # Table 6, w/o CoT
+        (True, False, FIGURE5_GROUNDING, ANSWER_ONLY_REFINEMENT),  # Table 6, w/o Mask CoT
+    ],
+)
+def test_cot_settings_choose_each_turns_prompt_and_tag_rule(
+    grounding_cot, mask_cot, grounding_prompt, refinement_prompt
+):
+    """The first turn follows ``grounding_cot`` and refinements ``mask_cot``, in the prompt shown and in the tag rule
+    its answer is held to; an answer in the other format still acts (the format is a separate reward)."""
+
+    def tagged(payload: dict, reasoning: bool) -> str:
+        return answer(payload) if reasoning else f"<answer>{json.dumps(payload)}</answer>"
+
+    payloads = ({"bbox_2d": [290, 190, 710, 610]}, {"pos_point": None, "neg_point": None})
+    cot = (grounding_cot, mask_cot)
+    # Answers in the format each turn asks for, then in the other one.
+    asked = [tagged(payload, reasoning) for payload, reasoning in zip(payloads, cot, strict=True)]
+    other = [tagged(payload, not reasoning) for payload, reasoning in zip(payloads, cot, strict=True)]
+    expected = [prompt.replace("{Question}", "the square") for prompt in (grounding_prompt, refinement_prompt)]
+    for script, format_ok in ((asked, True), (other, False)):
+        episode = Episode("the square", IMAGE, grounding_cot=grounding_cot, mask_cot=mask_cot)
+        policy = run([episode], [script], recording_sam())
+        assert [messages[0]["content"][1]["text"] for _, messages in policy.shown] == expected
+        assert episode.termination == "stop" and [s.kind for s in episode.steps] == ["grounding", "refinement"]
+        assert [step.parsed.format_ok for step in episode.steps] == [format_ok, format_ok]
 
 
 def test_stops_at_max_steps_and_can_resend_points():

@@ -8,12 +8,19 @@ import pytest
 from omegaconf import OmegaConf
 
 from data_prep.synthetic import synthetic_refer_parquet
+from recipe.common.compose import compose_recipe
 from recipe.common.overlay import overlay_mask
 from recipe.veteran import workflow_loop
 from reward_server.images import to_rgb
 
 from support.agent_loops import ScriptedServer, instantiate_agent_loop
 from support.fake_sam import FakeSam
+from support.paper_prompts import (
+    ANSWER_ONLY_GROUNDING,
+    ANSWER_ONLY_REFINEMENT,
+    FIGURE5_GROUNDING,
+    FIGURE5_REFINEMENT,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +48,12 @@ def row_and_tools(tmp_path_factory, tiny_qwen_path):
     return RLHFDataset(str(out), tokenizer, config.data, processor=processor)[0], tokenizer, processor
 
 
-def run_workflow(row_and_tools, texts, monkeypatch, max_steps=3, response_length=4096, sampling=None, versioned=False):
+def run_workflow(
+    row_and_tools, texts, monkeypatch, max_steps=3, response_length=4096, sampling=None, versioned=False, config=None
+):
+    """One workflow episode on the row; ``config`` (a recipe config) replaces the minimal one built here."""
     row, tokenizer, processor = row_and_tools
-    config = OmegaConf.create(
+    config = config or OmegaConf.create(
         {
             "actor_rollout_ref": {"rollout": {"prompt_length": 1300, "response_length": response_length}},
             "data": {},
@@ -125,3 +135,48 @@ def test_log_probs_and_weight_versions_follow_the_turns(row_and_tools, monkeypat
 
     without, *_ = run_workflow(row_and_tools, [box, stop], monkeypatch)
     assert without.response_logprobs is None and "min_global_steps" not in without.extra_fields
+
+
+def last_user_text(tokenizer, prompt_ids) -> str:
+    """The text part of the prompt's last user turn (Qwen2.5-VL's template puts it after the image)."""
+    shown = tokenizer.decode(prompt_ids)
+    return shown.rsplit("<|vision_end|>", 1)[1].split("<|im_end|>", 1)[0]
+
+
+def with_tags(payload: dict, reasoning: bool) -> str:
+    body = f"<answer>{json.dumps(payload)}</answer>"
+    return f"<think>t</think>{body}" if reasoning else body
+
+
+@pytest.mark.parametrize(
+    ("ablation", "grounding_prompt", "refinement_prompt", "cot"),
+    [
+        (None, FIGURE5_GROUNDING, FIGURE5_REFINEMENT, (True, True)),
+        ("no_cot", ANSWER_ONLY_GROUNDING, ANSWER_ONLY_REFINEMENT, (False, False)),
+        ("no_mask_cot", FIGURE5_GROUNDING, ANSWER_ONLY_REFINEMENT, (True, False)),
+    ],
+)
+def test_the_cot_ablations_set_every_turns_prompt_and_tag_rule(
+    row_and_tools, monkeypatch, ablation, grounding_prompt, refinement_prompt, cot
+):
+    """Under Table 6's ablations (composed as training composes them), the first turn's prompt follows
+    ``grounding_cot`` and the refinement turns' follow ``mask_cot``, and each turn is graded by the matching tag rule:
+    the formatting reward's +1 for the tags (section 3.2) goes to the format that turn asked for."""
+    config = compose_recipe("veteran", [f"+veteran_ablation={ablation}"] if ablation else [])
+    row, tokenizer, _ = row_and_tools
+    box, stop = {"bbox_2d": [100, 100, 500, 300]}, {"pos_point": None, "neg_point": None}
+    asked = [with_tags(box, cot[0]), with_tags(stop, cot[1])]
+    other = [with_tags(box, not cot[0]), with_tags(stop, not cot[1])]
+    output, server, *_ = run_workflow(row_and_tools, asked, monkeypatch, config=config)
+    question = row["extra_info"]["question"]
+    assert len(server.calls) == 2
+    assert last_user_text(tokenizer, server.calls[0]["prompt_ids"]) == grounding_prompt.replace("{Question}", question)
+    assert last_user_text(tokenizer, server.calls[1]["prompt_ids"]) == refinement_prompt.replace("{Question}", question)
+    # The first turn still shows the row's image.
+    image = to_rgb(row["raw_prompt"][0]["content"][0]["bytes"])
+    assert np.array_equal(np.asarray(server.calls[0]["images"][0]), image)
+    # The same answers in the other tag format: same boxes and clicks, one tag reward less on each of the 2 turns.
+    mismatched, *_ = run_workflow(row_and_tools, other, monkeypatch, config=config)
+    info, worse = output.extra_fields["reward_extra_info"], mismatched.extra_fields["reward_extra_info"]
+    assert info["stopped"] == worse["stopped"] == 1 and info["turns"] == worse["turns"] == 2
+    assert info["score"] - worse["score"] == pytest.approx(config.veteran.reward.format_reward)

@@ -1,7 +1,9 @@
 """SAM-R1's reward (section 3.3): tiered SAM IoU + reasoning format + segmentation format.
 
 The answer's box and point (a positive click) go to the SAM2 pool; the IoU of its mask with the ground truth at
-840x840 sets the tiered reward, eq. (5). A malformed answer earns the format penalties and SAM2 is not called.
+840x840 sets the tiered reward, eq. (5). The three rewards are independent: the label only decides the segmentation
+format, so an answer with a valid box and point but no valid label still earns its tier. Without a valid box and
+point, SAM2 is not called and the tier is 0.
 Used through verl's reward loop as ``reward.custom_reward_function`` with the ``sam_image`` reward manager.
 """
 
@@ -9,10 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from recipe.common.answer import parse_response
+from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.sam_client import get_sam_client
 from reward_server.client import SamClient
 from reward_server.protocol import Prompt
@@ -40,7 +42,7 @@ class RewardBreakdown:
     segmentation_format: float = 0.0
     iou: float = 0.0
     sam_called: int = 0
-    failure: str = ""  # category: no_answer, bbox, point, label, no_image, sam_<code>; "" when scored
+    failure: str = ""  # category: no_answer, bbox, point, label, no_image, sam_<code>; "" when nothing lost
     failure_detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,12 +50,13 @@ class RewardBreakdown:
         return {"score": score, **self.__dict__}
 
 
-def _answer_failure(parsed) -> tuple[str, str]:
+def _segmentation_failure(parsed: ParsedResponse) -> tuple[str, str]:
+    """The first field that breaks the segmentation format (category and reason), or ``("", "")``."""
     if parsed.answer is None:
-        return "no_answer", parsed.answer_error
+        return "no_answer", parsed.answer_error or ""
     for name, field in (("bbox", parsed.bbox_2d()), ("point", parsed.point_2d()), ("label", parsed.label())):
         if not field.ok:
-            return name, field.error
+            return name, field.error or ""
     return "", ""
 
 
@@ -83,36 +86,30 @@ async def compute_score(
         sam_client: A client to use instead of the process's pool client (tests).
 
     Returns:
-        ``score`` and every component; never raises for bad model output.
+        ``score`` and every component; never raises for bad model output. ``failure`` names what cost reward: a
+        SAM2 error, a missing image, or else the first field that broke the segmentation format.
     """
     parsed = parse_response(solution_str)
     reasoning = format_reward if parsed.format_ok else format_penalty
-    failure, detail = _answer_failure(parsed)
-    if failure:
-        return RewardBreakdown(
-            reasoning_format=reasoning, segmentation_format=format_penalty, failure=failure, failure_detail=detail[:200]
-        ).as_dict()
+    failure, detail = _segmentation_failure(parsed)
+    scored = RewardBreakdown(
+        reasoning_format=reasoning,
+        segmentation_format=format_penalty if failure else format_reward,
+        failure=failure,
+        failure_detail=detail[:200],
+    )
+    box, point = parsed.bbox_2d(), parsed.point_2d()
+    if not (box.ok and point.ok):  # SAM2 needs both; the label is not a SAM2 prompt
+        return scored.as_dict()
     image = (extra_info or {}).get("image")
     if image is None:
-        return RewardBreakdown(
-            reasoning_format=reasoning, segmentation_format=format_reward, failure="no_image", failure_detail="no image"
-        ).as_dict()
-    prompt = Prompt(box=parsed.bbox_2d().value, points=(parsed.point_2d().value,), labels=(1,))
+        return replace(scored, failure="no_image", failure_detail="no image").as_dict()
+    prompt = Prompt(box=box.value, points=(point.value,), labels=(1,))
     client = sam_client or get_sam_client(reward_server or {})
     (result,) = await client.segment(image, [prompt], ground_truth=dict(ground_truth["mask"]))
     if not result.ok:
         logger.warning("SAM2 answered %s: %s", result.code, result.error)
-        return RewardBreakdown(
-            reasoning_format=reasoning,
-            segmentation_format=format_reward,
-            sam_called=1,
-            failure=f"sam_{result.code}",
-            failure_detail=str(result.error)[:200],
+        return replace(
+            scored, sam_called=1, failure=f"sam_{result.code}", failure_detail=str(result.error)[:200]
         ).as_dict()
-    return RewardBreakdown(
-        tiered=tiered_iou_reward(result.iou, tiers),
-        reasoning_format=reasoning,
-        segmentation_format=format_reward,
-        iou=float(result.iou),
-        sam_called=1,
-    ).as_dict()
+    return replace(scored, tiered=tiered_iou_reward(result.iou, tiers), iou=float(result.iou), sam_called=1).as_dict()

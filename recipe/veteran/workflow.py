@@ -102,22 +102,28 @@ class Episode:
         """The last mask SAM2 produced (None when grounding failed)."""
         return self.masks[-1] if self.masks else None
 
+    @property
+    def reasoning(self) -> bool:
+        """Whether the next turn's prompt and tag rule include ``<think>``: ``grounding_cot`` for the grounding
+        turn, ``mask_cot`` for refinement turns (the "w/o CoT" ablations ask for the answer alone)."""
+        return self.mask_cot if self.steps else self.grounding_cot
+
     def next_messages(self) -> Messages:
-        """The single-turn prompt of the next step: the image and ``Q^B`` first, then the overlay and ``Q^P``."""
+        """The single-turn prompt of the next step, the first included: the image and ``Q^B`` first, then the
+        overlay and ``Q^P``; each the answer-only variant when :attr:`reasoning` is off."""
         if not self.steps:
             image, task = Image.fromarray(self.image), "grounding"
         else:
             mask = resize_mask(self.final.mask_array(), self.image.shape[:2])
             image, task = Image.fromarray(overlay_mask(self.image, mask)), "mask_comprehension"
-        text = build_prompt(task, self.question, reasoning=self.grounding_cot if task == "grounding" else self.mask_cot)
+        text = build_prompt(task, self.question, reasoning=self.reasoning)
         content = [{"type": "image", "image": image}, {"type": "text", "text": text}]
         return [{"role": "user", "content": content}]
 
     def observe_response(self, text: str) -> Prompt | None:
         """Parses the policy's answer; returns the SAM2 prompt to run, or None when the episode ends here."""
         height, width = self.image.shape[:2]
-        reasoning = self.mask_cot if self.steps else self.grounding_cot
-        parsed = parse_response(text, image_hw=(height, width), reasoning=reasoning)
+        parsed = parse_response(text, image_hw=(height, width), reasoning=self.reasoning)
         if not self.steps:
             step = Step("grounding", text, parsed)
             box = parsed.bbox_2d()

@@ -3,7 +3,9 @@
 The grounding answer and every refinement answer are model tokens (loss mask 1); each overlay turn SAM2 produces
 is appended as a user message with the new image through verl's continuous-token merge (loss mask 0). Each turn may
 generate at most the response budget left, and a turn that would not fit ends the episode. The steps themselves
-are :class:`recipe.veteran.workflow.Episode`'s, shared with evaluation.
+are :class:`recipe.veteran.workflow.Episode`'s, shared with evaluation, and so is every turn's prompt, the first
+included: the row's prompt only supplies the image, and ``veteran.reward.grounding_cot`` / ``mask_cot`` choose each
+turn's prompt and tag rule together.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ class WorkflowLoop(AgentLoopBase):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]
-        messages = list(kwargs["raw_prompt"])
-        image = ImageRef.of(first_image(messages))
+        image = ImageRef.of(first_image(kwargs["raw_prompt"]))
         # The SAM2 cache keys on the row's image bytes (image); the episode draws overlays on the decoded pixels.
         question = kwargs["extra_info"]["question"]
         episode = Episode(
@@ -50,6 +51,7 @@ class WorkflowLoop(AgentLoopBase):
             grounding_cot=self.reward_config.grounding_cot,
             mask_cot=self.reward_config.mask_cot,
         )
+        messages = episode.next_messages()  # the row holds the CoT prompt; the episode follows the ablation
         images = list((await self.process_multi_modal_info(messages)).get("images") or [])
         runtime_ids = await self.ct_build_initial_tokens(messages, images=images)
         response_mask: list[int] = []
