@@ -15,8 +15,8 @@ import random
 import sys
 from collections.abc import Sequence
 
-from data_prep.reasonseg import read_reasonseg
-from data_prep.refer import SPLIT_BY, read_refer
+from data_prep.reasonseg import check_split_size, read_reasonseg
+from data_prep.refer import SPLIT_BY, read_id_file, read_refer
 from data_prep.rows import RECIPE_TASKS, RowOptions, build_row
 from data_prep.safe_pickle import UnsafePickleError
 from data_prep.samples import SourceSample
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     refer.add_argument("--split", required=True, help="train, val, test (umd) or testA, testB (unc)")
     refer.add_argument("--refer-root", required=True, help="directory holding <dataset>/instances.json and refs(*).p")
     refer.add_argument("--image-root", required=True, help="directory of the COCO train2014 images")
+    refer.add_argument("--ids", default=None, help="file of ref_ids, one per line: read only these refs")
     _common(refer)
     reasonseg = commands.add_parser("reasonseg", help="ReasonSeg (LISA json) -> parquet")
     reasonseg.add_argument("--root", required=True, help="the ReasonSeg directory (train/, val/, test/)")
@@ -63,17 +64,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_sources(args: argparse.Namespace) -> Report:
     if args.command == "refer":
-        samples, skipped = read_refer(args.refer_root, args.image_root, args.dataset, args.split)
+        ref_ids = read_id_file(args.ids) if args.ids else None
+        samples, skipped = read_refer(args.refer_root, args.image_root, args.dataset, args.split, ref_ids)
         inputs = {"refer_root": args.refer_root, "image_root": args.image_root, "dataset": args.dataset}
+        if ref_ids is not None:
+            inputs["ids"] = sorted(ref_ids)
     else:
         samples, skipped = read_reasonseg(args.root, args.split, args.all_texts)
         inputs = {"root": args.root, "all_texts": args.all_texts}
     chosen = sample_subset(samples, args.limit, args.seed)
-    options = RowOptions(recipe=args.recipe, keep_original_image=args.split != "train")
+    evaluation = args.split != "train"
+    options = RowOptions(recipe=args.recipe, keep_original_image=evaluation, keep_empty_targets=evaluation)
     fingerprint = {"command": args.command, "split": args.split, "limit": args.limit, "seed": args.seed, **inputs}
     fingerprint.update(options.__dict__)
     builder = functools.partial(build_row, options=options)
-    return write_dataset(chosen, builder, args.out, fingerprint, skipped, args.shard_size, args.workers)
+    report = write_dataset(chosen, builder, args.out, fingerprint, skipped, args.shard_size, args.workers)
+    if args.command == "reasonseg" and len(chosen) == len(samples):  # a --limit draw has no published size
+        check_split_size(report, args.split, samples)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,30 +38,37 @@ def render_coco(segmentation: Any, height: int, width: int) -> np.ndarray:
 
 
 def render_lisa(shapes: tuple[dict[str, Any], ...], height: int, width: int) -> np.ndarray:
-    """LISA's ReasonSeg mask: polygons painted largest first, so smaller ones stay on top; "ignore" -> 255.
+    """LISA's ReasonSeg mask (``get_mask_from_json``): polygons painted largest first, so smaller ones stay on top;
+    labels containing "ignore" -> 255, others -> 1.
 
     Raises:
-        ValueError: For polygons that are not lists of (x, y) pairs.
+        ValueError: For shapes without points or with points that are not finite (x, y) numbers.
     """
-    filled = []
+    polygons, values, areas = [], [], []
     for shape in shapes:
         try:
             points = np.asarray(shape["points"], dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise ValueError(f"polygon points are not numbers: {err}") from err
-        if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3 or not np.isfinite(points).all():
-            raise ValueError("polygons must have at least 3 finite (x, y) points")
-        # LISA casts to int32 and draws the outline as well as the interior.
+        # One or two points are drawn too (as a dot or a line), as LISA's cv2 calls draw them.
+        if points.ndim != 2 or points.shape[1] != 2 or len(points) < 1 or not np.isfinite(points).all():
+            raise ValueError("polygons must have at least 1 finite (x, y) point")
+        # LISA casts to int32 (truncation) and draws the outline as well as the interior.
         polygon = [points.astype(np.int32)]
         single = np.zeros((height, width), np.uint8)
         cv2.polylines(single, polygon, True, 1, 1)
         cv2.fillPoly(single, polygon, 1)
-        value = IGNORE if "ignore" in shape["label"].lower() else 1
-        filled.append((int(single.sum()), polygon, value))
+        polygons.append(polygon)
+        values.append(IGNORE if "ignore" in shape["label"].lower() else 1)
+        areas.append(int(single.sum()))
+    # LISA paints in the order np.argsort(area_list)[::-1]: ascending, then reversed, so among equal areas the
+    # first-listed shape is painted last and stays on top. np.argsort's default quicksort was stable for LISA's
+    # small lists under its pinned numpy (1.24: insertion sort up to 17 elements), but numpy >= 1.25 may dispatch
+    # to an unstable SIMD sort (AVX-512), which reorders ties of as few as 4; "stable" pins LISA's order.
     mask = np.zeros((height, width), np.uint8)
-    for _, polygon, value in sorted(filled, key=lambda item: item[0], reverse=True):
-        cv2.polylines(mask, polygon, True, value, 1)
-        cv2.fillPoly(mask, polygon, value)
+    for index in np.argsort(np.asarray(areas, dtype=np.int64), kind="stable")[::-1]:
+        cv2.polylines(mask, polygons[index], True, values[index], 1)
+        cv2.fillPoly(mask, polygons[index], values[index])
     return mask
 
 

@@ -25,8 +25,18 @@ JPEG_QUALITY = 95
 
 @dataclass(frozen=True)
 class RowOptions:
+    """How rows are built.
+
+    Attributes:
+        recipe: The recipe whose prompt and task the rows get.
+        keep_original_image: Store the original image file (evaluation rows).
+        keep_empty_targets: Keep samples whose target is empty (no target polygon, all ignored) or vanishes at 840:
+            evaluation scores at the original resolution and LISA scores these too; training rows skip them.
+    """
+
     recipe: str = "samr1"
     keep_original_image: bool = False
+    keep_empty_targets: bool = False
 
 
 def encode_jpeg(image: Image.Image) -> bytes:
@@ -40,8 +50,8 @@ def _rle_or_none(mask: np.ndarray) -> dict[str, Any] | None:
 
 
 def build_row(sample: SourceSample, index: int, options: RowOptions) -> dict[str, Any] | Skipped:
-    """One parquet row, or the reason the sample is skipped (missing or unreadable image, bad annotation, empty
-    target). Never raises for bad data."""
+    """One parquet row, or the reason the sample is skipped (missing or unreadable image, bad annotation, and for
+    training rows an empty target). Never raises for bad data."""
     try:
         raw = Path(sample.image_path).read_bytes()
         with Image.open(io.BytesIO(raw)) as opened:
@@ -58,18 +68,19 @@ def build_row(sample: SourceSample, index: int, options: RowOptions) -> dict[str
     except (ValueError, TypeError, KeyError) as err:
         return Skipped(sample.key, f"corrupt annotation: {err}")
     target, ignored = labels == 1, labels == IGNORE
-    if not target.any():
+    if not target.any() and not options.keep_empty_targets:
         return Skipped(sample.key, "zero-area target")
     labels_840 = resize_mask(labels, (MODEL_SIZE, MODEL_SIZE))
     target_840 = labels_840 == 1
-    if not target_840.any():
+    if not target_840.any() and not options.keep_empty_targets:
         return Skipped(sample.key, f"target vanishes when the {height}x{width} image is resized to {MODEL_SIZE}")
+    box = mask_to_box(target)
     task, agent_name = RECIPE_TASKS[options.recipe]
     ground_truth = {
         **empty_ground_truth(),
         "mask": encode_rle(target_840),
         "ignore": _rle_or_none(labels_840 == IGNORE),
-        "box": [float(v) for v in original_to_model(mask_to_box(target), (height, width))],
+        "box": None if box is None else [float(v) for v in original_to_model(box, (height, width))],
         "orig_size": [height, width],
         "orig_mask": encode_rle(target),
         "orig_ignore": _rle_or_none(ignored),

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 REGION = pa.struct([("mask", RLE), ("center", pa.list_(pa.float64()))])
+LOGITS = pa.struct([("shape", pa.list_(pa.int32())), ("data", pa.binary())])  # recipe.common.stored_logits
 
 # recipe.common.labels.label_mask reads these masks back as evaluation labels.
 GROUND_TRUTH = pa.struct(
@@ -22,6 +23,7 @@ GROUND_TRUTH = pa.struct(
         ("orig_ignore", RLE),  # ignored pixels at the original resolution, or null
         ("init_mask", RLE),  # SAM-Veteran: the mask shown for refinement (SAM mask of the GT box, or corrupted GT)
         ("init_edge_iou", pa.float64()),  # mask comprehension: edge-excluded IoU of init_mask
+        ("init_logits", LOGITS),  # mask comprehension: SAM2's low-res logits of init_mask, a refinement's mask_input
         ("case", pa.string()),  # good_enough | need_refinement | none | fp | fn | both
         ("false_positive", REGION),  # auxiliary: the included region and its centre
         ("false_negative", REGION),  # auxiliary: the excluded region and its centre

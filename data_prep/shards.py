@@ -36,12 +36,15 @@ class Report:
     skipped: list[dict[str, str]] = field(default_factory=list)
     resumed_shards: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line of counts and notes, then one ``WARNING:`` line per warning."""
         reasons = Counter(entry["reason"].split(":")[0] for entry in self.skipped)
         details = ", ".join(f"{count} x {reason}" for reason, count in reasons.most_common()) or "none"
         notes = "".join(f"; {note}" for note in self.notes)
-        return f"{self.output}: {self.rows} rows, {len(self.skipped)} skipped ({details}){notes}"
+        warnings = "".join(f"\nWARNING: {warning}" for warning in self.warnings)
+        return f"{self.output}: {self.rows} rows, {len(self.skipped)} skipped ({details}){notes}{warnings}"
 
     def save(self) -> Path:
         """Writes ``<output stem>.report.json`` next to the output."""

@@ -37,7 +37,7 @@ def build_smoke_inputs(out_dir: Path, recipe: str, prompts: int, seed: int = 0) 
     if recipe == "veteran":
         files += [out_dir / "mask_comprehension.parquet", out_dir / "auxiliary.parquet", out_dir / "workflow.parquet"]
         # Random SAM2 weights give no Good Enough masks: keep every scored row instead of balancing the cases.
-        build_mask_comprehension(grounding, files[1], SamEngine(load_preset("tiny_cpu").engine), balanced=False)
+        build_mask_comprehension(grounding, files[1], SamEngine(load_preset("tiny_cpu").engine), case_mix="all")
         build_auxiliary(grounding, files[2], seed=seed)
         build_workflow(grounding, files[3])
     # Small images (16 tokens each, not 900): on a CPU the padded sequence length sets the cost of every step.
@@ -45,10 +45,16 @@ def build_smoke_inputs(out_dir: Path, recipe: str, prompts: int, seed: int = 0) 
     return SmokeInputs(files, model)
 
 
-def build_eval_sets(out_dir: str | Path, seed: int = 0) -> Path:
+def build_eval_sets(out_dir: str | Path, seed: int = 0, refer_images: int = 6, reasonseg_images: int = 3) -> Path:
     """Writes the inputs of ``make eval-smoke``: synthetic RefCOCOg test and ReasonSeg val rows in ``<out_dir>/eval``.
 
     The ReasonSeg split holds ignore regions, so evaluation's 255 labels are exercised too.
+
+    Args:
+        out_dir: Where the synthetic downloads and the evaluation rows go.
+        seed: Seed of the synthetic images.
+        refer_images: RefCOCOg images; every third is a test image, which gives 4 rows (2 objects, 2 sentences each).
+        reasonseg_images: ReasonSeg val images, one row each.
 
     Returns:
         The directory of the evaluation parquet files.
@@ -58,8 +64,8 @@ def build_eval_sets(out_dir: str | Path, seed: int = 0) -> Path:
     """
     out_dir = Path(out_dir)
     downloads, eval_dir = out_dir / "downloads", out_dir / "eval"
-    refer = write_refer_dataset(downloads, "refcocog", num_images=6, seed=seed)
-    reasonseg = write_reasonseg_split(downloads, "val", num_images=3, seed=seed)
+    refer = write_refer_dataset(downloads, "refcocog", num_images=refer_images, seed=seed)
+    reasonseg = write_reasonseg_split(downloads, "val", num_images=reasonseg_images, seed=seed)
     refer_rows = ["refer", "--dataset", "refcocog", "--split", "test", "--refer-root", str(refer.refer_root)]
     refer_rows += ["--image-root", str(refer.image_root), "--out", str(eval_dir / "refcocog_test.parquet")]
     reasonseg_rows = ["reasonseg", "--root", str(reasonseg.parent), "--split", "val"]

@@ -12,11 +12,14 @@ import pytest
 from pycocotools.coco import COCO
 
 from data_prep import __main__ as cli
+from data_prep import reasonseg
 from data_prep import rows as rows_module
 from data_prep.corruption import corrupt_mask
 from data_prep.safe_pickle import UnsafePickleError, load_plain_pickle
+from data_prep.shards import Report
 from data_prep.synthetic import write_reasonseg_split, write_refer_dataset
 from recipe.common.labels import label_mask
+from recipe.evaluate.samples import EvalSample, iter_samples
 from reward_server.masks import MODEL_SIZE, decode_rle, mask_to_box, original_to_model, resize_mask
 
 pytestmark = pytest.mark.slow
@@ -112,6 +115,183 @@ def test_reasonseg_ignore_pixels_are_255_and_flags_are_dropped(tmp_path):
         assert set(np.unique(labels)) == {0, 1, 255} and np.array_equal(labels == 255, ignore.astype(bool))
         assert np.array_equal(label_mask(truth, original=False), resize_mask(labels, (MODEL_SIZE, MODEL_SIZE)))
         assert row["extra_info"]["question"].startswith("What would you use")
+
+
+def lisa_get_mask_from_json(json_path, img):
+    """LISA's ``utils/data_processing.get_mask_from_json``, transcribed (the reference for ReasonSeg labels)."""
+    try:
+        with open(json_path, encoding="utf-8") as r:  # LISA: open(json_path, "r") on a UTF-8 locale
+            anno = json.loads(r.read())
+    except Exception:  # LISA: a bare except
+        with open(json_path, encoding="cp1252") as r:
+            anno = json.loads(r.read())
+
+    inform = anno["shapes"]
+    comments = anno["text"]
+    is_sentence = anno["is_sentence"]
+
+    height, width = img.shape[:2]
+
+    ### sort polies by area
+    area_list = []
+    valid_poly_list = []
+    for i in inform:
+        label_id = i["label"]
+        points = i["points"]
+        if "flag" == label_id.lower():  ## meaningless deprecated annotations  # noqa: SIM300
+            continue
+
+        tmp_mask = np.zeros((height, width), dtype=np.uint8)
+        cv2.polylines(tmp_mask, np.array([points], dtype=np.int32), True, 1, 1)
+        cv2.fillPoly(tmp_mask, np.array([points], dtype=np.int32), 1)
+        tmp_area = tmp_mask.sum()
+
+        area_list.append(tmp_area)
+        valid_poly_list.append(i)
+
+    ### ground-truth mask
+    sort_index = np.argsort(area_list)[::-1].astype(np.int32)
+    sort_index = list(sort_index)
+    sort_inform = []
+    for s_idx in sort_index:
+        sort_inform.append(valid_poly_list[s_idx])
+
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for i in sort_inform:
+        label_id = i["label"]
+        points = i["points"]
+
+        if "ignore" in label_id.lower():  # noqa: SIM108
+            label_value = 255  # ignored during evaluation
+        else:
+            label_value = 1  # target
+
+        cv2.polylines(mask, np.array([points], dtype=np.int32), True, label_value, 1)
+        cv2.fillPoly(mask, np.array([points], dtype=np.int32), label_value)
+
+    return mask, comments, is_sentence
+
+
+def write_lisa_sample(directory: Path, stem: str, shapes: list[dict], text: str = "Which part?", hw=(120, 160)):
+    """One ReasonSeg image (flat grey) and its LISA json, UTF-8."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(directory / f"{stem}.jpg"), np.full((*hw, 3), 127, np.uint8))
+    document = {"text": [text, "another phrasing"], "is_sentence": True, "shapes": shapes}
+    (directory / f"{stem}.json").write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+
+
+def reasonseg_rows(root: Path, split: str, tmp_path: Path) -> tuple[list[dict], dict, str]:
+    """Rows, report json and printed summary of ``python -m data_prep reasonseg`` on ``root/split``."""
+    out = tmp_path / f"reasonseg_{split}.parquet"
+    args = ["reasonseg", "--root", str(root), "--split", split, "--out", str(out), "--workers", "1"]
+    assert cli.main(args) == 0
+    report = json.loads((tmp_path / f"reasonseg_{split}.report.json").read_text())
+    return read_rows(out), report, Report(**report).summary()
+
+
+def lisa_reference(directory: Path, stem: str) -> tuple[np.ndarray, list[str]]:
+    image = cv2.imread(str(directory / f"{stem}.jpg"))
+    mask, comments, _ = lisa_get_mask_from_json(str(directory / f"{stem}.json"), image)
+    return mask, comments
+
+
+def square(label: str, x: int, y: int, side: int = 50) -> dict:
+    points = [[x, y], [x + side, y], [x + side, y + side], [x, y + side]]
+    return {"label": label, "points": points, "shape_type": "polygon"}
+
+
+@pytest.mark.parametrize("first", ["target", "ignore"])
+def test_equal_area_overlaps_are_painted_as_lisa_paints_them(tmp_path, first):
+    directory = tmp_path / "ReasonSeg" / "val"
+    second = "ignore" if first == "target" else "target"
+    write_lisa_sample(directory, "tie", [square(first, 10, 10), square(second, 35, 35)])
+    (row,), _, _ = reasonseg_rows(directory.parent, "val", tmp_path)
+    expected, _ = lisa_reference(directory, "tie")
+    labels = label_mask(row["reward_model"]["ground_truth"])
+    assert np.array_equal(labels, expected)
+    # Equal areas: LISA's argsort-then-reverse paints the first-listed polygon last, so it wins the overlap.
+    assert labels[40:60, 40:60].tolist() == np.full((20, 20), 1 if first == "target" else 255).tolist()
+
+
+def test_a_cp1252_json_is_read_as_lisa_reads_it(tmp_path):
+    directory = tmp_path / "ReasonSeg" / "val"
+    write_lisa_sample(directory, "menu", [square("target", 20, 20)])
+    question = "Where would you look for the caf\u00e9\u2019s \u201cdaily menu\u201d?"
+    document = {"text": [question], "is_sentence": True, "shapes": [square("target", 20, 20)]}
+    (directory / "menu.json").write_bytes(json.dumps(document, ensure_ascii=False).encode("cp1252"))
+    with pytest.raises(UnicodeDecodeError):
+        (directory / "menu.json").read_text(encoding="utf-8")  # the fixture really is not UTF-8
+    (row,), report, _ = reasonseg_rows(directory.parent, "val", tmp_path)
+    expected, comments = lisa_reference(directory, "menu")
+    assert row["extra_info"]["question"] == comments[0] == question
+    assert np.array_equal(label_mask(row["reward_model"]["ground_truth"]), expected)
+    assert report["skipped"] == []
+
+
+def test_evaluation_keeps_empty_and_vanishing_targets_and_training_skips_them(tmp_path):
+    # A one-pixel row of the 1000-pixel-high image that nearest-exact resizing to 840 never samples.
+    rows_index = np.arange(1000, dtype=np.uint16).reshape(-1, 1).repeat(4, axis=1)
+    sampled = cv2.resize(rows_index, (4, MODEL_SIZE), interpolation=cv2.INTER_NEAREST_EXACT)[:, 0]
+    skipped_row = int(min(set(range(1000)) - set(sampled.tolist())))
+    line = {"label": "target", "points": [[0, skipped_row], [50, skipped_row]]}  # two points: LISA draws a line
+    samples = {
+        "all_ignore": ([square("ignore", 10, 10)], (120, 160)),
+        "flag_only": ([square("flag", 10, 10)], (120, 160)),
+        "vanishing": ([line], (1000, 200)),
+    }
+    root = tmp_path / "ReasonSeg"
+    for split in ("val", "train"):
+        for stem, (shapes, hw) in samples.items():
+            write_lisa_sample(root / split, stem, shapes, hw=hw)
+    rows, report, _ = reasonseg_rows(root, "val", tmp_path)
+    assert report["skipped"] == [] and len(rows) == 3
+    parquet = tmp_path / "reasonseg_val.parquet"
+    loaded = list(iter_samples([parquet]))
+    for row, sample in zip(rows, loaded, strict=True):
+        stem = Path(row["extra_info"]["key"]).parent.name
+        expected, _ = lisa_reference(root / "val", stem)
+        assert isinstance(sample, EvalSample) and np.array_equal(sample.labels, expected)
+        truth = row["reward_model"]["ground_truth"]
+        assert not decode_rle(truth["mask"]).any()  # nothing of the target at 840
+        assert (truth["box"] is None) == (stem != "vanishing")  # an empty target has no box
+    assert loaded[2].labels[skipped_row, :51].all()  # the vanishing line is scored at the original resolution
+    rows, report, summary = reasonseg_rows(root, "train", tmp_path)
+    assert rows == []
+    reasons = sorted(entry["reason"].split(":")[0] for entry in report["skipped"])
+    assert reasons == [
+        "target vanishes when the 1000x200 image is resized to 840",
+        "zero-area target",
+        "zero-area target",
+    ]
+    assert "2 x zero-area target" in summary
+
+
+def test_reasonseg_split_size_is_reported_against_the_published_size(tmp_path, monkeypatch):
+    directory = write_reasonseg_split(tmp_path, "val", num_images=4)
+    _, report, summary = reasonseg_rows(directory.parent, "val", tmp_path)
+    assert "ReasonSeg val: n = 4 images (published: 200)" in summary
+    assert report["warnings"] == [
+        "ReasonSeg val has n = 4 images, the published split 200; none failed, so the "
+        "directory holds another set of files"
+    ]
+    monkeypatch.setitem(reasonseg.PUBLISHED_SIZES, "val", 4)
+    _, report, summary = reasonseg_rows(directory.parent, "val", tmp_path)
+    assert report["warnings"] == [] and "WARNING" not in summary and "n = 4 images (published: 4)" in summary
+    (directory / "reasonseg_val_000.jpg").unlink()
+    (directory / "reasonseg_val_001.json").write_bytes(b'{"text": ["\x81"]')  # 0x81 is neither UTF-8 nor cp1252
+    (directory / "reasonseg_val_002.jpg").write_bytes(b"not a jpeg")
+    cv2.imwrite(str(directory / "stray.jpg"), np.zeros((8, 8, 3), np.uint8))
+    rows, report, summary = reasonseg_rows(directory.parent, "val", tmp_path)
+    assert len(rows) == 1
+    (warning,) = report["warnings"]
+    assert warning.startswith("ReasonSeg val has n = 1 images, the published split 4; 4 not read: ")
+    named = dict(entry.rsplit(" (", 1) for entry in warning.split(" not read: ")[1].split("; "))
+    assert sorted(named) == [f"reasonseg/val/reasonseg_val_00{i}" for i in range(3)] + ["reasonseg/val/stray"]
+    assert named["reasonseg/val/reasonseg_val_000"].startswith("no image next to the json")
+    assert named["reasonseg/val/reasonseg_val_001"].startswith("unreadable LISA json: UnicodeDecodeError")
+    assert named["reasonseg/val/reasonseg_val_002"].startswith("unreadable image")
+    assert named["reasonseg/val/stray"].startswith("no json next to the image")
+    assert f"\nWARNING: {warning}" in summary
 
 
 def test_bad_samples_are_skipped_counted_and_reported(refer, tmp_path):

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from recipe.common.overlay import overlay_mask
+from recipe.common.stored_logits import decode_logits
 from recipe.veteran import agent_loops
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle
@@ -98,9 +99,10 @@ def test_mask_comprehension_loop_shows_the_overlay_and_refines(task_files, tiny_
     truth = row["reward_model"]["ground_truth"]
     expected = overlay_mask(image, decode_rle(truth["init_mask"]))
     assert np.array_equal(np.asarray(server.calls[-1]["images"][0]), expected)
-    first, second = sam.prompts  # the GT box for the shown mask's logits, then the refinement with them
-    assert first.box == second.box == tuple(truth["box"]) and first.points == ()
-    assert second.points == ((420.0, 420.0),) and second.labels == (1,) and float(second.mask_input[0, 0]) == 1
+    (refinement,) = sam.prompts  # one SAM2 call: the GT box, the click and the shown mask's stored logits
+    assert refinement.box == tuple(truth["box"]) and refinement.points == ((420.0, 420.0),)
+    assert refinement.labels == (1,)
+    assert np.array_equal(refinement.mask_input, decode_logits(truth["init_logits"]))
     info = output.extra_fields["reward_extra_info"]
     delta = 0.95 - truth["init_edge_iou"]
     expected_case = (

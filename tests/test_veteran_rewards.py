@@ -1,9 +1,19 @@
-"""SAM-Veteran's reward callables against Tables 1 and 2 and section 3.2 of the paper."""
+"""SAM-Veteran's reward callables against Tables 1 and 2 and section 3.2 of the paper; mask comprehension's SAM2
+refinement against SAM2's own predictor and pycocotools."""
 
+import asyncio
+import json
+
+import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from pycocotools import mask as mask_utils
+from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+from recipe.common.stored_logits import decode_logits
 from recipe.veteran.rewards import (
+    PAPER,
     VeteranRewardConfig,
     auxiliary_decision_reward,
     box_reward,
@@ -11,6 +21,15 @@ from recipe.veteran.rewards import (
     point_reward,
     refinement_case_reward,
 )
+from recipe.veteran.task_rewards import score_mask_comprehension
+from reward_server.config import EngineConfig
+from reward_server.engine import SamEngine
+from reward_server.images import to_rgb
+from reward_server.masks import decode_rle
+from reward_server.protocol import ImageRef, Prompt
+
+from support.fake_sam import EngineClient, FakeSam
+from support.sam_parity import assert_same_mask, predictor_reference
 
 # Table 1, boundaries included: (-1, 0] -> 0, (0, 0.1] -> 1, (0.1, 0.5] -> 2, (0.5, 1] -> 3.
 TABLE_1 = [(-1.0, 0), (-0.3, 0), (0.0, 0), (1e-9, 1), (0.05, 1), (0.1, 1), (0.1 + 1e-9, 2), (0.3, 2), (0.5, 2),
@@ -80,3 +99,108 @@ def test_point_reward_checks_the_region_and_the_radius():
 )  # fmt: skip
 def test_auxiliary_decision_reward(pos, neg, fn, fp, reward):
     assert auxiliary_decision_reward(pos, neg, fn, fp) == reward
+
+
+# Mask comprehension with the logits data preparation stored: one SAM2 call per rollout, on the mask shown.
+
+
+class CountingEngine:
+    """A SAM2 engine that records every call's requests and results."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def segment(self, requests, images=None, ground_truths=None):
+        results = self.engine.segment(requests, images, ground_truths)
+        self.calls.append((list(requests), results))
+        return results
+
+
+def figure_7_iou(pred: np.ndarray, gt: np.ndarray, ignore_edge: int = 20) -> float:
+    """The paper's Figure 7 edge exclusion (Canny edges of the GT, dilated), with pycocotools' mask IoU."""
+    edges = cv2.Canny(gt.astype(np.uint8) * 255, 100, 200)
+    ignore = cv2.dilate(edges, np.ones((ignore_edge, ignore_edge), np.uint8), iterations=1).astype(bool)
+    encode = [mask_utils.encode(np.asfortranarray(m & ~ignore, dtype=np.uint8)) for m in (pred, gt)]
+    return float(mask_utils.iou([encode[0]], [encode[1]], [0])[0, 0])
+
+
+def click_answer(pos, neg) -> str:
+    return f"<think>t</think><answer>{json.dumps({'pos_point': pos, 'neg_point': neg})}</answer>"
+
+
+@pytest.fixture(scope="module")
+def sam_rows(tmp_path_factory):
+    """Mask-comprehension rows prepared by a tiny random SAM2 at 1024 (float16 logits, as served), and the engine."""
+    from data_prep.synthetic import synthetic_refer_parquet
+    from data_prep.veteran import build_mask_comprehension
+
+    engine = SamEngine(EngineConfig(model="sam2.1_hiera_t", allow_random_weights=True, device="cpu"))
+    root = tmp_path_factory.mktemp("veteran_sam_rows")
+    grounding = synthetic_refer_parquet(root, root / "grounding.parquet", "veteran", num_images=3, limit=2)
+    build_mask_comprehension(grounding, root / "mask.parquet", engine, case_mix="all")
+    rows = pq.read_table(root / "mask.parquet").to_pylist()
+    assert rows, "the tiny SAM2 scored no row"
+    return engine, rows
+
+
+@pytest.mark.slow
+def test_a_refinement_is_one_sam2_call_on_the_logits_of_the_mask_shown(sam_rows):
+    engine, rows = sam_rows
+    row = rows[0]
+    truth, image_bytes = row["reward_model"]["ground_truth"], row["images"][0]["bytes"]
+    x1, y1, x2, y2 = truth["box"]
+    pos, neg = [round((x1 + x2) / 2), round((y1 + y2) / 2)], [5, 5]
+    counting = CountingEngine(engine)
+    text = click_answer(pos, neg)
+    info = asyncio.run(score_mask_comprehension(text, truth, ImageRef.of(image_bytes), EngineClient(counting), PAPER))
+    ((requests, results),) = counting.calls  # (a) one SAM2 call, with one prompt
+    (refined,) = results
+    assert len(requests) == 1 and info["sam_called"] == 1 and refined.ok
+
+    predictor = SAM2ImagePredictor(engine.model)
+    predictor.set_image(to_rgb(image_bytes))
+    stored = decode_logits(truth["init_logits"])
+    # The mask shown is SAM2's own mask of the GT box, and the stored logits are that prediction's low-res logits.
+    shown_logits, _, shown_low_res = predictor_reference(predictor, Prompt(box=tuple(truth["box"])))
+    assert_same_mask(decode_rle(truth["init_mask"]), shown_logits)
+    np.testing.assert_allclose(stored, np.clip(shown_low_res, -32, 32), rtol=1e-3, atol=1e-3)
+    # (b) The refinement is SAM2's predict(point_coords, box, mask_input=<stored logits>).
+    prompt = Prompt(box=tuple(truth["box"]), points=(tuple(pos), tuple(neg)), labels=(1, 0), mask_input=stored)
+    refined_logits, _, _ = predictor_reference(predictor, prompt)
+    assert_same_mask(refined.mask_array(), refined_logits)
+    assert info["sam_iou"] == pytest.approx(figure_7_iou(refined.mask_array(), decode_rle(truth["mask"])), abs=1e-12)
+
+    stop = asyncio.run(
+        score_mask_comprehension(
+            click_answer(None, None), truth, ImageRef.of(image_bytes), EngineClient(counting), PAPER
+        )
+    )
+    assert len(counting.calls) == 1 and stop["sam_called"] == 0  # stopping keeps the mask: no call
+
+
+@pytest.mark.slow
+def test_the_iou_gain_is_measured_from_the_iou_of_the_mask_shown(sam_rows):
+    _, rows = sam_rows
+    for row in rows:  # (c) the stored baseline is the shown mask's edge-excluded IoU with the GT
+        truth = row["reward_model"]["ground_truth"]
+        shown, gt = decode_rle(truth["init_mask"]), decode_rle(truth["mask"])
+        assert truth["init_edge_iou"] == pytest.approx(figure_7_iou(shown, gt), abs=1e-12)
+    truth = {**rows[0]["reward_model"]["ground_truth"], "case": "need_refinement"}
+    before = truth["init_edge_iou"]
+    table_1 = [(delta, gain) for delta, gain in ((-0.05, 0), (0.05, 1), (0.3, 2), (0.6, 3)) if 0 <= before + delta <= 1]
+    assert table_1
+    for delta, gain in table_1:  # a refined mask of IoU before + delta earns Table 1's tier of delta
+        sam = FakeSam(edge_iou=before + delta)
+        info = asyncio.run(score_mask_comprehension(click_answer([420, 420], None), truth, None, sam, PAPER))
+        assert (info["iou_gain"], info["case"], info["sam_iou"]) == (gain, 1 + gain, pytest.approx(before + delta))
+
+
+def test_rows_prepared_without_logits_fail_with_the_rerun_command():
+    truth = {"mask": {}, "box": [0, 0, 10, 10], "init_edge_iou": 0.5, "case": "need_refinement"}
+    sam = FakeSam(edge_iou=0.9)
+    with pytest.raises(ValueError, match=r"no init_logits.*make data-veteran"):
+        asyncio.run(score_mask_comprehension(click_answer([5, 5], None), truth, None, sam, PAPER))
+    corrupt = {**truth, "init_logits": {"shape": [256, 256], "data": b"\x00" * 10}}
+    with pytest.raises(ValueError, match=r"corrupt init_logits.*make data-veteran"):
+        asyncio.run(score_mask_comprehension(click_answer([5, 5], None), corrupt, None, sam, PAPER))
+    assert sam.prompts == []

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.stored_logits import decode_logits
 from recipe.veteran.rewards import (
     VeteranRewardConfig,
     auxiliary_decision_reward,
@@ -58,35 +61,57 @@ async def score_grounding(
     )
 
 
+def shown_logits(truth: Mapping[str, Any]) -> np.ndarray:
+    """The low-resolution logits of the mask a mask-comprehension row shows (``init_logits``).
+
+    Raises:
+        ValueError: When the row has none (prepared before data_prep stored them) or they are corrupt; the message
+            says to rerun ``make data-veteran``.
+    """
+    stored = truth.get("init_logits")
+    if stored is None:
+        raise ValueError(
+            "a mask-comprehension row has no init_logits (the SAM2 logits of the mask it shows): it was prepared by an "
+            "older data_prep; rerun `make data` and `make data-veteran`"
+        )
+    try:
+        return decode_logits(stored)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"a mask-comprehension row has corrupt init_logits ({err}); rerun `make data-veteran`"
+        ) from err
+
+
 async def score_mask_comprehension(
     text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
 ) -> dict[str, Any]:
     """``R_SAM`` of the refined mask + the case/action reward of Table 2 + formatting.
 
-    The shown mask is SAM2's mask of the GT box; a refinement sends the same box, that mask's logits and the clicks.
+    The shown mask is ``init_mask``, SAM2's mask of the GT box at data preparation. A refinement is one SAM2 call:
+    the same box, the clicks and that mask's stored logits (``init_logits``) as ``mask_input``, so the mask refined
+    is the mask shown; the IoU gain is measured from ``init_edge_iou``, the shown mask's edge-excluded IoU.
+
+    Raises:
+        ValueError: For rows without stored logits (see :func:`shown_logits`).
     """
+    mask_input = shown_logits(truth)
     parsed = parse_response(text, reasoning=config.reasoning("mask_comprehension"))
     clicks = parsed.clicks()
     if clicks is None:
         return _breakdown("mask_comprehension", parsed, False, config)
     pos, neg = clicks
-    before = float(truth["init_edge_iou"])
-    after, calls = before, 0
+    before = after = float(truth["init_edge_iou"])
+    calls = 0
     if pos is not None or neg is not None:
-        gt = dict(truth["mask"])
-        (initial,) = await sam.segment(image, [Prompt(box=tuple(truth["box"]))], ground_truth=gt, return_logits=True)
         clicks = [(point, label) for point, label in ((pos, 1), (neg, 0)) if point is not None]
         prompt = Prompt(
             box=tuple(truth["box"]),
             points=tuple(p for p, _ in clicks),
             labels=tuple(label for _, label in clicks),
-            mask_input=initial.logits,
+            mask_input=mask_input,
         )
-        calls = 1
-        if initial.ok:
-            (initial,) = await sam.segment(image, [prompt], ground_truth=gt)
-            calls = 2
-        after = initial.edge_iou if initial.ok else 0.0
+        (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]))
+        after, calls = (refined.edge_iou if refined.ok else 0.0), 1
     good_enough = truth["case"] == "good_enough"
     case = refinement_case_reward(good_enough, pos is not None, neg is not None, after - before, config)
     gain = iou_gain_reward(after - before, config.iou_gain)

@@ -69,7 +69,8 @@ class FakeSam:
 
 
 class GoodEveryNth:
-    """A fake SAM2 engine for data_prep: the GT itself for every ``every``-th request (Good Enough), else nothing."""
+    """A fake SAM2 engine for data_prep: the GT itself for every ``every``-th request (Good Enough), else nothing;
+    logits, when asked for, are +1 (a mask) or -1 (nothing) everywhere."""
 
     def __init__(self, every: int):
         self.every, self.calls = every, 0
@@ -82,7 +83,11 @@ class GoodEveryNth:
             gt = decode_rle(ground_truths[request.gt_key])
             mask = gt if self.calls % self.every == 0 else np.zeros_like(gt)
             self.calls += 1
-            results.append(SegResult(mask=encode_rle(mask), score=1.0, edge_iou=edge_excluded_iou(mask, gt)))
+            # Logits that say "inside" (+1) or "outside" (-1) everywhere, when asked for, as the engine's float16.
+            logits = np.full((256, 256), 1.0 if mask.any() else -1.0, np.float16) if request.return_logits else None
+            results.append(
+                SegResult(mask=encode_rle(mask), score=1.0, logits=logits, edge_iou=edge_excluded_iou(mask, gt))
+            )
         return results
 
 
