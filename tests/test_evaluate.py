@@ -18,11 +18,11 @@ from pycocotools import mask as mask_utils
 
 from data_prep.schema import ROW
 from recipe.evaluate.config import EvalConfig
-from recipe.evaluate.records import RECORDS_DIR, RecordWriter, read_records
+from recipe.evaluate.records import RECORDS_DIR, RecordWriter, first_box_iou, read_records
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.samples import EvalSample, iter_samples
 from recipe.evaluate.segmenter import BatchedSegmenter
-from recipe.evaluate.summary import step_curves, summarize
+from recipe.evaluate.summary import box_accuracy, markdown_table, step_curves, summarize
 from recipe.veteran.workflow import Episode, run_episodes
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, encode_rle
@@ -126,9 +126,42 @@ def overlap(pred, row):
 
 
 def giou_ciou(pairs, empty=1.0):
+    """LISA's gIoU (an empty union scores 1) and cIoU (``sum I / (sum U + 1e-10)``: 0 when every union is empty)."""
     ious = [i / u if u else empty for i, u in pairs]
     union = sum(u for _, u in pairs)
-    return sum(ious) / len(ious), sum(i for i, _ in pairs) / union if union else math.nan
+    return sum(ious) / len(ious), sum(i for i, _ in pairs) / union if union else 0.0
+
+
+def seg_zero_overlap(pred, row):
+    """Seg-Zero's evaluation.py: the GT cast to bool (ignored pixels are target); a failed answer is I = 0,
+    U = |GT|; a predicted mask with an empty union is skipped (None)."""
+    gt = row["target"] | row["ignore"]
+    if pred is None:
+        return 0, int(gt.sum())
+    intersection, union = int((pred & gt).sum()), int((pred | gt).sum())
+    return None if union == 0 else (intersection, union)
+
+
+def seg_zero_giou_ciou(pairs):
+    """Seg-Zero's calculate_iou.py over the samples evaluation.py kept."""
+    kept = [pair for pair in pairs if pair is not None]
+    total_u = sum(u for _, u in kept)
+    ious = [i / u if u > 0 else 0 for i, u in kept]
+    return float(np.mean(ious)), sum(i for i, _ in kept) / total_u if total_u > 0 else 0, len(kept)
+
+
+def xywh(box):
+    return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+
+
+def coco_box_iou(box, gt_box):
+    """pycocotools' bbox IoU (xywh, no crowd)."""
+    return float(mask_utils.iou(np.array([xywh(box)], float), np.array([xywh(gt_box)], float), [0])[0, 0])
+
+
+def tight_box(mask):
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if xs.size else None
 
 
 def to_original(value, hw, axis):
@@ -213,7 +246,7 @@ def test_samr1_metrics_equal_numpy_with_failures_empty_unions_and_ignore_pixels(
     summary = evaluate(config(tmp_path, eval_files, "samr1"), policy=ScriptedPolicy(scripts), engine=sam)
     records = read_records(tmp_path / "run")
 
-    expected = {}
+    expected, predictions, predicted_boxes = {}, {}, {}
     for row in rows:
         if row["hw"] is None:
             continue
@@ -223,6 +256,8 @@ def test_samr1_metrics_equal_numpy_with_failures_empty_unions_and_ignore_pixels(
             hw = row["hw"]
             box = [to_original(x1, hw, 0), to_original(y1, hw, 1), to_original(x2, hw, 0), to_original(y2, hw, 1)]
             pred = click_mask(rect(box, hw), (to_original(px, hw, 0), to_original(py, hw, 1)), 1)
+            predicted_boxes[row["uid"]] = box
+        predictions[row["uid"]] = pred
         expected[row["uid"]] = overlap(pred, row)
         record = records[row["uid"]]
         assert (record["intersection"], record["union"]) == expected[row["uid"]], row["uid"]
@@ -232,17 +267,38 @@ def test_samr1_metrics_equal_numpy_with_failures_empty_unions_and_ignore_pixels(
         pairs = [expected[r["uid"]] for r in rows if r["dataset"] == dataset and r["uid"] in expected]
         giou, ciou = giou_ciou(pairs)
         assert summary["datasets"][dataset]["gIoU"] == pytest.approx(giou, rel=1e-12)
-        assert summary["datasets"][dataset]["cIoU"] == pytest.approx(ciou, rel=1e-12, nan_ok=True)
+        assert summary["datasets"][dataset]["cIoU"] == pytest.approx(ciou, rel=1e-12)
         assert summary["datasets"][dataset]["n"] == len(pairs)
+        # SAM-R1's Table 5 metric: the answer's box against the target's tight box, a failed answer a miss.
+        boxes = [r for r in rows if r["dataset"] == dataset and r["uid"] in expected and r["target"].any()]
+        hits = [
+            r["uid"] in predicted_boxes and coco_box_iou(predicted_boxes[r["uid"]], tight_box(r["target"])) > 0.5
+            for r in boxes
+        ]
+        assert summary["datasets"][dataset]["n_box"] == len(boxes)
+        accuracy = summary["datasets"][dataset]["box_acc"]
+        assert accuracy == pytest.approx(np.mean(hits)) if hits else math.isnan(accuracy)
     assert any(u == 0 for _, u in expected.values()), "an empty union must be covered"
     assert summary["datasets"]["edge_test"]["n_skipped"] == 1
+    assert summary["datasets"]["edge_test"]["gIoU"] == 1.0
     assert "undecodable image" in records["edge_test:1"]["skipped"]
     assert len(sam.prompts) == len(prompts), "SAM2 is called for valid answers only"
 
-    seg_zero = summarize(list(records.values()), "m", "samr1", seg_zero_compatible=True)
-    pairs = [expected[r["uid"]] for r in rows if r["dataset"] == "edge_test" and r["uid"] in expected]
-    assert seg_zero["datasets"]["edge_test"]["gIoU"] == giou_ciou(pairs, empty=0.0)[0] == 0.0
-    assert summary["datasets"]["edge_test"]["gIoU"] == 1.0
+    # Seg-Zero's convention on the same answers: ignored pixels are target, the empty union is dropped.
+    cfg = config(tmp_path / "seg_zero", eval_files, "samr1")
+    cfg.metrics.convention = "seg_zero"
+    seg_zero = evaluate(cfg, policy=ScriptedPolicy(scripts), engine=BoxSam())
+    for dataset in {row["dataset"] for row in rows}:
+        pairs = [seg_zero_overlap(predictions[r["uid"]], r) for r in rows if r["dataset"] == dataset and r["hw"]]
+        giou, ciou, n = seg_zero_giou_ciou(pairs)
+        assert seg_zero["datasets"][dataset]["gIoU"] == pytest.approx(giou, rel=1e-12, nan_ok=True)
+        assert seg_zero["datasets"][dataset]["cIoU"] == pytest.approx(ciou, rel=1e-12)
+        assert seg_zero["datasets"][dataset]["n"] == n
+        assert seg_zero["datasets"][dataset]["n_dropped"] == len(pairs) - n
+    # The failed answer on the empty target: I = 0, U = 0, scored 0 (LISA: 1); empty-union drops are in test_metrics.
+    assert seg_zero["datasets"]["edge_test"]["gIoU"] == 0.0 and seg_zero["datasets"]["edge_test"]["n"] == 1
+    assert seg_zero["convention"] == "seg_zero"
+    assert seg_zero["datasets"]["reasonseg_val"]["cIoU"] != summary["datasets"]["reasonseg_val"]["cIoU"]
 
 
 def test_oracle_box_sends_the_original_gt_box_and_gives_exact_giou_ciou(eval_files, tmp_path):
@@ -259,8 +315,9 @@ def test_oracle_box_sends_the_original_gt_box_and_gives_exact_giou_ciou(eval_fil
     for dataset, pairs in expected_pairs.items():
         giou, ciou = giou_ciou(pairs)
         assert summary["datasets"][dataset]["gIoU"] == pytest.approx(giou, rel=1e-12)
-        assert summary["datasets"][dataset]["cIoU"] == pytest.approx(ciou, rel=1e-12, nan_ok=True)
+        assert summary["datasets"][dataset]["cIoU"] == pytest.approx(ciou, rel=1e-12)
         assert summary["datasets"][dataset]["n_failed"] == 0
+        assert summary["datasets"][dataset]["box_acc"] == 1.0, "the oracle's box is the GT box"
 
 
 # ------------------------------------------------------------------ veteran
@@ -348,8 +405,12 @@ def test_veteran_records_match_the_workflow_step_by_step(eval_files, tmp_path):
                 pairs.append(overlap(decode_rle(masks[-1]) if masks else None, by_uid[sample.uid]))
             giou, ciou = giou_ciou(pairs)
             assert entry["steps"][step]["gIoU"] == pytest.approx(giou, rel=1e-12)
-            assert entry["steps"][step]["cIoU"] == pytest.approx(ciou, rel=1e-12, nan_ok=True)
-            stopped = sum(e.termination == "stop" and len(e.steps) - 1 <= step for _, e in members)
+            assert entry["steps"][step]["cIoU"] == pytest.approx(ciou, rel=1e-12)
+            # Terminated by step k: the model answered (null, null) on the mask of step k or earlier, i.e. after at
+            # most k refinement clicks (a stop on the grounding mask counts at step 0).
+            stopped = sum(
+                e.termination == "stop" and sum(st.result is not None for st in e.steps[1:]) <= step for _, e in members
+            )
             assert entry["steps"][step]["terminated"] == pytest.approx(stopped / len(members))
 
 
@@ -367,7 +428,8 @@ def test_step_curves_carry_the_last_mask_forward():
     assert curve[0]["gIoU"] == pytest.approx((0.5 + 0 + 0.25) / 3)
     assert curve[1]["gIoU"] == pytest.approx((0.5 + 0 + 0.75) / 3)
     assert curve[1]["cIoU"] == pytest.approx((5 + 0 + 6) / (10 + 4 + 8))
-    assert [point["terminated"] for point in curve] == [0.0, pytest.approx(1 / 3)]
+    # The first sample stopped on its grounding mask: SAM-Veteran's Figure 3 counts it terminated at step 0.
+    assert [point["terminated"] for point in curve] == [pytest.approx(1 / 3), pytest.approx(1 / 3)]
 
 
 # ------------------------------------------------------------------ resume and robustness
@@ -463,3 +525,39 @@ def test_a_dataset_of_only_skipped_rows_is_reported_without_scores():
     summary = summarize([{"uid": "x:0", "dataset": "d", "mode": "samr1", "skipped": "bad"}], "m", "samr1")
     assert summary["datasets"]["d"]["n"] == 0 and summary["datasets"]["d"]["n_skipped"] == 1
     assert math.isnan(summary["datasets"]["d"]["gIoU"])
+
+
+def test_box_accuracy_is_pycocotools_box_iou_above_one_half():
+    """SAM-R1's Table 5 metric from records: the first step's box against the GT box, IoU > 0.5; no box is a miss."""
+    rng = np.random.default_rng(0)
+    records, hits = [], []
+    for index in range(200):
+        gt_box = [float(v) for v in sorted(rng.uniform(0, 300, 2))] + [float(v) for v in sorted(rng.uniform(0, 300, 2))]
+        gt_box = [gt_box[0], gt_box[2], gt_box[1] + 1, gt_box[3] + 1]
+        jitter = rng.normal(0, 25, 4)
+        box = [gt_box[0] + jitter[0], gt_box[1] + jitter[1], gt_box[2] + abs(jitter[2]) + 1, gt_box[3] + jitter[3]]
+        box[3] = max(box[3], box[1] + 1)
+        prompt = None if index % 9 == 0 else {"box": box, "points": [], "labels": []}
+        steps = [{"prompt": prompt}] if index % 13 else []
+        gt = None if index % 17 == 0 else gt_box
+        records.append({"box_iou": first_box_iou(steps, gt)})
+        if gt is not None:
+            hits.append(bool(steps) and prompt is not None and coco_box_iou(box, gt) > 0.5)
+    result = box_accuracy(records)
+    assert result["n_box"] == len(hits) < len(records)
+    assert 0.2 < np.mean(hits) < 0.8, "the draw must straddle the threshold"
+    assert result["box_acc"] == np.mean(hits)
+
+
+def test_every_table_states_its_convention(eval_files, tmp_path):
+    files = eval_files[:-1]
+    summaries = []
+    for convention in ("lisa", "seg_zero"):
+        cfg = config(tmp_path / convention, files, "oracle_box")
+        cfg.metrics.convention = convention
+        summaries.append(evaluate(cfg, engine=BoxSam()))
+    table = markdown_table(summaries)
+    rows = [line for line in table.splitlines() if line.startswith("| oracle_box")]
+    assert rows[0].split(" | ")[1] == "lisa" and rows[1].split(" | ")[1] == "seg_zero"
+    assert "ignore pixels are target" in table and "ignore pixels excluded" in table
+    assert "box acc@0.5" in table

@@ -56,7 +56,7 @@ def test_sampling_settings_follow_the_mode():
     assert repetition_penalty(generation, MODES["veteran"]) == 1.1, "SAM-Veteran evaluates with 1.1"
     assert repetition_penalty(generation, MODES["samr1"]) == 1.0
     assert repetition_penalty(GenerationConfig(repetition_penalty=1.3), MODES["veteran"]) == 1.3
-    params = SamplingParams(**vllm_sampling_kwargs(generation, 1.1))
+    params = SamplingParams(**vllm_sampling_kwargs(EvalConfig(mode="samr1").generation, 1.1))
     assert params.repetition_penalty == 1.1 and params.temperature == 0.0 and params.max_tokens == 1024
 
 

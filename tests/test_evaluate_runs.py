@@ -8,17 +8,21 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
 
 from recipe.common.compose import compose_recipe
-from recipe.evaluate.config import eval_config
+from recipe.evaluate.config import EvalConfig, eval_config
 from recipe.evaluate.records import RECORDS_DIR, read_records
 from recipe.evaluate.runner import evaluate
+from reward_server.sam2_build import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +51,40 @@ def test_the_config_composes_and_takes_sam2_from_the_reward_server_group(tmp_pat
         cli("mode=baseline", "--cfg", "job"), cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
     )
     assert "mode: baseline" in job.stdout and "checkpoint: null" in job.stdout
+
+
+@pytest.mark.parametrize("mode", ["veteran", "samr1"])
+def test_the_answer_budget_covers_the_training_response_length(mode):
+    """Evaluation decodes at least as many tokens per turn as the recipe trained its answers with."""
+    trained = OmegaConf.load(ROOT / "conf" / f"{mode}.yaml").data.max_response_length
+    cfg = eval_config(compose_recipe("evaluate", [f"mode={mode}"]))
+    assert cfg.generation.max_new_tokens >= trained
+    assert EvalConfig(mode=mode).generation.max_new_tokens == cfg.generation.max_new_tokens
+    explicit = eval_config(compose_recipe("evaluate", [f"mode={mode}", "generation.max_new_tokens=77"]))
+    assert explicit.generation.max_new_tokens == 77
+
+
+def test_eval_presets_compose():
+    """``+eval=seg_zero``: Seg-Zero's convention, SAM2 with three masks and the config SAM2 packages for
+    ``facebook/sam2-hiera-large`` (SAM 2.0, what Seg-Zero's scripts load); ``large`` stays SAM 2.1."""
+    seg_zero = eval_config(compose_recipe("evaluate", ["+eval=seg_zero", "mode=veteran"]))
+    assert seg_zero.metrics.convention == "seg_zero" and seg_zero.sam.multimask_output
+    assert seg_zero.mode == "veteran" and seg_zero.generation.max_new_tokens >= 1300
+    packaged = Path(str(resources.files("sam2"))).resolve()
+    for config, hub_id in (
+        (seg_zero.sam.model, "facebook/sam2-hiera-large"),
+        ("sam2.1_hiera_l", "facebook/sam2.1-hiera-large"),
+    ):
+        assert resolve_config(config).resolve() == packaged / HF_MODEL_ID_TO_FILENAMES[hub_id][0]
+    default = eval_config(compose_recipe("evaluate", []))
+    assert default.sam.model == "sam2.1_hiera_l" and not default.sam.multimask_output
+    assert default.metrics.convention == "lisa"
+    rec = eval_config(compose_recipe("evaluate", ["+eval=rec"]))
+    assert rec.mode == "samr1" and [Path(f).stem for f in rec.data.files] == ["reasonseg_val", "reasonseg_test"]
+    refine = eval_config(compose_recipe("evaluate", ["+eval=refine_5"]))
+    assert refine.mode == "veteran" and refine.veteran.max_steps == 5  # SAM-Veteran's Table 9
+    with pytest.raises(ValueError, match="unknown metrics convention"):
+        eval_config(compose_recipe("evaluate", ["metrics.convention=seg-zero"]))
 
 
 def test_the_command_line_explains_missing_data_and_models(tmp_path):

@@ -1,10 +1,16 @@
-"""gIoU and cIoU under LISA's conventions, the metrics of every reasoning-segmentation table.
+"""gIoU and cIoU, the metrics of every reasoning-segmentation table, under the two published conventions.
 
-- gIoU: mean over samples of I / U; a sample whose union is empty scores 1.0 (LISA), or 0.0 in the
-  Seg-Zero-compatible mode.
-- cIoU: total I over total U across the dataset.
-- Ground-truth pixels labelled 255 (ReasonSeg's "ignore") count in neither I nor U.
-- A failed answer (no mask) is an empty prediction: I = 0, U = |GT|.
+In both, gIoU is the mean over the scored samples of I / U and cIoU is total I over total U (0 when that union is 0,
+as both published scripts compute it). They differ in which pixels count and which samples are scored
+(docs/conventions.md):
+
+- ``lisa`` (LISA's ``intersectionAndUnionGPU`` with ``ignore_index=255``): GT pixels labelled 255 (ReasonSeg's
+  "ignore") count in neither I nor U; a sample whose union is empty scores 1.0 (``acc_iou[union == 0] += 1.0``);
+  a failed answer (no mask) is an empty prediction: I = 0, U = |GT|.
+- ``seg_zero`` (Seg-Zero's released ``evaluation.py`` and ``calculate_iou.py``, which SAM-R1 and SAM-Veteran
+  follow): the GT mask is cast to bool, so ignored pixels count as target; a predicted mask whose union with the GT
+  is empty drops the sample (its ``compute_iou`` returns a bare 0 whose unpacking raises, and the sample is skipped:
+  neither scored nor counted); a failed answer is recorded as I = 0, U = |GT| and scores 0 even when that union is 0.
 """
 
 from __future__ import annotations
@@ -15,15 +21,30 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IGNORE_LABEL = 255
+CONVENTIONS = ("lisa", "seg_zero")
+
+
+def check_convention(convention: str) -> None:
+    """Raises ValueError for a name that is not one of :data:`CONVENTIONS`."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown metrics convention {convention!r}; choose one of {list(CONVENTIONS)}")
 
 
 @dataclass(frozen=True)
 class SampleIoU:
-    """One sample's intersection and union (ignored pixels excluded) and its IoU under the chosen convention."""
+    """One sample's intersection, union and IoU under a convention.
+
+    Attributes:
+        intersection: Target pixels predicted.
+        union: Pixels predicted or target.
+        iou: The sample's score, or None when the convention does not score it (Seg-Zero's empty union).
+        failed: The answer gave no mask.
+    """
 
     intersection: int
     union: int
-    iou: float
+    iou: float | None
+    failed: bool = False
 
 
 @dataclass
@@ -31,23 +52,37 @@ class SegMetrics:
     """Accumulates per-sample intersections and unions into gIoU / cIoU.
 
     Args:
-        seg_zero_compatible: Score an empty union 0.0 instead of LISA's 1.0.
+        convention: ``lisa`` or ``seg_zero`` (module docstring).
+
+    Raises:
+        ValueError: For an unknown convention.
     """
 
-    seg_zero_compatible: bool = False
+    convention: str = "lisa"
     _ious: list[float] = field(default_factory=list, repr=False)
     _intersection: int = 0
     _union: int = 0
     _failed: int = 0
+    _dropped: int = 0
 
-    @property
-    def empty_union_iou(self) -> float:
-        """The score of a sample whose prediction and target are both empty."""
-        return 0.0 if self.seg_zero_compatible else 1.0
+    def __post_init__(self) -> None:
+        check_convention(self.convention)
 
-    @property
-    def convention(self) -> str:
-        return "seg-zero" if self.seg_zero_compatible else "lisa"
+    def _target(self, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pixels the convention counts as target, and those it counts at all (None: every pixel)."""
+        gt = np.asarray(gt)
+        if gt.ndim != 2:
+            raise ValueError(f"gt must be a 2-D (H, W) mask, got shape {gt.shape}")
+        if gt.dtype != bool and np.any((gt != 0) & (gt != 1) & (gt != IGNORE_LABEL)):
+            raise ValueError(f"gt labels must be 0, 1 or {IGNORE_LABEL}; got {np.unique(gt)[:8].tolist()}")
+        if self.convention == "seg_zero":
+            return gt.astype(bool), None
+        valid = gt != IGNORE_LABEL
+        return (gt == 1) & valid, valid
+
+    def target_area(self, gt: np.ndarray) -> int:
+        """The target's pixel count under this convention: the union of a failed answer."""
+        return int(np.count_nonzero(self._target(gt)[0]))
 
     def score(self, pred: np.ndarray | None, gt: np.ndarray) -> SampleIoU:
         """One sample's I, U and IoU, without accumulating it.
@@ -60,57 +95,61 @@ class SegMetrics:
             ValueError: When shapes differ or ``gt`` holds labels other than 0, 1 and 255 (e.g. a 0/255 PNG mask,
                 which would otherwise be scored as all-ignored).
         """
-        gt = np.asarray(gt)
-        if gt.ndim != 2:
-            raise ValueError(f"gt must be a 2-D (H, W) mask, got shape {gt.shape}")
-        if gt.dtype != bool and np.any((gt != 0) & (gt != 1) & (gt != IGNORE_LABEL)):
-            raise ValueError(f"gt labels must be 0, 1 or {IGNORE_LABEL}; got {np.unique(gt)[:8].tolist()}")
-        valid = gt != IGNORE_LABEL
-        target = (gt == 1) & valid
+        target, valid = self._target(gt)
         if pred is None:
-            intersection, union = 0, int(np.count_nonzero(target))
-        else:
-            pred = np.asarray(pred)
-            if pred.shape != gt.shape:
-                raise ValueError(f"pred shape {pred.shape} does not match gt {gt.shape}")
-            predicted = pred.astype(bool) & valid
-            intersection = int(np.count_nonzero(predicted & target))
-            union = int(np.count_nonzero(predicted | target))
-        return self.sample_iou(intersection, union)
+            return self.sample_iou(0, int(np.count_nonzero(target)), failed=True)
+        pred = np.asarray(pred)
+        if pred.shape != target.shape:
+            raise ValueError(f"pred shape {pred.shape} does not match gt {target.shape}")
+        predicted = pred.astype(bool) if valid is None else pred.astype(bool) & valid
+        return self.sample_iou(int(np.count_nonzero(predicted & target)), int(np.count_nonzero(predicted | target)))
 
-    def sample_iou(self, intersection: int, union: int) -> SampleIoU:
-        """A sample from its counts (e.g. stored in evaluation records), its IoU under this convention."""
-        return SampleIoU(intersection, union, intersection / union if union else self.empty_union_iou)
+    def sample_iou(self, intersection: int, union: int, failed: bool = False) -> SampleIoU:
+        """A sample from its counts (e.g. stored in evaluation records), with its IoU under this convention."""
+        if union:
+            iou = intersection / union
+        elif self.convention == "lisa":
+            iou = 1.0
+        else:
+            iou = 0.0 if failed else None
+        return SampleIoU(intersection, union, iou, failed)
 
     def update(self, pred: np.ndarray | None, gt: np.ndarray) -> SampleIoU:
         """Scores one sample (see :meth:`score`) and adds it to the totals."""
         sample = self.score(pred, gt)
-        self.add(sample, failed=pred is None)
+        self.add(sample)
         return sample
 
-    def add(self, sample: SampleIoU, failed: bool = False) -> None:
+    def add(self, sample: SampleIoU) -> None:
         """Adds an already scored sample, e.g. one read back from a resumed run's per-sample records."""
+        if sample.iou is None:
+            self._dropped += 1
+            return
         self._ious.append(sample.iou)
         self._intersection += sample.intersection
         self._union += sample.union
-        self._failed += int(failed)
+        self._failed += int(sample.failed)
 
     def merge(self, other: SegMetrics) -> None:
         """Adds another accumulator's samples (data-parallel shards); both must use the same convention."""
-        if other.seg_zero_compatible != self.seg_zero_compatible:
+        if other.convention != self.convention:
             raise ValueError("cannot merge metrics computed under different conventions")
         self._ious.extend(other._ious)
         self._intersection += other._intersection
         self._union += other._union
         self._failed += other._failed
+        self._dropped += other._dropped
 
     def summary(self) -> dict[str, float | int | str]:
-        """``gIoU``, ``cIoU`` (NaN before any sample), ``n``, ``n_failed`` and the ``convention`` used."""
+        """``gIoU``, ``cIoU`` (both NaN before any scored sample), ``n`` (the samples scored), ``n_failed``,
+        ``n_dropped`` (samples the convention does not score) and the ``convention``."""
         n = len(self._ious)
+        ciou = self._intersection / self._union if self._union else 0.0
         return {
             "gIoU": math.fsum(self._ious) / n if n else math.nan,
-            "cIoU": self._intersection / self._union if self._union else math.nan,
+            "cIoU": ciou if n else math.nan,
             "n": n,
             "n_failed": self._failed,
+            "n_dropped": self._dropped,
             "convention": self.convention,
         }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from recipe.common.metrics import check_convention
 from reward_server.config import EngineConfig
 
 
@@ -39,7 +40,9 @@ class GenerationConfig:
     """Decoding; greedy by default so a rerun gives the same numbers.
 
     Attributes:
-        max_new_tokens: Answer budget per turn.
+        max_new_tokens: Answer budget per turn; None takes the mode's default (``Mode.max_new_tokens``: 1300 for
+            ``veteran``, its training response length; else 1024, as Seg-Zero's evaluation), filled in by
+            :class:`EvalConfig`.
         temperature: 0 is greedy.
         top_p: Nucleus sampling (with ``temperature`` > 0).
         repetition_penalty: None takes the mode's default (1.1 for ``veteran``, as its paper evaluates; else 1.0).
@@ -47,7 +50,7 @@ class GenerationConfig:
         seed: Sampling seed.
     """
 
-    max_new_tokens: int = 1024
+    max_new_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float | None = None
@@ -83,6 +86,22 @@ class DataConfig:
 
     files: list[str] = field(default_factory=list)
     limit: int | None = None
+
+
+@dataclass
+class MetricsConfig:
+    """How masks are scored (``recipe.common.metrics``; docs/conventions.md).
+
+    Attributes:
+        convention: ``lisa`` (ignore pixels excluded, an empty union scores 1) or ``seg_zero`` (Seg-Zero's released
+            scripts: ignore pixels are target, an empty union drops the sample). ``+eval=seg_zero`` also sets
+            SAM2 as Seg-Zero runs it.
+    """
+
+    convention: str = "lisa"
+
+    def __post_init__(self) -> None:
+        check_convention(self.convention)
 
 
 @dataclass
@@ -128,16 +147,16 @@ class EvalConfig:
         mode: ``samr1``, ``veteran``, ``baseline`` or ``oracle_box`` (``recipe.evaluate.modes``).
         output_dir: Where records, summary, table and report go; a rerun with the same config resumes there.
         name: The method's name in the table (default: mode and checkpoint name).
-        seg_zero_compatible: Score an empty union 0 instead of LISA's 1 (SPEC section 6).
         report: Write the HTML visual report.
+        metrics: The scoring convention.
         sam: The SAM2 engine (from ``reward_server.engine`` in the Hydra config).
     """
 
     mode: str = "samr1"
     output_dir: str = "outputs/eval/run"
     name: str | None = None
-    seg_zero_compatible: bool = False
     report: bool = True
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     veteran: VeteranConfig = field(default_factory=VeteranConfig)
@@ -145,6 +164,13 @@ class EvalConfig:
     visual: ReportConfig = field(default_factory=ReportConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sam: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if self.generation.max_new_tokens is None:
+            # Imported here: modes builds episodes from this config.
+            from recipe.evaluate.modes import get_mode
+
+            self.generation = replace(self.generation, max_new_tokens=get_mode(self.mode).max_new_tokens)
 
     @property
     def method_name(self) -> str:

@@ -57,7 +57,8 @@ class _SingleTurn:
 
 @dataclass
 class SamR1Episode(_SingleTurn):
-    """SAM-R1's single shot: the answer's box and point; both must be valid, as for the training reward."""
+    """SAM-R1's single shot: the answer's box and point, sent when both are valid, as for the training reward (the
+    label is no SAM2 prompt: it only decides the segmentation-format reward)."""
 
     def next_messages(self) -> Messages:
         image = Image.fromarray(self.sample.model_image)
@@ -113,18 +114,24 @@ class Mode:
         needs_model: Whether a policy generates (``oracle_box`` needs none).
         repetition_penalty: The default when ``generation.repetition_penalty`` is null.
         iterative: Whether records have refinement steps (per-step IoU and termination are reported).
+        max_new_tokens: The default when ``generation.max_new_tokens`` is null: at least the response length the
+            mode's model was trained with (``conf/veteran.yaml`` ``data.max_response_length``; tested).
     """
 
     build: Callable[[EvalSample, EvalConfig], Any]
     needs_model: bool = True
     repetition_penalty: float = 1.0
     iterative: bool = False
+    max_new_tokens: int = 1024
 
 
 MODES: dict[str, Mode] = {
     "samr1": Mode(lambda sample, cfg: SamR1Episode(sample)),
     "veteran": Mode(
-        lambda sample, cfg: _workflow(sample, cfg, cfg.veteran.max_steps), repetition_penalty=1.1, iterative=True
+        lambda sample, cfg: _workflow(sample, cfg, cfg.veteran.max_steps),
+        repetition_penalty=1.1,
+        iterative=True,
+        max_new_tokens=1300,
     ),
     "baseline": Mode(lambda sample, cfg: _workflow(sample, cfg, 0)),
     "oracle_box": Mode(lambda sample, cfg: OracleBoxEpisode(sample), needs_model=False),

@@ -2,7 +2,8 @@
 
 Records are JSON lines appended per batch (flushed and fsynced) under ``<output_dir>/records/``, one file per
 worker. They are the run's state: a restarted run skips every sample that has a record, and a line torn by a kill
-is dropped (and its sample evaluated again), so no sample is lost or counted twice.
+is dropped (and its sample evaluated again), so no sample is lost or counted twice. Intersections and unions are
+counted under the run's metrics convention, which is part of the run's fingerprint, so records never mix them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from recipe.common.metrics import SegMetrics
 from recipe.evaluate.samples import BadSample, EvalSample
 from recipe.veteran.workflow import Step
+from reward_server.masks import box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ def _prompt_record(step: Step) -> dict[str, Any] | None:
 def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str, Any]:
     """One turn: the raw answer, its parsed JSON (model space), the SAM2 prompt (original pixels) and the scored mask.
 
-    ``intersection``, ``union`` and ``iou`` are present when the turn produced a mask.
+    ``intersection``, ``union`` and ``iou`` (None where the convention does not score the mask) are present when the
+    turn produced a mask.
     """
     record: dict[str, Any] = {
         "kind": step.kind,
@@ -78,12 +81,27 @@ def mask_overlap(steps: Sequence[dict[str, Any]], gt_area: int, last: int | None
     return 0, gt_area, False
 
 
+def first_box_iou(steps: Sequence[dict[str, Any]], gt_box: Sequence[float] | None) -> float | None:
+    """IoU of the first step's box (the grounding box SAM2 was sent) with the GT box; 0.0 when the first answer gave
+    none (a miss); None without a GT box."""
+    if gt_box is None:
+        return None
+    prompt = steps[0]["prompt"] if steps else None
+    if prompt is None or prompt["box"] is None:
+        return 0.0
+    return float(box_iou(prompt["box"], gt_box)[0, 0])
+
+
 def sample_record(
     sample: EvalSample, episode: Any, mode: str, metrics: SegMetrics, timing: dict[str, float]
 ) -> dict[str, Any]:
-    """The record of one evaluated sample; its prediction is the last mask SAM2 produced (none: failed)."""
+    """The record of one evaluated sample; its prediction is the last mask SAM2 produced (none: failed).
+
+    ``gt_area`` is the target's area under the metrics' convention (the union of a failed answer); ``box_iou`` is
+    :func:`first_box_iou` against the GT box (the target's tight box at the original resolution).
+    """
     steps = [step_record(step, sample.labels, metrics) for step in episode.steps]
-    gt_area = int(np.count_nonzero(sample.labels == 1))
+    gt_area = metrics.target_area(sample.labels)
     intersection, union, has_mask = mask_overlap(steps, gt_area)
     return {
         "uid": sample.uid,
@@ -97,7 +115,9 @@ def sample_record(
         "failed": not has_mask,
         "intersection": intersection,
         "union": union,
-        "iou": metrics.sample_iou(intersection, union).iou,
+        "iou": metrics.sample_iou(intersection, union, failed=not has_mask).iou,
+        "gt_box": sample.gt_box,
+        "box_iou": first_box_iou(steps, sample.gt_box),
         "timing": timing,
     }
 

@@ -34,7 +34,7 @@ RUN_FILE = "run.json"
 
 
 def run_fingerprint(cfg: EvalConfig, files: list[Path]) -> dict[str, Any]:
-    """What makes records comparable: a resumed run must match it (the table convention and report may change)."""
+    """What makes records comparable: a resumed run must match it (the method's name and the report may change)."""
     return {
         "mode": cfg.mode,
         "model": cfg.model.path,
@@ -42,7 +42,13 @@ def run_fingerprint(cfg: EvalConfig, files: list[Path]) -> dict[str, Any]:
         "veteran": asdict(cfg.veteran) if get_mode(cfg.mode).iterative or cfg.mode == "baseline" else None,
         "data": [{"file": str(path.resolve()), "bytes": path.stat().st_size} for path in files],
         "limit": cfg.data.limit,
-        "sam": {"model": cfg.sam.model, "checkpoint": cfg.sam.checkpoint, "image_size": cfg.sam.image_size},
+        "sam": {
+            "model": cfg.sam.model,
+            "checkpoint": cfg.sam.checkpoint,
+            "image_size": cfg.sam.image_size,
+            "multimask_output": cfg.sam.multimask_output,
+        },
+        "metrics": asdict(cfg.metrics),
     }
 
 
@@ -92,7 +98,7 @@ async def evaluate_batch(
         "sam_s": (segmenter.seconds - sam0) / share,
         "batch": len(samples),
     }
-    metrics = SegMetrics(cfg.seg_zero_compatible)
+    metrics = SegMetrics(cfg.metrics.convention)
     return [sample_record(s, e, cfg.mode, metrics, timing) for s, e in zip(samples, episodes, strict=True)]
 
 
@@ -233,7 +239,7 @@ def evaluate(cfg: EvalConfig, policy: Any = None, engine: Any = None) -> dict[st
         cfg.method_name,
         cfg.mode,
         max_steps=cfg.veteran.max_steps if mode.iterative else None,
-        seg_zero_compatible=cfg.seg_zero_compatible,
+        convention=cfg.metrics.convention,
     )
     summary.update(run_samples=pending, run_wall_s=wall, run_samples_per_s=pending / wall if pending else None)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

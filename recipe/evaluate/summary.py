@@ -1,4 +1,5 @@
-"""From per-sample records to the papers' numbers: gIoU/cIoU per dataset, per-step curves and time per sample.
+"""From per-sample records to the papers' numbers: gIoU/cIoU and box accuracy per dataset, per-step curves and time
+per sample.
 
 Metrics are accumulated with :class:`recipe.common.metrics.SegMetrics` from the intersections and unions stored in
 the records, so a summary can be recomputed at any time from the records alone (e.g. of a run still going).
@@ -24,41 +25,63 @@ DATASET_LABELS = {
 """The papers' column order (SAM-Veteran Table 3, SAM-R1 Tables 1 and 2); other datasets follow by name."""
 
 
+CONVENTION_NOTES = {
+    "lisa": "lisa convention: ignore pixels excluded, an empty union scores 1",
+    "seg_zero": "seg_zero convention: ignore pixels are target, an empty union is dropped",
+}
+"""How each convention scores (``recipe.common.metrics``), in the notes under every table."""
+
+
 def dataset_order(names: Iterable[str]) -> list[str]:
     known = [name for name in DATASET_LABELS if name in names]
     return known + sorted(set(names) - set(known))
 
 
-def dataset_metrics(records: Iterable[dict[str, Any]], seg_zero_compatible: bool = False) -> dict[str, SegMetrics]:
+def dataset_metrics(records: Iterable[dict[str, Any]], convention: str = "lisa") -> dict[str, SegMetrics]:
     """One accumulator per dataset over the scored records (skipped rows are left out)."""
-    metrics: dict[str, SegMetrics] = defaultdict(lambda: SegMetrics(seg_zero_compatible))
+    metrics: dict[str, SegMetrics] = defaultdict(lambda: SegMetrics(convention))
     for record in records:
         if "skipped" in record:
             continue
         accumulator = metrics[record["dataset"]]
-        accumulator.add(accumulator.sample_iou(record["intersection"], record["union"]), failed=record["failed"])
+        accumulator.add(accumulator.sample_iou(record["intersection"], record["union"], failed=record["failed"]))
     return dict(metrics)
 
 
+BOX_IOU_THRESHOLD = 0.5
+"""A box is correct when its IoU with the GT box exceeds this (the REC accuracy of SAM-R1's Table 5)."""
+
+
+def box_accuracy(records: Iterable[dict[str, Any]]) -> dict[str, float | int]:
+    """``box_acc``: the share of samples with a GT box whose first-step box has IoU > 0.5 with it (a failed answer
+    is a miss); ``n_box``: how many samples had a GT box (NaN accuracy when none did)."""
+    ious = [record["box_iou"] for record in records if record.get("box_iou") is not None]
+    hits = sum(iou > BOX_IOU_THRESHOLD for iou in ious)
+    return {"box_acc": hits / len(ious) if ious else math.nan, "n_box": len(ious)}
+
+
 def _stopped_at(record: dict[str, Any]) -> int | None:
-    """The refinement step at which the model answered (null, null), or None."""
-    return len(record["steps"]) - 1 if record["termination"] == "stop" else None
+    """The step whose mask the model accepted by answering (null, null), or None.
+
+    Step k's mask is shown in the turn after it, so a stop in the first refinement turn accepts the grounding mask
+    (step 0), and a stop in turn k + 1 the mask of refinement step k.
+    """
+    return len(record["steps"]) - 2 if record["termination"] == "stop" else None
 
 
-def step_curves(
-    records: Sequence[dict[str, Any]], max_steps: int, seg_zero_compatible: bool = False
-) -> list[dict[str, float]]:
-    """SAM-Veteran's Figure 3: IoU after each refinement step and the share of samples the model has stopped.
+def step_curves(records: Sequence[dict[str, Any]], max_steps: int, convention: str = "lisa") -> list[dict[str, float]]:
+    """SAM-Veteran's Figure 3: IoU after each refinement step and the share of samples terminated by then.
 
-    Step 0 is the grounding box's mask. A sample that stopped (or ended) earlier keeps its last mask.
+    Step 0 is the grounding box's mask. A sample that stopped (or ended) earlier keeps its last mask. A sample has
+    terminated at step k when the model accepted the mask of step k or of an earlier step (:func:`_stopped_at`).
     """
     scored = [record for record in records if "skipped" not in record]
     curve = []
     for step in range(max_steps + 1):
-        metrics = SegMetrics(seg_zero_compatible)
+        metrics = SegMetrics(convention)
         for record in scored:
-            intersection, union, _ = mask_overlap(record["steps"], record["gt_area"], step)
-            metrics.add(metrics.sample_iou(intersection, union))
+            intersection, union, has_mask = mask_overlap(record["steps"], record["gt_area"], step)
+            metrics.add(metrics.sample_iou(intersection, union, failed=not has_mask))
         stopped = sum(1 for r in scored if (at := _stopped_at(r)) is not None and at <= step)
         summary = metrics.summary()
         curve.append(
@@ -77,7 +100,7 @@ def summarize(
     method: str,
     mode: str,
     max_steps: int | None = None,
-    seg_zero_compatible: bool = False,
+    convention: str = "lisa",
 ) -> dict[str, Any]:
     """Everything the table and the report need: metrics per dataset and overall, curves, turns and timing.
 
@@ -86,29 +109,30 @@ def summarize(
         method: The method's name in the table.
         mode: The evaluation mode.
         max_steps: Refinement steps of an iterative mode (curves are computed when given).
-        seg_zero_compatible: The empty-union convention.
+        convention: The metrics convention the records were scored under (``recipe.common.metrics``).
     """
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_dataset[record["dataset"]].append(record)
-    metrics = dataset_metrics(records, seg_zero_compatible)
+    metrics = dataset_metrics(records, convention)
     datasets = {}
     for name in dataset_order(by_dataset):
-        accumulator = metrics.get(name, SegMetrics(seg_zero_compatible))
+        accumulator = metrics.get(name, SegMetrics(convention))
         scored = [r for r in by_dataset[name] if "skipped" not in r]
         datasets[name] = {
             **accumulator.summary(),
+            **box_accuracy(scored),
             "n_skipped": len(by_dataset[name]) - len(scored),
             "turns_per_sample": _mean(len(r["steps"]) for r in scored),
         }
         if max_steps is not None:
-            datasets[name]["steps"] = step_curves(scored, max_steps, seg_zero_compatible)
+            datasets[name]["steps"] = step_curves(scored, max_steps, convention)
     scored = [r for r in records if "skipped" not in r]
     timing = {key: _mean(r["timing"][key] for r in scored) for key in ("total_s", "generate_s", "sam_s")}
     return {
         "method": method,
         "mode": mode,
-        "convention": "seg-zero" if seg_zero_compatible else "lisa",
+        "convention": convention,
         "datasets": datasets,
         "n": len(scored),
         "n_skipped": len(records) - len(scored),
@@ -123,36 +147,49 @@ def _mean(values: Iterable[float]) -> float:
     return math.fsum(values) / len(values) if values else math.nan
 
 
+def _convention_note(convention: str) -> str:
+    return CONVENTION_NOTES.get(convention, f"{convention} convention")
+
+
 def _percent(value: float) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
-    """The papers' layout: one row per method, gIoU and cIoU (%) per dataset, then seconds per sample."""
+    """The papers' layout: one row per method with its metrics convention, gIoU and cIoU (%) per dataset, then
+    seconds per sample; below it the box accuracy (%) per dataset and each run's sample counts."""
     names = dataset_order({name for summary in summaries for name in summary["datasets"]})
-    header = ["Method"] + [f"{DATASET_LABELS.get(n, n)} {metric}" for n in names for metric in ("gIoU", "cIoU")]
+    labels = [DATASET_LABELS.get(name, name) for name in names]
+    header = ["Method", "Convention"] + [f"{label} {metric}" for label in labels for metric in ("gIoU", "cIoU")]
     header += ["s/sample", "SAM2 s/sample"]
+    boxes_header = ["Method"] + [f"{label} box acc@{BOX_IOU_THRESHOLD}" for label in labels]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    boxes = ["| " + " | ".join(boxes_header) + " |", "|" + "---|" * len(boxes_header)]
     for summary in summaries:
-        cells = [summary["method"]]
+        cells, box_cells = [summary["method"], summary["convention"]], [summary["method"]]
         for name in names:
             entry = summary["datasets"].get(name)
             cells += [_percent(entry["gIoU"]), _percent(entry["cIoU"])] if entry else ["—", "—"]
+            box_cells.append(_percent(entry.get("box_acc", math.nan)) if entry else "—")
         cells += [f"{summary['s_per_sample']:.3f}", f"{summary['sam_s_per_sample']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
+        boxes.append("| " + " | ".join(box_cells) + " |")
     notes = []
     for summary in summaries:
         counts = ", ".join(
             f"{DATASET_LABELS.get(name, name)}: n={entry['n']}, failed={entry['n_failed']}"
+            + (f", dropped={entry['n_dropped']}" if entry.get("n_dropped") else "")
             + (f", skipped={entry['n_skipped']}" if entry["n_skipped"] else "")
+            + f", with a GT box={entry.get('n_box', 0)}"
             for name, entry in summary["datasets"].items()
         )
-        notes.append(f"- {summary['method']} ({summary['convention']} convention): {counts}")
-    return "\n".join([*lines, "", *notes]) + "\n"
+        notes.append(f"- {summary['method']} ({_convention_note(summary['convention'])}): {counts}")
+    return "\n".join([*lines, "", *boxes, "", *notes]) + "\n"
 
 
 def steps_table(summary: dict[str, Any]) -> str:
-    """SAM-Veteran's Figure 3 as a table: IoU (and its change since step 0) and termination ratio per step."""
+    """SAM-Veteran's Figure 3 as a table: IoU (and its change since step 0) and termination ratio per step, with
+    its metrics convention."""
     lines = ["| Dataset | Step | gIoU | cIoU | ΔgIoU | ΔcIoU | Terminated |", "|---|---|---|---|---|---|---|"]
     for name, entry in summary["datasets"].items():
         curve = entry.get("steps", [])
@@ -163,4 +200,8 @@ def steps_table(summary: dict[str, Any]) -> str:
                 f"{_percent(point['cIoU'])} | {100 * delta_g:+.1f} | {100 * delta_c:+.1f} | "
                 f"{_percent(point['terminated'])}% |"
             )
-    return "\n".join(lines) + "\n"
+    note = (
+        f"- per-step IoU ({_convention_note(summary['convention'])}); terminated: the share of samples whose model "
+        "accepted the mask of that step or an earlier one"
+    )
+    return "\n".join([*lines, "", note]) + "\n"

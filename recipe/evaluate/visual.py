@@ -45,10 +45,15 @@ def _titled(picture: Image.Image, title: str) -> Image.Image:
     return canvas
 
 
+def _iou_text(iou: float | None) -> str:
+    """A score in percent; None is a mask the metrics convention does not score (Seg-Zero's empty union)."""
+    return "not scored" if iou is None else f"{100 * iou:.1f}"
+
+
 def _step_title(index: int, step: dict[str, Any], last_of_stopped: bool) -> str:
     name = "box" if index == 0 else f"step {index}"
     if "iou" in step:
-        return f"{name}: IoU {100 * step['iou']:.1f}"
+        return f"{name}: IoU {_iou_text(step['iou'])}"
     if step.get("sam_error"):
         return f"{name}: SAM2 error"
     return f"{name}: stop" if last_of_stopped else f"{name}: no valid answer"
@@ -91,7 +96,8 @@ def choose_samples(
 ) -> dict[str, list]:
     """The worst scored samples (lowest final IoU, failures first) and a seeded random draw of the rest."""
     scored = [r for r in records if "skipped" not in r]
-    worst = sorted(scored, key=lambda r: (r["iou"], r["uid"]))[:worst_count]
+    ranked = [r for r in scored if r["iou"] is not None]
+    worst = sorted(ranked, key=lambda r: (r["iou"], r["uid"]))[:worst_count]
     taken = {r["uid"] for r in worst}
     rest = [r for r in scored if r["uid"] not in taken]
     drawn = random.Random(seed).sample(rest, min(random_count, len(rest)))
@@ -134,7 +140,7 @@ def _sample_html(record: dict[str, Any], panel: str) -> str:
     )
     return (
         f'<div class="sample"><h3>{html.escape(record["uid"])} · {html.escape(record["dataset"])} · '
-        f"IoU {100 * record['iou']:.1f} · {html.escape(str(record['termination']))}</h3>"
+        f"IoU {_iou_text(record['iou'])} · {html.escape(str(record['termination']))}</h3>"
         f'<p class="q">{html.escape(record["question"])}</p>'
         f'<img src="panels/{panel}" alt="{html.escape(record["uid"])}">'
         f"<details><summary>answers</summary>{answers}</details></div>"
