@@ -115,6 +115,26 @@ def test_the_table_presets_pass_preflight_on_the_papers_layout(machine, recipe, 
     assert preflight(good(machine, recipe, preset), available_gpus=8 if recipe == "samr1" else 9) == []
 
 
+def test_mask_comprehension_rows_without_stored_logits_are_refused(machine):
+    from data_prep.schema import ROW
+
+    def mc_file(name: str, schema: pa.Schema) -> str:
+        table = pa.Table.from_pylist([{"agent_name": "veteran_mask_comprehension"}] * 16, schema=schema)
+        pq.write_table(table, machine / name)
+        return str(machine / name)
+
+    # The schema data_prep writes today, and the same without init_logits (files made before it existed).
+    truth = ROW.field("reward_model").type.field("ground_truth").type
+    old_truth = pa.struct([truth.field(i) for i in range(truth.num_fields) if truth.field(i).name != "init_logits"])
+    old_row = ROW.set(
+        ROW.get_field_index("reward_model"), pa.field("reward_model", pa.struct([("ground_truth", old_truth)]))
+    )
+    current, stale = mc_file("mc_new.parquet", ROW), mc_file("mc_old.parquet", old_row)
+    assert check_datasets(good(machine, "veteran", f"data.train_files=[{current}]", f"data.val_files={current}")) == []
+    (error,) = check_datasets(good(machine, "veteran", f"data.train_files=[{stale}]", f"data.val_files={current}"))
+    assert error.startswith("data.train_files:") and "without init_logits" in error and "make data-veteran" in error
+
+
 def test_the_batch_is_drawn_from_all_training_files_together(machine):
     files = [write_rows(machine / f"task_{i}.parquet", 1, "veteran_grounding") for i in range(4)]
     listed = f"data.train_files=[{','.join(files)}]"

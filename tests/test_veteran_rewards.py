@@ -3,6 +3,7 @@ refinement against SAM2's own predictor and pycocotools."""
 
 import asyncio
 import json
+import re
 
 import cv2
 import numpy as np
@@ -195,12 +196,16 @@ def test_the_iou_gain_is_measured_from_the_iou_of_the_mask_shown(sam_rows):
         assert (info["iou_gain"], info["case"], info["sam_iou"]) == (gain, 1 + gain, pytest.approx(before + delta))
 
 
-def test_rows_prepared_without_logits_fail_with_the_rerun_command():
+def test_rows_without_usable_logits_score_zero_with_a_reason_and_no_sam_call(caplog):
     truth = {"mask": {}, "box": [0, 0, 10, 10], "init_edge_iou": 0.5, "case": "need_refinement"}
     sam = FakeSam(edge_iou=0.9)
-    with pytest.raises(ValueError, match=r"no init_logits.*make data-veteran"):
-        asyncio.run(score_mask_comprehension(click_answer([5, 5], None), truth, None, sam, PAPER))
     corrupt = {**truth, "init_logits": {"shape": [256, 256], "data": b"\x00" * 10}}
-    with pytest.raises(ValueError, match=r"corrupt init_logits.*make data-veteran"):
-        asyncio.run(score_mask_comprehension(click_answer([5, 5], None), corrupt, None, sam, PAPER))
+    for row, reason in (
+        (truth, r"no init_logits.*make data-veteran"),
+        (corrupt, r"corrupt init_logits.*make data-veteran"),
+    ):
+        caplog.clear()
+        info = asyncio.run(score_mask_comprehension(click_answer([5, 5], None), row, None, sam, PAPER))
+        assert info["score"] == 0.0 and info["failure"] == "bad_row" and info["sam_called"] == 0.0
+        assert any(re.search(reason, record.getMessage()) for record in caplog.records)
     assert sam.prompts == []

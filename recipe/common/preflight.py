@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -154,12 +155,34 @@ def check_datasets(config: DictConfig) -> list[str]:
                 errors.append(f"data.{key}: {file} lacks columns {missing}; rebuild it with python -m data_prep")
             elif rows == 0:
                 errors.append(f"data.{key}: {file} has no rows")
-            elif key == "train_files":
-                train_rows += rows
+            else:
+                errors += _stale_mask_comprehension(path, schema, f"data.{key}")
+                if key == "train_files":
+                    train_rows += rows
     if not errors and train_rows < config.data.train_batch_size:
         # verl concatenates the list into one dataset, so the batch is drawn from all files together.
         errors.append(f"data.train_files: {train_rows} rows in all, fewer than data.train_batch_size")
     return errors
+
+
+def _ground_truth_fields(schema: pa.Schema) -> set[str]:
+    reward_model = schema.field("reward_model").type
+    if not pa.types.is_struct(reward_model) or reward_model.get_field_index("ground_truth") < 0:
+        return set()
+    truth = reward_model.field("ground_truth").type
+    return {truth.field(i).name for i in range(truth.num_fields)} if pa.types.is_struct(truth) else set()
+
+
+def _stale_mask_comprehension(path: Path, schema: pa.Schema, key: str) -> list[str]:
+    """Mask-comprehension rows prepared before data_prep stored the shown mask's logits cannot be refined."""
+    if "init_logits" in _ground_truth_fields(schema):
+        return []
+    agents = pq.read_table(path, columns=["agent_name"]).column("agent_name").unique().to_pylist()
+    if "veteran_mask_comprehension" not in agents:
+        return []
+    return [
+        f"{key}: {path} holds mask-comprehension rows without init_logits; rerun `make data` and `make data-veteran`"
+    ]
 
 
 def _model_type(path: str) -> str | None:

@@ -7,6 +7,7 @@ what formatting it has, and SAM2 is not called. IoUs are edge-excluded (training
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from recipe.veteran.rewards import (
 from reward_server.client import SamClient
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef, Prompt
+
+logger = logging.getLogger(__name__)
 
 COMPONENTS = ("format_tags", "format_answer", "sam_iou", "box", "case", "iou_gain", "decision", "point", "sam_called")
 
@@ -91,10 +94,14 @@ async def score_mask_comprehension(
     the same box, the clicks and that mask's stored logits (``init_logits``) as ``mask_input``, so the mask refined
     is the mask shown; the IoU gain is measured from ``init_edge_iou``, the shown mask's edge-excluded IoU.
 
-    Raises:
-        ValueError: For rows without stored logits (see :func:`shown_logits`).
+    A row without usable stored logits (see :func:`shown_logits`) scores 0 with failure ``bad_row`` and a logged
+    reason instead of stopping the step; preflight refuses whole files prepared before the logits existed.
     """
-    mask_input = shown_logits(truth)
+    try:
+        mask_input = shown_logits(truth)
+    except ValueError as err:
+        logger.warning("mask comprehension: %s", err)
+        return {"score": 0.0, **dict.fromkeys(COMPONENTS, 0.0), "task": "mask_comprehension", "failure": "bad_row"}
     parsed = parse_response(text, reasoning=config.reasoning("mask_comprehension"))
     clicks = parsed.clicks()
     if clicks is None:
