@@ -14,8 +14,8 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward bench-step gpu-check data data-veteran smoke train-samr1 train-veteran eval \
-	eval-smoke lock clean-venv flash-attn
+.PHONY: setup test lint format bench bench-reward bench-step bench-eval gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
+	train-veteran eval eval-smoke lock clean-venv flash-attn
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ bench-reward: $(STAMP)
 bench-step: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m bench.step $(ARGS)
 
+# The evaluator's batched path against a per-sample generate + SAM2 predictor loop, tiny models on a CPU (README).
+bench-eval: $(STAMP)
+	$(BIN)/python -m bench.eval $(ARGS)
+
 # One GPU in at most 8 minutes: device info, the GPU tests, SAM2-Large throughput (ARGS="--quick" on a CPU).
 gpu-check: $(STAMP)
 	$(BIN)/python -m bench.gpu_check $(ARGS)
@@ -77,6 +81,7 @@ flash-attn: $(STAMP)
 
 # Datasets (README, "Data"): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
 # COCO_IMAGES is COCO train2014; REASONSEG_ROOT holds train/, val/, test/ (optional). Outputs go to DATA_DIR.
+# VETERAN_IDS: a file of RefCOCOg ref_ids (one per line) for SAM-Veteran's grounding set instead of a random 9,000.
 DATA_DIR ?= data
 DATA_WORKERS ?= 8
 REFER = $(BIN)/python -m data_prep refer --refer-root "$(REFER_ROOT)" --image-root "$(COCO_IMAGES)" --workers $(DATA_WORKERS)
@@ -84,13 +89,19 @@ REFER = $(BIN)/python -m data_prep refer --refer-root "$(REFER_ROOT)" --image-ro
 data: $(STAMP)
 	@test -n "$(REFER_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data: set REFER_ROOT=... COCO_IMAGES=... [REASONSEG_ROOT=...]"; exit 2; }
 	$(REFER) --dataset refcocog --split train --limit 3000 --seed 0 --recipe samr1 --out $(DATA_DIR)/samr1/refcocog_train_3k.parquet
-	$(REFER) --dataset refcocog --split train --limit 9000 --seed 0 --recipe veteran --out $(DATA_DIR)/veteran/grounding_9k.parquet
+	$(REFER) --dataset refcocog --split train --limit 9000 --seed 0 --recipe veteran $(if $(VETERAN_IDS),--ids "$(VETERAN_IDS)") \
+		--out $(DATA_DIR)/veteran/grounding_9k.parquet
 	$(REFER) --dataset refcoco --split testA --out $(DATA_DIR)/eval/refcoco_testA.parquet
 	$(REFER) --dataset refcoco+ --split testA --out $(DATA_DIR)/eval/refcoco+_testA.parquet
 	$(REFER) --dataset refcocog --split test --out $(DATA_DIR)/eval/refcocog_test.parquet
 	@if [ -n "$(REASONSEG_ROOT)" ]; then for split in val test; do \
 		$(BIN)/python -m data_prep reasonseg --root "$(REASONSEG_ROOT)" --split $$split --out $(DATA_DIR)/eval/reasonseg_$$split.parquet || exit 1; \
 	done; else echo "REASONSEG_ROOT not set: ReasonSeg evaluation sets skipped"; fi
+
+# SAM-R1's Table 6: 10,000 RefCOCOg train expressions (+ablation=data_10k trains on them).
+data-samr1-10k: $(STAMP)
+	@test -n "$(REFER_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data-samr1-10k: set REFER_ROOT=... COCO_IMAGES=..."; exit 2; }
+	$(REFER) --dataset refcocog --split train --limit 10000 --seed 0 --recipe samr1 --out $(DATA_DIR)/samr1/refcocog_train_10k.parquet
 
 # SAM-Veteran's mask-comprehension and auxiliary sets; runs SAM2 (set SAM2_CHECKPOINT; a GPU is much faster).
 data-veteran: $(STAMP)
