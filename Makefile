@@ -15,7 +15,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 PYTEST_ARGS ?=
 
 .PHONY: setup test lint format bench bench-reward bench-step bench-eval gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
-	train-veteran eval eval-smoke lock clean-venv flash-attn
+	train-veteran eval eval-smoke infer lock clean-venv flash-attn
 
 setup: $(STAMP)
 
@@ -123,6 +123,13 @@ eval: $(STAMP)
 	@test -n "$(MODEL)" -o "$(MODE)" = oracle_box || { echo "make eval: set MODEL=/path/to/hf_checkpoint [DATA=...] [MODE=...]"; exit 2; }
 	$(BIN)/python -m recipe.evaluate mode=$(MODE) $(if $(MODEL),model.path=$(MODEL)) \
 		'data.files=[$(subst $(space),$(comma),$(strip $(DATA)))]' output_dir=$(EVAL_OUT) $(ARGS)
+
+# One image (README, "Segment one image"): prints each step's reasoning and answer, writes step PNGs and the final
+# mask (PNG and COCO RLE) under OUT (default outputs/infer/<image stem>); options and Hydra overrides in ARGS.
+infer: $(STAMP)
+	@test -n "$(MODEL)" -a -n "$(IMAGE)" -a -n "$(QUESTION)" || { echo 'make infer: set MODEL=/path/to/hf_checkpoint IMAGE=photo.jpg QUESTION="..." [MODE=samr1|veteran] [OUT=...]'; exit 2; }
+	$(BIN)/python -m recipe.evaluate.infer --model "$(MODEL)" --image "$(IMAGE)" --question "$(QUESTION)" --mode $(MODE) \
+		$(if $(OUT),--out "$(OUT)") $(ARGS)
 
 # Every evaluation mode on a CPU: synthetic evaluation sets, tiny random models; prints the gIoU/cIoU table.
 eval-smoke: $(STAMP)

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 RECORDS_DIR = "records"
 
 
-def _prompt_record(step: Step) -> dict[str, Any] | None:
+def prompt_record(step: Step) -> dict[str, Any] | None:
+    """The step's SAM2 prompt as JSON (``box``, ``points``, ``labels`` in the SAM2 image's pixels), or None."""
     prompt = step.prompt
     if prompt is None:
         return None
@@ -50,7 +51,7 @@ def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str
         "answer": step.parsed.answer,
         "answer_error": step.parsed.answer_error,
         "format_ok": step.parsed.format_ok,
-        "prompt": _prompt_record(step),
+        "prompt": prompt_record(step),
     }
     result = step.result
     if result is None:

@@ -59,6 +59,23 @@ def _step_title(index: int, step: dict[str, Any], last_of_stopped: bool) -> str:
     return f"{name}: stop" if last_of_stopped else f"{name}: no valid answer"
 
 
+def draw_step(image: np.ndarray, step: dict[str, Any], outline: np.ndarray | None = None) -> np.ndarray:
+    """A record's step on the original image: SAM2's mask in green, then ``outline`` (the ground truth) in magenta,
+    then the prompt's box and clicks on top."""
+    picture = image
+    if "mask" in step:
+        picture = overlay_mask(picture, decode_rle(step["mask"]))
+    if outline is not None:
+        picture = draw_mask_outline(picture, outline, GT_COLOR)
+    prompt = step["prompt"]
+    if prompt is not None:
+        if prompt["box"] is not None:
+            picture = draw_box(picture, prompt["box"])
+        if prompt["points"]:
+            picture = draw_points(picture, prompt["points"], prompt["labels"])
+    return picture
+
+
 def render_panel(sample: EvalSample, record: dict[str, Any], max_side: int = 448) -> Image.Image:
     """The sample's panel: ground truth first, then each step's mask, box, clicks and the GT outline."""
     target, ignored = sample.labels == 1, sample.labels == 255
@@ -69,16 +86,7 @@ def render_panel(sample: EvalSample, record: dict[str, Any], max_side: int = 448
     tiles = [_titled(_fit(truth, max_side), "ground truth")]
     steps = record["steps"]
     for index, step in enumerate(steps):
-        picture = sample.image
-        if "mask" in step:
-            picture = overlay_mask(picture, decode_rle(step["mask"]))
-        picture = draw_mask_outline(picture, target, GT_COLOR)
-        prompt = step["prompt"]
-        if prompt is not None:
-            if prompt["box"] is not None:
-                picture = draw_box(picture, prompt["box"])
-            if prompt["points"]:
-                picture = draw_points(picture, prompt["points"], prompt["labels"])
+        picture = draw_step(sample.image, step, outline=target)
         stopped = record["termination"] == "stop" and index == len(steps) - 1
         tiles.append(_titled(_fit(picture, max_side), _step_title(index, step, stopped)))
     panel = Image.new(

@@ -1,0 +1,369 @@
+"""Segment one image: ``python -m recipe.evaluate.infer --model CKPT --image IMG --question "..."`` (``make infer``).
+
+The image and question run exactly as an evaluation sample does: the model sees the 840x840 image data_prep would
+store for the image, SAM2 segments the original, the mode builds its episode and the evaluator's policy (vLLM on a
+GPU, transformers on a CPU: ``model.backend=auto``) and SAM2 engine drive it through the shared workflow. The
+config is the evaluator's (``conf/evaluate.yaml``), so its Hydra overrides apply (``reward_server.engine.*``,
+``generation.*``, ``veteran.*``, ``model.*``).
+
+The command prints each step's reasoning and answer and writes, under ``--out``, one PNG per step (the original image
+with SAM2's mask, the box and the clicks), the final mask as a PNG and as COCO RLE JSON. Bad inputs, and a model
+whose answers give no mask, end with a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+
+from recipe.common.answer import THINK_CLOSE, THINK_OPEN
+from recipe.common.compose import compose_recipe
+from recipe.evaluate.config import EvalConfig, eval_config
+from recipe.evaluate.modes import get_mode
+from recipe.evaluate.records import prompt_record
+from recipe.evaluate.samples import EvalSample
+from recipe.evaluate.segmenter import BatchedSegmenter
+from recipe.evaluate.visual import draw_step
+from recipe.veteran.workflow import Step, run_episodes
+from reward_server.images import to_rgb
+from reward_server.masks import MODEL_SIZE, encode_rle
+
+MODES = ("samr1", "veteran")
+# data_prep.rows stores the model's image as a JPEG of this quality, so training and evaluation showed the model
+# JPEG artefacts; the same round trip here gives it the very pixels an evaluation of this image would.
+JPEG_QUALITY = 95
+# The answer fields each turn needs for a SAM2 prompt, to say which one failed.
+PROMPT_FIELDS = {"samr1": ("bbox_2d", "point_2d"), "veteran": ("bbox_2d",), "refinement": ("pos_point", "neg_point")}
+
+
+class InferError(ValueError):
+    """An input that cannot be segmented, or answers that gave no mask; the command line exits 2 with it."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One turn of the model.
+
+    Attributes:
+        kind: ``grounding`` or ``refinement``.
+        response: The model's whole answer.
+        reasoning: The text inside ``<think>``, or None.
+        answer: The parsed JSON answer, in the model's 840x840 coordinates, or None.
+        error: Why the answer gave no SAM2 prompt (or why SAM2 failed), or None.
+        prompt: The SAM2 prompt in original-image pixels (``box``, ``points``, ``labels``), or None.
+        mask: SAM2's bool ``(H, W)`` mask at the original resolution, or None.
+        score: SAM2's predicted IoU of the mask, or None.
+    """
+
+    kind: str
+    response: str
+    reasoning: str | None
+    answer: dict[str, Any] | None
+    error: str | None
+    prompt: dict[str, Any] | None
+    mask: np.ndarray | None
+    score: float | None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """What the model and SAM2 did with one image and question.
+
+    Attributes:
+        question: The question.
+        mode: ``samr1`` or ``veteran``.
+        image: The original RGB image.
+        steps: Every turn, in order.
+        termination: How the episode ended, as in the evaluator's records (``answered``, ``stop``, ``max_steps``,
+            ``invalid_answer``, ``invalid_grounding``, ``invalid_refinement``, ``sam_error``).
+    """
+
+    question: str
+    mode: str
+    image: np.ndarray
+    steps: list[StepResult]
+    termination: str | None
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The final mask: the last one SAM2 produced, as the evaluator scores it; None when there is none."""
+        masks = [step.mask for step in self.steps if step.mask is not None]
+        return masks[-1] if masks else None
+
+    @property
+    def failure(self) -> str | None:
+        """Why there is no final mask (the last turn's error), or None."""
+        if self.mask is not None:
+            return None
+        reason = self.steps[-1].error if self.steps else None
+        return f"no mask ({self.termination}): {reason or 'no answer'}"
+
+
+def load_image(image: str | Path | bytes | Image.Image | np.ndarray) -> np.ndarray:
+    """An RGB uint8 array from a file path, encoded bytes, a PIL image or an array.
+
+    Raises:
+        InferError: When the file does not exist or is not a readable image.
+    """
+    name = ""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InferError(f"image {path} does not exist or is not a file")
+        name, image = f" {path}", path.read_bytes()
+    try:
+        return to_rgb(image)
+    except ValueError as err:
+        raise InferError(f"unreadable image{name}: {str(err).splitlines()[0]}") from err
+
+
+def check_question(question: Any) -> None:
+    """Raises :class:`InferError` unless ``question`` is a non-empty string."""
+    if not isinstance(question, str) or not question.strip():
+        raise InferError("the question is empty")
+
+
+def model_image(image: np.ndarray) -> np.ndarray:
+    """The 840x840 image the model sees: bicubic resize and JPEG round trip, as data_prep builds evaluation rows."""
+    resized = Image.fromarray(image).resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    resized.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return to_rgb(buffer.getvalue())
+
+
+def infer_config(
+    mode: str = "samr1", model: str | None = None, overrides: Sequence[str] = (), sam_checkpoint: str | None = None
+) -> EvalConfig:
+    """The evaluator's config (``conf/evaluate.yaml``) for ``mode`` with Hydra ``overrides``.
+
+    ``model`` and ``sam_checkpoint`` are set after composing, so paths need no Hydra quoting; they win over the
+    overrides.
+
+    Raises:
+        InferError: For a mode other than ``samr1`` or ``veteran``, or overrides that do not compose.
+    """
+    if mode not in MODES:
+        raise InferError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    try:
+        cfg = eval_config(compose_recipe("evaluate", [f"mode={mode}", *overrides]))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise InferError(f"bad override: {str(err).splitlines()[0]}") from err
+    if cfg.mode != mode:
+        raise InferError(f"mode is set by --mode ({mode}), not by an override ({cfg.mode})")
+    if model is not None:
+        cfg.model.path = model
+    if sam_checkpoint is not None:
+        cfg.sam.checkpoint = sam_checkpoint
+    return cfg
+
+
+def _reasoning(response: str) -> str | None:
+    start, end = response.find(THINK_OPEN), response.find(THINK_CLOSE)
+    return response[start + len(THINK_OPEN) : end].strip() if 0 <= start < end else None
+
+
+def _step_error(step: Step, mode: str) -> str | None:
+    if step.result is not None:
+        return None if step.result.ok else f"SAM2 failed: {step.result.error}"
+    if step.parsed.answer_error:
+        return step.parsed.answer_error
+    for name in PROMPT_FIELDS["refinement" if step.kind == "refinement" else mode]:
+        field = getattr(step.parsed, name)()
+        if not field.ok:
+            return f"{name}: {field.error}"
+    return None  # a refinement answer of (null, null): the model accepts the mask
+
+
+def step_result(step: Step, mode: str) -> StepResult:
+    """A workflow step as a :class:`StepResult` (the prompt as the evaluator records it)."""
+    result = step.result if step.result is not None and step.result.ok else None
+    return StepResult(
+        kind=step.kind,
+        response=step.response,
+        reasoning=_reasoning(step.response),
+        answer=step.parsed.answer,
+        error=_step_error(step, mode),
+        prompt=prompt_record(step),
+        mask=None if result is None else result.mask_array(),
+        score=None if result is None else result.score,
+    )
+
+
+class Inferencer:
+    """A policy and a SAM2 engine, loaded once, that segment images one at a time.
+
+    Args:
+        cfg: The evaluator's config (:func:`infer_config`); ``mode`` is ``samr1`` or ``veteran``.
+        policy: A policy to use instead of building ``cfg.model`` (tests).
+        engine: A SAM2 engine (or fake) to use instead of building ``cfg.sam`` (tests).
+
+    Raises:
+        InferError: For another mode.
+        ValueError: When SAM2 or the model cannot be built (no checkpoint, no ``model.path``).
+    """
+
+    def __init__(self, cfg: EvalConfig, policy: Any = None, engine: Any = None):
+        if cfg.mode not in MODES:
+            raise InferError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
+        from recipe.evaluate.policies import build_policy
+        from reward_server.engine import SamEngine
+
+        self.cfg = cfg
+        # SAM2 first: a missing checkpoint fails before minutes of model loading.
+        self.segmenter = BatchedSegmenter(engine if engine is not None else SamEngine(cfg.sam))
+        self.policy = policy if policy is not None else build_policy(cfg, get_mode(cfg.mode))
+
+    def segment(self, image: str | Path | bytes | Image.Image | np.ndarray, question: str) -> InferResult:
+        """Runs one episode on ``image`` (a path, bytes, PIL image or RGB array) and ``question``.
+
+        Raises:
+            InferError: When the image cannot be read or the question is empty.
+        """
+        check_question(question)
+        original = load_image(image)
+        labels = np.zeros(original.shape[:2], np.uint8)  # no ground truth: the modes do not read it
+        sample = EvalSample("infer", "infer", question, model_image(original), original, labels)
+        episode = get_mode(self.cfg.mode).build(sample, self.cfg)
+        asyncio.run(run_episodes([episode], self.policy, self.segmenter))
+        steps = [step_result(step, self.cfg.mode) for step in episode.steps]
+        return InferResult(question, self.cfg.mode, original, steps, episode.termination)
+
+
+def segment(
+    image: str | Path | bytes | Image.Image | np.ndarray,
+    question: str,
+    mode: str = "samr1",
+    model: str | None = None,
+    overrides: Sequence[str] = (),
+    policy: Any = None,
+    engine: Any = None,
+) -> InferResult:
+    """Segments one image: loads the model and SAM2 (:class:`Inferencer` keeps them for more images) and runs it.
+
+    Args:
+        image: A path, encoded bytes, a PIL image or an RGB array.
+        question: The referring expression or question.
+        mode: ``samr1`` (one turn: box and point) or ``veteran`` (grounding, then refinement clicks).
+        model: Hugging Face checkpoint directory (not needed with ``policy``).
+        overrides: Hydra overrides of ``conf/evaluate.yaml`` (``reward_server=tiny_cpu``,
+            ``reward_server.engine.checkpoint=...``, ``generation.max_new_tokens=...``).
+        policy: A policy instead of the model (tests).
+        engine: A SAM2 engine instead of ``reward_server.engine`` (tests).
+
+    Raises:
+        InferError: For a bad image, question, mode or override.
+    """
+    check_question(question)  # both before minutes of model loading
+    image = load_image(image)
+    return Inferencer(infer_config(mode, model, overrides), policy, engine).segment(image, question)
+
+
+def write_outputs(result: InferResult, out_dir: str | Path) -> list[Path]:
+    """Writes ``step-<i>.png`` per step, ``mask.png`` (0/255) and ``mask.json`` (COCO RLE); returns the paths.
+
+    Step images of an earlier, longer run in ``out_dir`` are removed, so every file there belongs to this result.
+
+    Raises:
+        InferError: When the result has no mask.
+    """
+    if result.mask is None:
+        raise InferError(result.failure)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("step-*.png"):
+        stale.unlink()
+    written = []
+    for index, step in enumerate(result.steps):
+        drawn = {"prompt": step.prompt, **({"mask": encode_rle(step.mask)} if step.mask is not None else {})}
+        path = out_dir / f"step-{index}.png"
+        Image.fromarray(draw_step(result.image, drawn)).save(path)
+        written.append(path)
+    mask_png, mask_json = out_dir / "mask.png", out_dir / "mask.json"
+    Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_png)
+    mask_json.write_text(json.dumps(encode_rle(result.mask)) + "\n")
+    return [*written, mask_png, mask_json]
+
+
+def describe(result: InferResult) -> str:
+    """Each step's reasoning, answer, SAM2 prompt and mask, as the command line prints them."""
+    lines = [f"Question: {result.question}"]
+    for index, step in enumerate(result.steps):
+        lines += [f"\n[step {index}: {step.kind}]", f"reasoning: {step.reasoning or '(none)'}"]
+        lines.append(f"answer: {json.dumps(step.answer) if step.answer is not None else '(none)'}")
+        if step.prompt is not None:
+            lines.append(f"SAM2 prompt (original pixels): {json.dumps(step.prompt)}")
+        if step.mask is not None:
+            lines.append(f"mask: {int(step.mask.sum())} pixels, SAM2 score {step.score:.3f}")
+        elif step.error:
+            lines.append(f"no mask: {step.error}")
+        else:
+            lines.append("stop: the model accepts the mask")
+    lines.append(f"\nended: {result.termination}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipe.evaluate.infer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--question", required=True, help="the referring expression or question")
+    parser.add_argument("--mode", default="samr1", choices=MODES)
+    parser.add_argument("--out", help="output directory (default: outputs/infer/<image stem>)")
+    parser.add_argument("--sam-preset", help="conf/reward_server preset, e.g. tiny_cpu (default: large)")
+    parser.add_argument("--sam-checkpoint", help="SAM2 checkpoint (reward_server.engine.checkpoint)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml, e.g. veteran.max_steps=5")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Checks the inputs, segments, prints the steps and writes the outputs; returns the output directory.
+
+    Raises:
+        InferError: For bad inputs or answers without a mask.
+        ValueError, OSError: When SAM2 or the model cannot be loaded.
+    """
+    check_question(args.question)
+    if not Path(args.model).exists():
+        raise InferError(f"model {args.model} does not exist (give a Hugging Face checkpoint directory)")
+    image = load_image(args.image)  # before minutes of model loading
+    overrides = [*([f"reward_server={args.sam_preset}"] if args.sam_preset else []), *args.overrides]
+    cfg = infer_config(args.mode, args.model, overrides, args.sam_checkpoint)
+    result = Inferencer(cfg).segment(image, args.question)
+    print(describe(result), flush=True)
+    out_dir = Path(args.out or Path("outputs/infer") / Path(args.image).stem)
+    write_outputs(result, out_dir)
+    mask = result.mask
+    print(f"final mask: {int(mask.sum())} of {mask.shape[0]}x{mask.shape[1]} pixels; written to {out_dir}", flush=True)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (2 with a one-line message on stderr for every expected failure)."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as err:  # InferError, SAM2 or model loading: a message, not a traceback
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"infer: {message}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
