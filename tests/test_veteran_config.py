@@ -76,7 +76,6 @@ PRESETS = {
         "actor_rollout_ref.model.path": "Qwen/Qwen2.5-VL-32B-Instruct",
         "actor_rollout_ref.actor.fsdp_config.param_offload": True,
         "actor_rollout_ref.actor.fsdp_config.optimizer_offload": True,
-        "actor_rollout_ref.ref.fsdp_config.param_offload": True,
         "actor_rollout_ref.rollout.tensor_model_parallel_size": 4,
     },
     "no_dynamic_sampling": {"veteran.dynamic_sampling.enable": False},
