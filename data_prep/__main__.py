@@ -4,6 +4,7 @@ Commands:
     refer      RefCOCO / RefCOCO+ / RefCOCOg (LISA's refer layout) -> training or evaluation rows
     reasonseg  ReasonSeg (LISA json) -> evaluation (or training) rows
     veteran    SAM-Veteran's mask-comprehension and auxiliary sets, derived from its grounding rows
+    custom     your own JSONL or CSV of image, question, mask (polygons, COCO RLE or PNG) [, ignore]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import sys
 from collections.abc import Sequence
 
+from data_prep.custom import custom_inputs, read_custom, render_custom
 from data_prep.reasonseg import check_split_size, read_reasonseg
 from data_prep.refer import SPLIT_BY, read_id_file, read_refer
 from data_prep.rows import RECIPE_TASKS, RowOptions, build_row
@@ -56,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     reasonseg.add_argument("--split", required=True, choices=["train", "val", "test"])
     reasonseg.add_argument("--all-texts", action="store_true", help="one row per text (default: the first, as LISA)")
     _common(reasonseg)
+    custom = commands.add_parser("custom", help="your own JSONL or CSV of images, questions and masks -> parquet")
+    custom.add_argument("--file", required=True, help="a .jsonl or .csv file (see data_prep/custom.py)")
+    custom.add_argument("--split", required=True, choices=["train", "val", "test"], help="train: training rows")
+    custom.add_argument("--name", default="custom", help="dataset name: rows get data_source <name>_<split>")
+    _common(custom)
     from data_prep.veteran import add_veteran_command
 
     add_veteran_command(commands)
@@ -69,6 +76,9 @@ def run_sources(args: argparse.Namespace) -> Report:
         inputs = {"refer_root": args.refer_root, "image_root": args.image_root, "dataset": args.dataset}
         if ref_ids is not None:
             inputs["ids"] = sorted(ref_ids)
+    elif args.command == "custom":
+        samples, skipped = read_custom(args.file, args.split, args.name)
+        inputs = custom_inputs(args.file, args.name)
     else:
         samples, skipped = read_reasonseg(args.root, args.split, args.all_texts)
         inputs = {"root": args.root, "all_texts": args.all_texts}
@@ -78,6 +88,8 @@ def run_sources(args: argparse.Namespace) -> Report:
     fingerprint = {"command": args.command, "split": args.split, "limit": args.limit, "seed": args.seed, **inputs}
     fingerprint.update(options.__dict__)
     builder = functools.partial(build_row, options=options)
+    if args.command == "custom":
+        builder = functools.partial(builder, render=render_custom)
     report = write_dataset(chosen, builder, args.out, fingerprint, skipped, args.shard_size, args.workers)
     if args.command == "reasonseg" and len(chosen) == len(samples):  # a --limit draw has no published size
         check_split_size(report, args.split, samples)

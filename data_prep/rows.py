@@ -4,6 +4,7 @@ original resolution, the prompt of the chosen recipe."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to
 # falls back to its default loop only when the agent_name column is absent, and every row here has the column.
 RECIPE_TASKS = {"samr1": ("samr1", "single_turn_agent"), "veteran": ("grounding", "veteran_grounding")}
 JPEG_QUALITY = 95
+LabelRenderer = Callable[[SourceSample, int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,19 @@ def _rle_or_none(mask: np.ndarray) -> dict[str, Any] | None:
     return encode_rle(mask) if mask.any() else None
 
 
-def build_row(sample: SourceSample, index: int, options: RowOptions) -> dict[str, Any] | Skipped:
+def build_row(
+    sample: SourceSample, index: int, options: RowOptions, render: LabelRenderer = render_label_mask
+) -> dict[str, Any] | Skipped:
     """One parquet row, or the reason the sample is skipped (missing or unreadable image, bad annotation, and for
-    training rows an empty target). Never raises for bad data."""
+    training rows an empty target). Never raises for bad data.
+
+    Args:
+        sample: The source sample.
+        index: The row's ``extra_info.index``.
+        options: How rows are built.
+        render: The sample's label mask (0, 1, IGNORE) at the image's ``(height, width)``; raises ValueError,
+            TypeError or KeyError for a bad annotation. Custom data (:mod:`data_prep.custom`) brings its own.
+    """
     try:
         raw = Path(sample.image_path).read_bytes()
         with Image.open(io.BytesIO(raw)) as opened:
@@ -64,7 +76,7 @@ def build_row(sample: SourceSample, index: int, options: RowOptions) -> dict[str
             sample.key, f"image is {height}x{width}, annotation says {sample.coco_hw[0]}x{sample.coco_hw[1]}"
         )
     try:
-        labels = render_label_mask(sample, height, width)
+        labels = render(sample, height, width)
     except (ValueError, TypeError, KeyError) as err:
         return Skipped(sample.key, f"corrupt annotation: {err}")
     target, ignored = labels == 1, labels == IGNORE
