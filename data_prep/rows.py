@@ -16,12 +16,12 @@ from data_prep.render import IGNORE, render_label_mask
 from data_prep.samples import Skipped, SourceSample
 from data_prep.schema import empty_ground_truth
 from recipe.common.prompts import build_messages
+from reward_server.images import model_image_jpeg
 from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to_model, resize_mask
 
 # Task and agent loop of each recipe's rows (SAM-Veteran's other tasks are derived from its grounding rows). verl
 # falls back to its default loop only when the agent_name column is absent, and every row here has the column.
 RECIPE_TASKS = {"samr1": ("samr1", "single_turn_agent"), "veteran": ("grounding", "veteran_grounding")}
-JPEG_QUALITY = 95
 LabelRenderer = Callable[[SourceSample, int, int], np.ndarray]
 
 
@@ -39,12 +39,6 @@ class RowOptions:
     recipe: str = "samr1"
     keep_original_image: bool = False
     keep_empty_targets: bool = False
-
-
-def encode_jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
 
 
 def _rle_or_none(mask: np.ndarray) -> dict[str, Any] | None:
@@ -97,11 +91,10 @@ def build_row(
         "orig_mask": encode_rle(target),
         "orig_ignore": _rle_or_none(ignored),
     }
-    model_image = image.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BICUBIC)
     return {
         "data_source": f"{sample.dataset}_{sample.split}",
         "prompt": build_messages(task, sample.question),
-        "images": [{"bytes": encode_jpeg(model_image)}],
+        "images": [{"bytes": model_image_jpeg(image)}],
         "ability": "reasoning_segmentation",
         "reward_model": {"style": "rule", "ground_truth": ground_truth},
         "extra_info": {

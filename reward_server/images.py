@@ -1,4 +1,5 @@
-"""Image inputs as RGB arrays: the one conversion used by the SAM2 engine, overlays and reports."""
+"""Image inputs as RGB arrays: the one conversion used by the SAM2 engine, overlays and reports; and the 840x840
+JPEG the model sees, built once for data preparation and single-image inference."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from reward_server.masks import MODEL_SIZE
+
+MODEL_IMAGE_JPEG_QUALITY = 95
 
 ImageData = np.ndarray | bytes
 """An RGB uint8 ``(H, W, 3)`` array, or encoded image bytes (PNG, JPEG, ...)."""
@@ -33,3 +38,12 @@ def to_rgb(image: ImageData | Image.Image) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] not in (3, 4) or min(array.shape[:2]) < 1:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
     return np.array(array[..., :3], order="C")  # always a copy: callers draw on the result
+
+
+def model_image_jpeg(image: Image.Image) -> bytes:
+    """The image the model sees, as rows store it: bicubic resize to ``MODEL_SIZE`` square, JPEG at quality 95."""
+    buffer = io.BytesIO()
+    image.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BICUBIC).save(
+        buffer, format="JPEG", quality=MODEL_IMAGE_JPEG_QUALITY
+    )
+    return buffer.getvalue()

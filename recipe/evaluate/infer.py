@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -37,13 +36,10 @@ from recipe.evaluate.samples import EvalSample
 from recipe.evaluate.segmenter import BatchedSegmenter
 from recipe.evaluate.visual import draw_step
 from recipe.veteran.workflow import Step, run_episodes
-from reward_server.images import to_rgb
-from reward_server.masks import MODEL_SIZE, encode_rle
+from reward_server.images import model_image_jpeg, to_rgb
+from reward_server.masks import encode_rle
 
 MODES = ("samr1", "veteran")
-# data_prep.rows stores the model's image as a JPEG of this quality, so training and evaluation showed the model
-# JPEG artefacts; the same round trip here gives it the very pixels an evaluation of this image would.
-JPEG_QUALITY = 95
 # The answer fields each turn needs for a SAM2 prompt, to say which one failed.
 PROMPT_FIELDS = {"samr1": ("bbox_2d", "point_2d"), "veteran": ("bbox_2d",), "refinement": ("pos_point", "neg_point")}
 
@@ -136,11 +132,8 @@ def check_question(question: Any) -> None:
 
 
 def model_image(image: np.ndarray) -> np.ndarray:
-    """The 840x840 image the model sees: bicubic resize and JPEG round trip, as data_prep builds evaluation rows."""
-    resized = Image.fromarray(image).resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    resized.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return to_rgb(buffer.getvalue())
+    """The 840x840 image the model sees, exactly as data_prep stores it in evaluation rows."""
+    return to_rgb(model_image_jpeg(Image.fromarray(image)))
 
 
 def infer_config(
