@@ -15,7 +15,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 PYTEST_ARGS ?=
 
 .PHONY: setup test lint format bench bench-reward bench-step bench-eval gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
-	train-veteran eval eval-smoke infer lock clean-venv flash-attn
+	train-veteran eval eval-checkpoints eval-smoke infer lock clean-venv flash-attn
 
 setup: $(STAMP)
 
@@ -123,6 +123,14 @@ eval: $(STAMP)
 	@test -n "$(MODEL)" -o "$(MODE)" = oracle_box || { echo "make eval: set MODEL=/path/to/hf_checkpoint [DATA=...] [MODE=...]"; exit 2; }
 	$(BIN)/python -m recipe.evaluate mode=$(MODE) $(if $(MODEL),model.path=$(MODEL)) \
 		'data.files=[$(subst $(space),$(comma),$(strip $(DATA)))]' output_dir=$(EVAL_OUT) $(ARGS)
+
+# Every checkpoint of a training run (README, "Evaluation"): RUN is the run's directory (its checkpoints/global_step_*),
+# each merged by verl's model merger and evaluated like make eval; a table and plot of gIoU/cIoU against the step go
+# to OUT (default RUN/eval_checkpoints). A rerun resumes.
+eval-checkpoints: $(STAMP)
+	@test -n "$(RUN)" || { echo "make eval-checkpoints: set RUN=outputs/samrl/<exp> [DATA=...] [MODE=samr1|veteran] [OUT=...]"; exit 2; }
+	$(BIN)/python -m recipe.evaluate.checkpoints --run "$(RUN)" $(foreach file,$(DATA),--data $(file)) --mode $(MODE) \
+		$(if $(OUT),--out "$(OUT)") $(ARGS)
 
 # One image (README, "Segment one image"): prints each step's reasoning and answer, writes step PNGs and the final
 # mask (PNG and COCO RLE) under OUT (default outputs/infer/<image stem>); options and Hydra overrides in ARGS.

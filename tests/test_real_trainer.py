@@ -158,3 +158,43 @@ def test_veteran_runs_every_task_loop_with_dynamic_sampling(real_run):
         tasks = {key.removeprefix("reward/task/") for key in metrics if key.startswith("reward/task/")}
         assert tasks == {"grounding", "mask_comprehension", "auxiliary", "workflow"}, step
         assert metrics["reward/ds_attempts/mean"] >= 1.0 and metrics["reward/ds_generated/mean"] >= 2.0, step
+
+
+def test_eval_checkpoints_evaluates_every_step_of_the_run(real_run, tmp_path):
+    """``make eval-checkpoints`` on the real run's checkpoints: verl's merger, the evaluator (tiny SAM2), a plot."""
+    from PIL import Image
+
+    from data_prep.smoke import build_eval_sets
+
+    run = real_run("samr1")
+    eval_dir = build_eval_sets(tmp_path / "data")
+    out = tmp_path / "eval_checkpoints"
+    command = [sys.executable, "-m", "recipe.evaluate.checkpoints", "--run", str(run.run_dir), "--data", str(eval_dir)]
+    command += ["--mode", "samr1", "--out", str(out), "reward_server=tiny_cpu", "model.backend=transformers"]
+    command += ["data.limit=2", "generation.max_new_tokens=24", "generation.batch_size=4", "report=false"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    result = json.loads((out / "checkpoints.json").read_text())
+    assert result["failures"] == []
+    assert [point["step"] for point in result["points"]] == [1, 2, 3]
+    for point in result["points"]:
+        step_dir = out / f"global_step_{point['step']}"
+        assert Path(point["output_dir"]) == step_dir / "eval"
+        summary = json.loads((step_dir / "eval" / "summary.json").read_text())
+        # The evaluation is the one of this checkpoint's merged model.
+        assert json.loads((step_dir / "eval" / "run.json").read_text())["model"] == str((step_dir / "model").resolve())
+        assert summary["method"] == f"global_step_{point['step']}"
+        assert set(point["datasets"]) == set(summary["datasets"]) == {"refcocog_test", "reasonseg_val"}
+        for name, entry in point["datasets"].items():
+            assert {"gIoU", "cIoU", "box_acc"} <= entry.keys()
+            for key, value in entry.items():
+                assert value == pytest.approx(summary["datasets"][name][key], nan_ok=True), (point["step"], name, key)
+    with Image.open(out / "plot.png") as plot:
+        plot.load()
+        assert plot.width > 0 and plot.height > 0
+    table = (out / "table.md").read_text()
+    assert "| step 3 |" in table and "Best step per dataset" in table
+    # A rerun finds every evaluation finished: nothing is merged or evaluated again.
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    assert again.stdout.count("evaluated earlier") == 3 and "merging" not in again.stdout
