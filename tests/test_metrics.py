@@ -88,14 +88,19 @@ def make_samples(seed: int, count: int = 60):
     return samples
 
 
+def accumulated(samples, convention: str) -> dict:
+    """The summary of ``SegMetrics(convention)`` after updating it with every ``(pred, gt)`` sample."""
+    metrics = SegMetrics(convention)
+    for pred, gt in samples:
+        metrics.update(pred, gt)
+    return metrics.summary()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lisa_convention_matches_lisas_evaluation(seed):
     samples = make_samples(seed)
-    metrics = SegMetrics("lisa")
-    for pred, gt in samples:
-        metrics.update(pred, gt)
+    summary = accumulated(samples, "lisa")
     giou, ciou, n = lisa_reference(samples)
-    summary = metrics.summary()
     assert summary["gIoU"] == pytest.approx(giou, rel=1e-5)  # LISA's 1e-5 in the denominator
     assert summary["cIoU"] == pytest.approx(ciou, rel=1e-9)
     assert summary["n"] == n == len(samples) and summary["n_dropped"] == 0
@@ -106,11 +111,8 @@ def test_lisa_convention_matches_lisas_evaluation(seed):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_seg_zero_convention_matches_seg_zeros_evaluation(seed):
     samples = make_samples(seed)
-    metrics = SegMetrics("seg_zero")
-    for pred, gt in samples:
-        metrics.update(pred, gt)
+    summary = accumulated(samples, "seg_zero")
     giou, ciou, n = seg_zero_reference(samples)
-    summary = metrics.summary()
     assert summary["gIoU"] == pytest.approx(giou, rel=1e-12)
     assert summary["cIoU"] == pytest.approx(ciou, rel=1e-12)
     assert summary["n"] == n < len(samples)
