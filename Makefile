@@ -15,7 +15,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 PYTEST_ARGS ?=
 
 .PHONY: setup test lint format bench bench-reward bench-step bench-eval gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
-	train-veteran eval eval-checkpoints eval-smoke infer lock clean-venv flash-attn
+	train-veteran eval eval-checkpoints eval-smoke infer demo lock clean-venv flash-attn
 
 setup: $(STAMP)
 
@@ -138,6 +138,13 @@ infer: $(STAMP)
 	@test -n "$(MODEL)" -a -n "$(IMAGE)" -a -n "$(QUESTION)" || { echo 'make infer: set MODEL=/path/to/hf_checkpoint IMAGE=photo.jpg QUESTION="..." [MODE=samr1|veteran] [OUT=...]'; exit 2; }
 	$(BIN)/python -m recipe.evaluate.infer --model "$(MODEL)" --image "$(IMAGE)" --question "$(QUESTION)" --mode $(MODE) \
 		$(if $(OUT),--out "$(OUT)") $(ARGS)
+
+# A web page for one image at a time (README, "Demo page") on http://127.0.0.1:$(PORT); options and Hydra overrides
+# in ARGS (--sam-checkpoint ..., --host ...).
+PORT ?= 7860
+demo: $(STAMP)
+	@test -n "$(MODEL)" || { echo 'make demo: set MODEL=/path/to/hf_checkpoint [MODE=samr1|veteran] [PORT=7860] [ARGS="--sam-checkpoint ..."]'; exit 2; }
+	$(BIN)/python -m recipe.evaluate.demo --model "$(MODEL)" --mode $(MODE) --port $(PORT) $(ARGS)
 
 # Every evaluation mode on a CPU: synthetic evaluation sets, tiny random models; prints the gIoU/cIoU table.
 eval-smoke: $(STAMP)

@@ -14,15 +14,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 import recipe.evaluate.policies
 from recipe.common.compose import compose_recipe
+from recipe.common.panels import draw_step
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.infer import InferError, load_image, main, model_image, segment
 from recipe.evaluate.records import read_records
 from recipe.evaluate.runner import evaluate
-from recipe.evaluate.visual import draw_step
+
+from support.scripted_answers import coco_decode, scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,32 +42,11 @@ class TurnPolicy:
         return [self.script[min(len(self.images), len(self.script)) - 1]]
 
 
-def answer(payload):
-    return f"<think>it is near the middle</think><answer>{json.dumps(payload)}</answer>"
-
-
-def coco_decode(rle):
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
-
-
 @pytest.fixture(scope="module")
 def row(eval_sets):
     """The first RefCOCOg test row, as data_prep stored it."""
     path = eval_sets / "refcocog_test.parquet"
     return path, pq.read_table(path).to_pylist()[0]
-
-
-def scripts(row):
-    x1, y1, x2, y2 = (round(v) for v in row["reward_model"]["ground_truth"]["box"])
-    centre = [(x1 + x2) // 2, (y1 + y2) // 2]
-    return {
-        "samr1": [answer({"bbox_2d": [x1, y1, x2, y2], "point_2d": centre, "label": "it"})],
-        "veteran": [
-            answer({"bbox_2d": [x1 + 3, y1 - 2, x2 - 4, y2 + 5]}),
-            answer({"pos_point": centre, "neg_point": [x1 + 1, y1 + 1]}),
-            answer({"pos_point": None, "neg_point": None}),
-        ],
-    }
 
 
 def test_the_model_sees_the_image_data_prep_stores(eval_sets):

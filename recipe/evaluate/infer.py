@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,12 @@ from PIL import Image
 
 from recipe.common.answer import THINK_CLOSE, THINK_OPEN
 from recipe.common.compose import compose_recipe
+from recipe.common.panels import draw_step
 from recipe.evaluate.config import EvalConfig, eval_config
 from recipe.evaluate.modes import get_mode
 from recipe.evaluate.records import prompt_record
 from recipe.evaluate.samples import EvalSample
 from recipe.evaluate.segmenter import BatchedSegmenter
-from recipe.evaluate.visual import draw_step
 from recipe.veteran.workflow import Step, run_episodes
 from reward_server.images import model_image_jpeg, to_rgb
 from reward_server.masks import encode_rle
@@ -218,8 +218,19 @@ class Inferencer:
         self.segmenter = BatchedSegmenter(engine if engine is not None else SamEngine(cfg.sam))
         self.policy = policy if policy is not None else build_policy(cfg, get_mode(cfg.mode))
 
-    def segment(self, image: str | Path | bytes | Image.Image | np.ndarray, question: str) -> InferResult:
+    def segment(
+        self,
+        image: str | Path | bytes | Image.Image | np.ndarray,
+        question: str,
+        on_step: Callable[[InferResult], None] | None = None,
+    ) -> InferResult:
         """Runs one episode on ``image`` (a path, bytes, PIL image or RGB array) and ``question``.
+
+        Args:
+            image: A path, encoded bytes, a PIL image or an RGB array.
+            question: The referring expression or question.
+            on_step: Called after each turn with the result so far (the steps until then; ``termination`` None
+                until the episode ends), so a page can show steps while the model still works on the next one.
 
         Raises:
             InferError: When the image cannot be read or the question is empty.
@@ -229,9 +240,16 @@ class Inferencer:
         labels = np.zeros(original.shape[:2], np.uint8)  # no ground truth: the modes do not read it
         sample = EvalSample("infer", "infer", question, model_image(original), original, labels)
         episode = get_mode(self.cfg.mode).build(sample, self.cfg)
-        asyncio.run(run_episodes([episode], self.policy, self.segmenter))
-        steps = [step_result(step, self.cfg.mode) for step in episode.steps]
-        return InferResult(question, self.cfg.mode, original, steps, episode.termination)
+        steps: list[StepResult] = []
+
+        def snapshot() -> InferResult:
+            # Finished steps never change, so each is converted (and its mask decoded) once.
+            steps.extend(step_result(step, self.cfg.mode) for step in episode.steps[len(steps) :])
+            return InferResult(question, self.cfg.mode, original, list(steps), episode.termination)
+
+        on_round = None if on_step is None else lambda: on_step(snapshot())
+        asyncio.run(run_episodes([episode], self.policy, self.segmenter, on_round=on_round))
+        return snapshot()
 
 
 def segment(

@@ -12,7 +12,7 @@ the SAM2 client's ``segment`` signature, so verl's agent loop and the batched ev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -177,8 +177,21 @@ class Episode:
         return None
 
 
-async def run_episodes(episodes: Sequence[Episode], policy: Policy, segmenter: Segmenter) -> None:
-    """Advances all episodes in lockstep: one batched policy call and concurrent SAM2 calls per step."""
+async def run_episodes(
+    episodes: Sequence[Episode],
+    policy: Policy,
+    segmenter: Segmenter,
+    on_round: Callable[[], None] | None = None,
+) -> None:
+    """Advances all episodes in lockstep: one batched policy call and concurrent SAM2 calls per step.
+
+    Args:
+        episodes: The episodes to finish; each ends with its ``termination`` set.
+        policy: Answers a batch of messages.
+        segmenter: SAM2, or anything with its client's ``segment`` signature.
+        on_round: Called after each round, once its masks are recorded, so an interactive caller (the demo page)
+            can show each step as it appears instead of only when every episode has ended.
+    """
     while active := [episode for episode in episodes if not episode.done]:
         texts = await policy.generate([episode.next_messages() for episode in active])
         prompts = [(episode, episode.observe_response(text)) for episode, text in zip(active, texts, strict=True)]
@@ -188,3 +201,5 @@ async def run_episodes(episodes: Sequence[Episode], policy: Policy, segmenter: S
         )
         for (episode, _), (result,) in zip(asking, results, strict=True):
             episode.observe_mask(result)
+        if on_round is not None:
+            on_round()
