@@ -43,7 +43,7 @@ def real_run(tmp_path_factory):
         if recipe not in _RUNS:
             out = tmp_path_factory.mktemp(f"smoke_{recipe}")
             env = {**os.environ, "VERL_PLATFORM": "cpu"}
-            command = [sys.executable, "-m", "recipe.smoke", recipe, "--out", str(out)]
+            command = [sys.executable, "-m", "recipe.smoke", recipe, "--out", str(out), *GALLERY]
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
             assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
             run_dir = out / recipe / "run"
@@ -60,6 +60,8 @@ def real_run(tmp_path_factory):
 
 
 RECIPES = ["samr1", "veteran"]
+# The CPU preset draws no gallery; these runs draw one every step, with TensorBoard beside verl's metrics file.
+GALLERY = ["--override", "samrl.gallery.every_n_steps=1", "--override", "trainer.logger=[console,file,tensorboard]"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -158,6 +160,51 @@ def test_veteran_runs_every_task_loop_with_dynamic_sampling(real_run):
         tasks = {key.removeprefix("reward/task/") for key in metrics if key.startswith("reward/task/")}
         assert tasks == {"grounding", "mask_comprehension", "auxiliary", "workflow"}, step
         assert metrics["reward/ds_attempts/mean"] >= 1.0 and metrics["reward/ds_generated/mean"] >= 2.0, step
+
+
+def _coco(rle):
+    return {"size": rle["size"], "counts": rle["counts"].encode()}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_step_draws_a_gallery_of_what_the_reward_computed(real_run, recipe):
+    """The gallery's masks are the reward's: SAM-R1's recorded mask has the reward's IoU by pycocotools, and each
+    SAM-Veteran task records what it was scored on; the pictures reach TensorBoard, read back by its own reader."""
+    from pycocotools import mask as mask_utils
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = real_run(recipe)
+    drawn = 0
+    for step, metrics in run.steps.items():
+        assert metrics["gallery/errors"] == 0 and metrics["gallery/rollouts"] >= 1, step
+        page_dir = run.run_dir / "gallery" / f"step_{step:06d}"
+        pictures = re.findall(r'src="([^"]+\.png)"', (page_dir / "index.html").read_text())
+        assert len(pictures) == metrics["gallery/rollouts"] and all((page_dir / p).is_file() for p in pictures)
+        for line in (page_dir / "rollouts.jsonl").read_text().splitlines():
+            rollout = json.loads(line)
+            truth, reward, task = _coco(rollout["truth"]), rollout["reward"], rollout["labels"].get("task")
+            masks = [s for s in rollout["steps"] if s["mask"] is not None]
+            if recipe == "samr1":
+                assert len(rollout["steps"]) == reward["sam_called"]
+                for sam_step in masks:
+                    iou = mask_utils.iou([_coco(sam_step["mask"])], [truth], [0])[0][0]
+                    assert iou == pytest.approx(reward["iou"], abs=1e-6) == sam_step["iou"]
+            elif task == "workflow":
+                assert len(rollout["steps"]) == reward["turns"]
+                if masks and masks[-1] is rollout["steps"][-1]:  # ended on a mask: the one the reward kept
+                    assert masks[-1]["iou"] == pytest.approx(reward["final_edge_iou"])
+            elif task == "auxiliary":
+                assert not masks, "the auxiliary task never calls SAM2"
+            else:
+                assert len(masks) == reward["sam_called"]
+                assert all(s["iou"] == pytest.approx(reward["sam_iou"]) for s in masks)
+            drawn += 1
+    assert drawn >= len(run.steps)
+    (events,) = {path.parent for path in (run.run_dir / "tensorboard").rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert "gallery/0" in accumulator.Tags()["images"]
+    assert {event.step for event in accumulator.Images("gallery/0")} == set(run.steps)
 
 
 def test_eval_checkpoints_evaluates_every_step_of_the_run(real_run, tmp_path):

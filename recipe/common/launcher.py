@@ -124,7 +124,9 @@ def launch(config: DictConfig) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     with open_dict(config):
         config.ray_kwargs.ray_init = ray_init_kwargs(config)
-    print(f"outputs: {Path(config.samrl.output_dir).resolve()} (checkpoints/, tensorboard/, hydra/)", flush=True)
+    print(
+        f"outputs: {Path(config.samrl.output_dir).resolve()} (checkpoints/, tensorboard/, gallery/, hydra/)", flush=True
+    )
     run_ppo(config, task_runner_class=_task_runner_class())
 
 

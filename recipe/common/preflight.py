@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from recipe.common.gallery import GalleryConfig
 from reward_server.config import server_config
 from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
@@ -531,6 +533,18 @@ def check_scripted_answers(config: DictConfig) -> list[str]:
 
 
 @_never_raises
+def check_gallery(config: DictConfig) -> list[str]:
+    """``samrl.gallery`` converts to :class:`recipe.common.gallery.GalleryConfig` (known keys, sane values)."""
+    from verl.utils.config import omega_conf_to_dataclass  # verl's one converter, as the trainer uses it
+
+    try:
+        omega_conf_to_dataclass(OmegaConf.select(config, "samrl.gallery"), GalleryConfig)
+    except (ValueError, OmegaConfBaseException) as err:
+        return [f"samrl.gallery: {str(err).splitlines()[0]}"]
+    return []
+
+
+@_never_raises
 def check_gpus(config: DictConfig, available: int) -> list[str]:
     """verl's ``n_gpus_per_node x nnodes`` plus the SAM2 pool's GPUs must fit in ``available``.
 
@@ -650,6 +664,7 @@ CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_resume,
     check_sam_placement,
     check_scripted_answers,
+    check_gallery,
 ]
 
 

@@ -5,7 +5,9 @@ each numeric component's batch mean as ``reward/<name>/mean``, each failure cate
 ``reward/failure/<category>`` and each task's share as ``reward/task/<task>`` (SAM-Veteran's mix) to every step's
 metrics, so they move on the console and in TensorBoard. It also logs the SAM2 pool's work in the step
 (``sam/requests``, ``sam/encodes``, ``sam/cache_hits``, ``sam/served_s``, ``sam/restarts``; see
-:mod:`recipe.common.pool_meter`); an unreachable pool is logged and counted, never a failed step.
+:mod:`recipe.common.pool_meter`); an unreachable pool is logged and counted, never a failed step. Every
+``samrl.gallery.every_n_steps`` steps it draws a gallery of rollouts (:mod:`recipe.common.gallery`); a rollout that
+cannot be drawn is logged and counted (``gallery/errors``), never a failed step.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ import transfer_queue as tq
 from omegaconf import DictConfig, open_dict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
 
+from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
 from recipe.common.pool_meter import PoolMeter
+from recipe.common.reward_manager import first_image
 
 logger = logging.getLogger(__name__)
 
 TRAINER_MODE = "sync_reward_metrics"
 
+
+GALLERY_FIELDS = ("raw_prompt", "reward_model", "extra_info", "responses", "extra_fields")
+"""The TransferQueue fields a gallery draws from (verl stores each row's fields with its rollouts)."""
 
 CATEGORIES = ("failure", "task")
 """``reward_extra_info`` keys whose string values are reported as shares of the batch."""
@@ -66,6 +74,8 @@ class RewardMetricsTrainer(PPOTrainerSync):
         super().__init__(config=config)
         self._pool_meter: PoolMeter | None = None
         self._pool_unreachable = 0
+        self._gallery = omega_conf_to_dataclass(config.get("samrl", {}).get("gallery"), GalleryConfig)
+        self._gallery_errors = 0
 
     def init(self):
         super().init()
@@ -98,3 +108,40 @@ class RewardMetricsTrainer(PPOTrainerSync):
             data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
             metrics.update(reward_component_metrics(data.pop("extra_fields").tolist()))
         metrics.update(self._pool_metrics())
+        if self._gallery.due(global_steps):
+            metrics.update(self._draw_gallery(batch.partition_id, keys, global_steps))
+
+    def _draw_gallery(self, partition_id: str, keys: list[str], step: int) -> dict[str, float]:
+        """Draws the step's gallery to its HTML page and TensorBoard; every failure is logged and counted."""
+        rollouts, panels = [], []
+        try:
+            chosen = choose_keys(keys, self._gallery.rollouts)
+            data = tq.kv_batch_get(keys=chosen, partition_id=partition_id, select_fields=list(GALLERY_FIELDS))
+            # Non-tensor fields come back as NonTensorStack (tolist) or as tensordict's LinkedList (a list).
+            columns = {name: data[name] for name in GALLERY_FIELDS if name != "responses"}
+            fields = {name: col.tolist() if hasattr(col, "tolist") else list(col) for name, col in columns.items()}
+            responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id)
+            for index, key in enumerate(chosen):
+                try:
+                    rollout = rollout_from_fields(
+                        key,
+                        first_image(fields["raw_prompt"][index]),
+                        fields["reward_model"][index],
+                        fields["extra_info"][index],
+                        self.tokenizer.decode(responses[index], skip_special_tokens=True),
+                        (fields["extra_fields"][index] or {}).get("reward_extra_info"),
+                    )
+                    panels.append(render_rollout(rollout, self._gallery.max_side))
+                    rollouts.append(rollout)
+                except Exception as err:  # one bad rollout costs its picture, not the gallery or the step
+                    self._gallery_errors += 1
+                    logger.warning("gallery: rollout %s not drawn: %r", key, err)
+            write_gallery(self.config.samrl.output_dir, step, rollouts, panels, failed=len(chosen) - len(rollouts))
+            tensorboard = getattr(getattr(self, "logger", None), "logger", {}).get("tensorboard")
+            if tensorboard is not None:  # verl's Tracking adapter, when trainer.logger lists tensorboard
+                for index, panel in enumerate(panels):
+                    tensorboard.writer.add_image(f"gallery/{index}", np.asarray(panel), step, dataformats="HWC")
+        except Exception as err:  # the step's results stand; the counter shows the gallery was lost
+            self._gallery_errors += 1
+            logger.warning("gallery of step %d not written: %r", step, err)
+        return {"gallery/rollouts": float(len(panels)), "gallery/errors": float(self._gallery_errors)}

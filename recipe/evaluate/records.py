@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recipe.common.metrics import SegMetrics
+from recipe.common.sam_steps import prompt_json
 from recipe.evaluate.samples import BadSample, EvalSample
 from recipe.veteran.workflow import Step
 from reward_server.masks import box_iou
@@ -29,14 +30,7 @@ RECORDS_DIR = "records"
 
 def prompt_record(step: Step) -> dict[str, Any] | None:
     """The step's SAM2 prompt as JSON (``box``, ``points``, ``labels`` in the SAM2 image's pixels), or None."""
-    prompt = step.prompt
-    if prompt is None:
-        return None
-    return {
-        "box": None if prompt.box is None else [float(v) for v in prompt.box],
-        "points": [[float(x), float(y)] for x, y in prompt.points],
-        "labels": [int(label) for label in prompt.labels],
-    }
+    return prompt_json(step.prompt)
 
 
 def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str, Any]:

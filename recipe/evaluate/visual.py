@@ -14,35 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from recipe.common.overlay import draw_box, draw_mask_outline, draw_points, overlay_mask
+from recipe.common.panels import LEGEND, draw_step, draw_truth, fit, tile_row, titled
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.samples import EvalSample, iter_samples
-from reward_server.masks import decode_rle
 
-GT_COLOR = (255, 0, 255)
-IGNORE_COLOR = (128, 128, 128)
-TITLE_HEIGHT = 22
 REPORT_DIR = "report"
-
-
-def _fit(image: np.ndarray, max_side: int) -> Image.Image:
-    picture = Image.fromarray(image)
-    scale = max_side / max(picture.size)
-    if scale < 1:
-        picture = picture.resize(
-            (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.LANCZOS
-        )
-    return picture
-
-
-def _titled(picture: Image.Image, title: str) -> Image.Image:
-    canvas = Image.new("RGB", (picture.width, picture.height + TITLE_HEIGHT), (255, 255, 255))
-    canvas.paste(picture, (0, TITLE_HEIGHT))
-    ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0), font=ImageFont.load_default(size=14))
-    return canvas
 
 
 def _iou_text(iou: float | None) -> str:
@@ -59,44 +37,16 @@ def _step_title(index: int, step: dict[str, Any], last_of_stopped: bool) -> str:
     return f"{name}: stop" if last_of_stopped else f"{name}: no valid answer"
 
 
-def draw_step(image: np.ndarray, step: dict[str, Any], outline: np.ndarray | None = None) -> np.ndarray:
-    """A record's step on the original image: SAM2's mask in green, then ``outline`` (the ground truth) in magenta,
-    then the prompt's box and clicks on top."""
-    picture = image
-    if "mask" in step:
-        picture = overlay_mask(picture, decode_rle(step["mask"]))
-    if outline is not None:
-        picture = draw_mask_outline(picture, outline, GT_COLOR)
-    prompt = step["prompt"]
-    if prompt is not None:
-        if prompt["box"] is not None:
-            picture = draw_box(picture, prompt["box"])
-        if prompt["points"]:
-            picture = draw_points(picture, prompt["points"], prompt["labels"])
-    return picture
-
-
 def render_panel(sample: EvalSample, record: dict[str, Any], max_side: int = 448) -> Image.Image:
     """The sample's panel: ground truth first, then each step's mask, box, clicks and the GT outline."""
-    target, ignored = sample.labels == 1, sample.labels == 255
-    truth = overlay_mask(sample.image, target, GT_COLOR)
-    if ignored.any():
-        truth = overlay_mask(truth, ignored, IGNORE_COLOR, alpha=0.6)
-    truth = draw_mask_outline(truth, target, GT_COLOR)
-    tiles = [_titled(_fit(truth, max_side), "ground truth")]
+    target = sample.labels == 1
+    tiles = [titled(fit(draw_truth(sample.image, target, sample.labels == 255), max_side), "ground truth")]
     steps = record["steps"]
     for index, step in enumerate(steps):
         picture = draw_step(sample.image, step, outline=target)
         stopped = record["termination"] == "stop" and index == len(steps) - 1
-        tiles.append(_titled(_fit(picture, max_side), _step_title(index, step, stopped)))
-    panel = Image.new(
-        "RGB", (sum(t.width for t in tiles) + 6 * (len(tiles) - 1), max(t.height for t in tiles)), "white"
-    )
-    x = 0
-    for tile in tiles:
-        panel.paste(tile, (x, 0))
-        x += tile.width + 6
-    return panel
+        tiles.append(titled(fit(picture, max_side), _step_title(index, step, stopped)))
+    return tile_row(tiles)
 
 
 def choose_samples(
@@ -177,10 +127,7 @@ def write_report(
                 report_dir / "panels" / _panel_name(sample.uid)
             )
     body = [f"<h1>{html.escape(summary['method'])}</h1>", _markdown_to_html(table)]
-    legend = (
-        "Magenta: ground truth (grey: ignored pixels); green: SAM2's mask; yellow: the box; blue +: positive click; "
-        "red -: negative click. Coordinates are the model's, mapped to the original image."
-    )
+    legend = f"{LEGEND} Coordinates are the model's, mapped to the original image."
     body.append(f"<p>{html.escape(legend)}</p>")
     for title, rows in sections.items():
         body.append(f"<h2>{title} ({len(rows)})</h2>")

@@ -16,6 +16,7 @@ from typing import Any
 
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.sam_client import get_sam_client
+from recipe.common.sam_steps import encode_steps, step_json
 from reward_server.client import SamClient
 from reward_server.protocol import Prompt
 
@@ -44,6 +45,7 @@ class RewardBreakdown:
     sam_called: int = 0
     failure: str = ""  # category: no_answer, bbox, point, label, no_image, sam_<code>; "" when nothing lost
     failure_detail: str = ""
+    sam_steps: str = "[]"  # the SAM2 call as recipe.common.sam_steps records it, for the training gallery
 
     def as_dict(self) -> dict[str, Any]:
         score = self.tiered + self.reasoning_format + self.segmentation_format
@@ -107,6 +109,7 @@ async def compute_score(
     prompt = Prompt(box=box.value, points=(point.value,), labels=(1,))
     client = sam_client or get_sam_client(reward_server or {})
     (result,) = await client.segment(image, [prompt], ground_truth=dict(ground_truth["mask"]))
+    scored = replace(scored, sam_steps=encode_steps([step_json(prompt, result, result.iou)]))
     if not result.ok:
         logger.warning("SAM2 answered %s: %s", result.code, result.error)
         return replace(

@@ -8,12 +8,13 @@ what formatting it has, and SAM2 is not called. IoUs are edge-excluded (training
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
 from recipe.common.stored_logits import decode_logits
 from recipe.veteran.rewards import (
     VeteranRewardConfig,
@@ -32,15 +33,19 @@ logger = logging.getLogger(__name__)
 COMPONENTS = ("format_tags", "format_answer", "sam_iou", "box", "case", "iou_gain", "decision", "point", "sam_called")
 
 
-def _breakdown(task: str, parsed: ParsedResponse, answer_ok: bool, config: VeteranRewardConfig, **parts) -> dict:
-    """Every component (0 when not applicable), the total ``score``, the task and a failure category."""
+def _breakdown(
+    task: str, parsed: ParsedResponse, answer_ok: bool, config: VeteranRewardConfig, steps: Sequence[dict] = (), **parts
+) -> dict:
+    """Every component (0 when not applicable), the total ``score``, the task, a failure category and the SAM2
+    ``steps`` (:mod:`recipe.common.sam_steps` records)."""
     info = {name: 0.0 for name in COMPONENTS}
     info.update(format_tags=config.format_reward * parsed.format_ok, format_answer=config.format_reward * answer_ok)
     info.update(parts)
     score = info["format_tags"] + info["format_answer"] + config.sam_weight * info["sam_iou"]
     score += info["box"] + info["case"] + info["decision"] + info["point"]
     failure = "" if answer_ok else ("no_answer" if parsed.answer is None else "invalid_answer")
-    return {"score": float(score), **{k: float(v) for k, v in info.items()}, "task": task, "failure": failure}
+    components = {k: float(v) for k, v in info.items()}
+    return {"score": float(score), **components, "task": task, "failure": failure, SAM_STEPS: encode_steps(steps)}
 
 
 async def score_grounding(
@@ -51,13 +56,15 @@ async def score_grounding(
     box = parsed.bbox_2d()
     if not box.ok:
         return _breakdown("grounding", parsed, False, config)
-    (result,) = await sam.segment(image, [Prompt(box=box.value)], ground_truth=dict(truth["mask"]))
+    prompt = Prompt(box=box.value)
+    (result,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]))
     sam_iou = result.edge_iou if result.ok else 0.0
     return _breakdown(
         "grounding",
         parsed,
         True,
         config,
+        steps=[step_json(prompt, result, result.edge_iou)],
         sam_iou=sam_iou,
         box=box_reward(box.value, truth["box"], config),
         sam_called=1,
@@ -101,14 +108,15 @@ async def score_mask_comprehension(
         mask_input = shown_logits(truth)
     except ValueError as err:
         logger.warning("mask comprehension: %s", err)
-        return {"score": 0.0, **dict.fromkeys(COMPONENTS, 0.0), "task": "mask_comprehension", "failure": "bad_row"}
+        zero = dict.fromkeys(COMPONENTS, 0.0)
+        return {"score": 0.0, **zero, "task": "mask_comprehension", "failure": "bad_row", SAM_STEPS: encode_steps([])}
     parsed = parse_response(text, reasoning=config.reasoning("mask_comprehension"))
     clicks = parsed.clicks()
     if clicks is None:
         return _breakdown("mask_comprehension", parsed, False, config)
     pos, neg = clicks
     before = after = float(truth["init_edge_iou"])
-    calls = 0
+    calls, steps = 0, []
     if pos is not None or neg is not None:
         clicks = [(point, label) for point, label in ((pos, 1), (neg, 0)) if point is not None]
         prompt = Prompt(
@@ -119,11 +127,20 @@ async def score_mask_comprehension(
         )
         (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]))
         after, calls = (refined.edge_iou if refined.ok else 0.0), 1
+        steps.append(step_json(prompt, refined, refined.edge_iou))
     good_enough = truth["case"] == "good_enough"
     case = refinement_case_reward(good_enough, pos is not None, neg is not None, after - before, config)
     gain = iou_gain_reward(after - before, config.iou_gain)
     return _breakdown(
-        "mask_comprehension", parsed, True, config, sam_iou=after, case=case, iou_gain=gain, sam_called=calls
+        "mask_comprehension",
+        parsed,
+        True,
+        config,
+        steps=steps,
+        sam_iou=after,
+        case=case,
+        iou_gain=gain,
+        sam_called=calls,
     )
 
 
@@ -143,7 +160,11 @@ def score_auxiliary(text: str, truth: Mapping[str, Any], config: VeteranRewardCo
         for click, region in ((pos, fn), (neg, fp))
         if click is not None and region is not None
     )
-    return _breakdown("auxiliary", parsed, True, config, decision=decision, point=point)
+    # No SAM2 call: the record keeps the clicks the point rewards scored, for the gallery.
+    answered = [(click, label) for click, label in ((pos, 1), (neg, 0)) if click is not None]
+    clicks = Prompt(points=tuple(p for p, _ in answered), labels=tuple(label for _, label in answered))
+    steps = [step_json(clicks, None)] if answered else []
+    return _breakdown("auxiliary", parsed, True, config, steps=steps, decision=decision, point=point)
 
 
 def score_workflow(steps: list, truth: Mapping[str, Any], termination: str, config: VeteranRewardConfig) -> dict:
@@ -187,4 +208,7 @@ def score_workflow(steps: list, truth: Mapping[str, Any], termination: str, conf
         "stopped": float(termination == "stop"),
         "task": "workflow",
         "failure": "" if termination in ("stop", "max_steps") else termination,
+        SAM_STEPS: encode_steps(
+            step_json(step.prompt, step.result, None if step.result is None else step.result.edge_iou) for step in steps
+        ),
     }
