@@ -7,14 +7,19 @@ from typing import Any
 
 import ray
 
+DASHBOARD_HOST = "127.0.0.1"
+"""Where a local Ray's dashboard listens unless a config says otherwise: this machine only."""
+DASHBOARD_PORT = 8265
+"""Ray's own default dashboard port."""
+
 
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     include_dashboard: bool = True,
-    dashboard_host: str = "127.0.0.1",
-    dashboard_port: int = 8265,
+    dashboard_host: str = DASHBOARD_HOST,
+    dashboard_port: int = DASHBOARD_PORT,
     namespace: str | None = None,
     runtime_env: dict[str, Any] | None = None,
 ) -> str | None:

@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from recipe.common.compose import compose_recipe
 from recipe.common.preflight import check_gpus, preflight
 from recipe.common.trainer import RewardMetricsTrainer, reward_component_metrics
 from reward_server.config import server_config
@@ -19,9 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose_samr1(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose("samr1", overrides=list(overrides))
+    return compose_recipe("samr1", list(overrides))
 
 
 def test_the_config_is_the_papers_and_passes_verls_validation():

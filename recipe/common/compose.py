@@ -8,11 +8,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from recipe.common.run_config import register_schemas
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_recipe(name: str, overrides: list[str]) -> DictConfig:
     """``conf/<name>.yaml`` with overrides, outside any Hydra app."""
+    register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(name, overrides=overrides)

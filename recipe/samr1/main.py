@@ -4,6 +4,9 @@ import hydra
 from omegaconf import DictConfig
 
 from recipe.common.launcher import launch
+from recipe.common.run_config import register_schemas
+
+register_schemas()  # before Hydra composes the recipe
 
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="samr1")
