@@ -116,7 +116,7 @@ def score_grounding_rows(
                 gt_key = content_key(truth["mask"])
                 images[image.key], ground_truths[gt_key] = image.data, truth["mask"]
                 prompt = Prompt(box=tuple(truth["box"]))
-                requests.append(SegRequest(image.key, prompt, gt_key=gt_key, return_logits=True))
+                requests.append(SegRequest(image.key, prompt, gt_key=gt_key, return_logits=True, return_edge_iou=True))
             for offset, result in enumerate(engine.segment(requests, images, ground_truths)):
                 key = rows[offset]["extra_info"]["key"]
                 if not result.ok:

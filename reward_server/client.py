@@ -60,6 +60,7 @@ class SamClient:
         prompts: Sequence[Prompt],
         ground_truth: GroundTruthRef | dict[str, Any] | None = None,
         return_logits: bool = False,
+        return_edge_iou: bool = False,
     ) -> list[SegResult]:
         """Masks for ``prompts`` on one image, scored against ``ground_truth`` when given.
 
@@ -68,13 +69,16 @@ class SamClient:
             prompts: Prompts in the image's pixel coordinates.
             ground_truth: COCO RLE of the image's ground truth (or its ref), for ``iou`` and ``edge_iou``.
             return_logits: Also return low-res logits (the next refinement step's ``mask_input``).
+            return_edge_iou: Also compute ``edge_iou`` against ``ground_truth`` (SAM-Veteran's rewards).
 
         Returns:
             One result per prompt, in order; failures are results with ``error`` and ``code``, never exceptions.
         """
         image = image if isinstance(image, ImageRef) else ImageRef.of(image)
         gt = ground_truth if isinstance(ground_truth, GroundTruthRef | None) else GroundTruthRef.of(ground_truth)
-        requests = [SegRequest(image.key, prompt, gt.key if gt else None, return_logits) for prompt in prompts]
+        requests = [
+            SegRequest(image.key, prompt, gt.key if gt else None, return_logits, return_edge_iou) for prompt in prompts
+        ]
         async with self._semaphore():
             return await self._call(self.route(image.key), requests, image, gt)
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sam2.utils.transforms import SAM2Transforms
 
 from reward_server.cache import ByteLRU
 from reward_server.config import EngineConfig
@@ -152,6 +151,9 @@ class SamEngine:
         size = self.model.image_size
         self.feature_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
         self.mask_input_size = 4 * self.model.sam_image_embedding_size
+        # Not at module level: isort would put it above reward_server.sam2_build, which must import sam2 first.
+        from sam2.utils.transforms import SAM2Transforms
+
         self.transforms = SAM2Transforms(resolution=size, mask_threshold=0.0)
         self.features: ByteLRU[str, ImageFeatures] = ByteLRU(config.cache_bytes, lambda f: f.nbytes)
         self.ground_truths: ByteLRU[str, GroundTruth] = ByteLRU(config.gt_cache_bytes, lambda g: g.nbytes)
@@ -372,7 +374,8 @@ class SamEngine:
                 result.logits = clamped.to(self._logits_dtype).cpu().numpy()
             if job.gt is not None:
                 result.iou = mask_iou(mask, job.gt.mask)
-                result.edge_iou = edge_excluded_iou(mask, job.gt.mask, ignore=job.gt.ignore)
+                if job.request.return_edge_iou:  # the ground truth's edge mask is computed on first use only
+                    result.edge_iou = edge_excluded_iou(mask, job.gt.mask, ignore=job.gt.ignore)
             results.append(result)
         return results
 

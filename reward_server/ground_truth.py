@@ -12,7 +12,8 @@ from reward_server.masks import decode_rle, edge_ignore_mask
 
 @dataclass
 class GroundTruth:
-    """A ground-truth mask; the edge-ignore mask of the edge-excluded IoU is computed on first use and kept."""
+    """A ground-truth mask; the edge-ignore mask of the edge-excluded IoU is computed on first use and kept, so a
+    ground truth no request asks an edge-excluded IoU of (SAM-R1's) never pays for its Canny edges."""
 
     mask: np.ndarray
     ignore_edge: int

@@ -2,18 +2,21 @@
 
 Conventions (docs/conventions.md): masks are ``(H, W)`` arrays, boxes are ``[x1, y1, x2, y2]`` in pixel-edge
 coordinates (inclusive-exclusive, floats allowed), points are ``(x, y)``, image sizes are ``(H, W)``.
+
+OpenCV and torch are imported by the functions that use them: the answer parser needs only the constants and
+:func:`clip_box`, and must not pay for importing either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
-from torchvision.ops import box_iou as _torchvision_box_iou
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_SIZE = 840
 """Side of the square image the VLM sees; every coordinate it emits or is shown lives in this space."""
@@ -64,6 +67,8 @@ def edge_ignore_mask(gt: np.ndarray, ignore_edge: int = DEFAULT_IGNORE_EDGE) -> 
     Returns:
         Boolean ``(H, W)`` mask of ignored pixels.
     """
+    import cv2
+
     gt = _as_bool_mask(gt, "gt")
     if ignore_edge <= 0:
         return np.zeros(gt.shape, dtype=bool)
@@ -101,6 +106,8 @@ def edge_excluded_iou(
 
 
 def _as_boxes(boxes: Any) -> torch.Tensor:
+    import torch
+
     tensor = torch.as_tensor(np.asarray(boxes, dtype=np.float64))
     if tensor.ndim == 1:
         tensor = tensor[None]
@@ -119,6 +126,8 @@ def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
     Returns:
         ``(N, M)`` float64 array of IoUs.
     """
+    from torchvision.ops import box_iou as _torchvision_box_iou
+
     return _torchvision_box_iou(_as_boxes(boxes1), _as_boxes(boxes2)).numpy()
 
 
@@ -215,6 +224,8 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     Uses OpenCV's exact nearest neighbour (pixel centres map to pixel centres, as in PIL), not the legacy
     ``INTER_NEAREST`` whose half-pixel shift moves masks up and left.
     """
+    import cv2
+
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
@@ -266,6 +277,8 @@ def region_center(region: np.ndarray) -> tuple[float, float] | None:
     Returns:
         ``(x, y)`` in pixel coordinates (pixel centres are integers), or None for an empty region.
     """
+    import cv2
+
     region = _as_bool_mask(region, "region")
     ys, xs = np.nonzero(region)
     if xs.size == 0:

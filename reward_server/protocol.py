@@ -54,12 +54,22 @@ class Prompt:
 
 @dataclass(frozen=True)
 class SegRequest:
-    """A prompt on a cached image, optionally scored against a registered ground truth."""
+    """A prompt on a cached image, optionally scored against a registered ground truth.
+
+    Attributes:
+        image_key: Content key of the image.
+        prompt: The SAM2 prompt.
+        gt_key: Content key of a registered ground truth to score the mask against (``iou``).
+        return_logits: Also return the low-resolution logits.
+        return_edge_iou: With ``gt_key``, also compute the edge-excluded IoU (SAM-Veteran's rewards); it costs a
+            Canny edge mask per ground truth and a second IoU per mask, which SAM-R1's reward never reads.
+    """
 
     image_key: str
     prompt: Prompt
     gt_key: str | None = None
     return_logits: bool = False
+    return_edge_iou: bool = False
 
 
 @dataclass
@@ -72,7 +82,8 @@ class SegResult:
         logits: Low-resolution logits (float16 by default), clamped to [-32, 32], when requested (the next
             refinement step's ``mask_input``).
         iou: IoU with the ground truth, when one was given.
-        edge_iou: Edge-excluded IoU with the ground truth (training rewards), when one was given.
+        edge_iou: Edge-excluded IoU with the ground truth (SAM-Veteran's rewards), when one was given and the
+            request asked for it (``return_edge_iou``).
         error: Why there is no mask.
         code: The error's category.
         served_by: Name of the actor that answered.

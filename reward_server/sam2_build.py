@@ -2,8 +2,11 @@
 
 ``sam2.build_sam.build_sam2`` composes its config through the process-wide Hydra instance that ``import sam2``
 initialises, which clashes with our own Hydra apps (training entry points, evaluation). Here the packaged YAML is
-loaded with OmegaConf and instantiated directly, so SAM2 builds the same way inside or outside a Hydra app (see also
-``reward_server/__init__.py``).
+loaded with OmegaConf and instantiated directly, so SAM2 builds the same way inside or outside a Hydra app.
+
+``import sam2`` itself initialises that process-wide Hydra state as a side effect, which breaks any Hydra app (our
+entry points) that starts afterwards. This module is the package's one way in to ``sam2``: it imports it once and
+undoes that side effect, and every other module imports ``sam2`` only after importing this one.
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
-from sam2.modeling.sam2_base import SAM2Base
+
+_hydra_was_initialised = GlobalHydra.instance().is_initialized()
+import sam2  # noqa: E402, F401
+
+if not _hydra_was_initialised and GlobalHydra.instance().is_initialized():
+    GlobalHydra.instance().clear()
+
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES  # noqa: E402
+from sam2.modeling.sam2_base import SAM2Base  # noqa: E402
 
 # SAM2's own post-processing defaults (build_sam2's apply_postprocessing): fall back to the most stable of the
 # multimask outputs when the single-mask output is unstable.

@@ -2,6 +2,9 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -280,3 +283,17 @@ def test_answer_only_tag_rule_for_the_no_cot_ablation(text, ok):
 
 def test_clicks_of_a_failed_parse_are_none():
     assert parse_response("no answer").clicks() is None
+
+
+def test_parsing_an_answer_imports_neither_torch_nor_sam2():
+    """Rewards, loops and evaluation parse every response: that must not cost seconds of torch and SAM2 imports."""
+    code = """
+import sys
+from recipe.common.answer import parse_response
+parsed = parse_response('<think>t</think><answer>{"bbox_2d": [1, 2, 30, 40], "point_2d": [5, 6]}</answer>')
+assert parsed.bbox_2d().value == (1.0, 2.0, 30.0, 40.0) and parsed.point_2d().value == (5.0, 6.0)
+print(sorted(name for name in ("torch", "torchvision", "sam2", "cv2") if name in sys.modules))
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -521,6 +521,30 @@ def test_segmenter_batches_concurrent_calls_and_survives_an_engine_failure():
         asyncio.run(segmenter.segment(ImageRef.of(image), [Prompt(box=(0, 0, 5, 5))], ground_truth={"size": [1, 1]}))
 
 
+def test_segmenter_carries_the_request_flags_to_the_engine():
+    class Recording(BoxSam):
+        def __init__(self):
+            super().__init__()
+            self.requests = []
+
+        def segment(self, requests, images=None, ground_truths=None):
+            self.requests += requests
+            return super().segment(requests, images, ground_truths)
+
+    image, sam = ImageRef.of(np.zeros((30, 40, 3), np.uint8)), Recording()
+    segmenter = BatchedSegmenter(sam)
+
+    async def both():
+        prompt = Prompt(box=(0, 0, 5, 5))
+        return await asyncio.gather(
+            segmenter.segment(image, [prompt]),
+            segmenter.segment(image, [prompt], return_logits=True, return_edge_iou=True),
+        )
+
+    asyncio.run(both())
+    assert [(r.return_logits, r.return_edge_iou) for r in sam.requests] == [(False, False), (True, True)]
+
+
 def test_a_dataset_of_only_skipped_rows_is_reported_without_scores():
     summary = summarize([{"uid": "x:0", "dataset": "d", "mode": "samr1", "skipped": "bad"}], "m", "samr1")
     assert summary["datasets"]["d"]["n"] == 0 and summary["datasets"]["d"]["n_skipped"] == 1

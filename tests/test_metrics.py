@@ -149,19 +149,6 @@ def by_hand(pred, gt, ignore_is_target=False):
     return inter, union, inter / union
 
 
-def test_merge_equals_one_pass():
-    samples = make_samples(seed=5)
-    for convention in ("lisa", "seg_zero"):
-        whole, left, right = (SegMetrics(convention) for _ in range(3))
-        for index, (pred, gt) in enumerate(samples):
-            whole.update(pred, gt)
-            (left if index % 2 else right).update(pred, gt)
-        left.merge(right)
-        assert left.summary() == pytest.approx(whole.summary())
-    with pytest.raises(ValueError, match="conventions"):
-        SegMetrics("lisa").merge(SegMetrics("seg_zero"))
-
-
 def test_bad_inputs_raise_clear_errors():
     metrics = SegMetrics()
     with pytest.raises(ValueError, match="labels must be 0, 1 or 255"):

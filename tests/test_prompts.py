@@ -5,14 +5,17 @@ import pytest
 from recipe.common.answer import parse_response
 from recipe.common.prompts import (
     GROUNDING_PROMPT,
-    PROMPTS,
     REFINEMENT_PROMPT,
-    SAMR1_PROMPT,
     build_messages,
     build_prompt,
 )
 
-from support.paper_prompts import FIGURE5_GROUNDING, FIGURE5_REFINEMENT
+from support.paper_prompts import (
+    ANSWER_ONLY_GROUNDING,
+    ANSWER_ONLY_REFINEMENT,
+    FIGURE5_GROUNDING,
+    FIGURE5_REFINEMENT,
+)
 
 
 def test_veteran_prompts_are_figure5_verbatim():
@@ -21,17 +24,25 @@ def test_veteran_prompts_are_figure5_verbatim():
 
 
 def test_samr1_prompt_asks_for_box_point_and_label_in_the_reasoning_format():
-    for key in ('"bbox_2d"', '"point_2d"', '"label"', "<think>", "</think>", "<answer>", "</answer>", "{Question}"):
-        assert key in SAMR1_PROMPT
+    prompt = build_prompt("samr1", "the cup")
+    for key in ('"bbox_2d"', '"point_2d"', '"label"', "<think>", "</think>", "<answer>", "</answer>", '"the cup"'):
+        assert key in prompt
+    assert "{Question}" not in prompt
 
 
-def test_task_registry():
-    assert PROMPTS == {
-        "samr1": SAMR1_PROMPT,
-        "grounding": GROUNDING_PROMPT,
-        "mask_comprehension": REFINEMENT_PROMPT,
-        "auxiliary": REFINEMENT_PROMPT,
-    }
+@pytest.mark.parametrize(
+    ("task", "reasoning", "paper"),
+    [
+        ("grounding", True, FIGURE5_GROUNDING),  # Q^B
+        ("mask_comprehension", True, FIGURE5_REFINEMENT),  # Q^P, both refinement tasks
+        ("auxiliary", True, FIGURE5_REFINEMENT),
+        ("grounding", False, ANSWER_ONLY_GROUNDING),  # Table 6's "w/o CoT"
+        ("mask_comprehension", False, ANSWER_ONLY_REFINEMENT),
+        ("auxiliary", False, ANSWER_ONLY_REFINEMENT),
+    ],
+)
+def test_each_veteran_task_is_shown_its_papers_prompt(task, reasoning, paper):
+    assert build_prompt(task, "the cup", reasoning=reasoning) == paper.replace("{Question}", "the cup")
 
 
 @pytest.mark.parametrize("question", ["the man in {red}", 'a "quoted" cup', "{Question}", ""])

@@ -1,10 +1,14 @@
 """The SAM2 engine against SAM2ImagePredictor, and its cache, ground-truth scoring and bad-input answers."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+from reward_server import engine as engine_module
 from reward_server import ground_truth as ground_truth_module
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine, ray_gpu_ids, resolve_device
@@ -107,13 +111,55 @@ def test_ground_truth_scores_and_ignore_mask_computed_once(engine_512, monkeypat
     gt[200:600, 150:500] = True
     rle = encode_rle(gt)
     key, gt_key = content_key(image), content_key(rle)
-    requests = [SegRequest(key, Prompt(box=(150 + 5 * r, 200, 500, 600)), gt_key=gt_key) for r in range(8)]
+    requests = [
+        SegRequest(key, Prompt(box=(150 + 5 * r, 200, 500, 600)), gt_key=gt_key, return_edge_iou=True) for r in range(8)
+    ]
     results = engine_512.segment(requests, images={key: image}, ground_truths={gt_key: rle})
     for result in results:
         mask = result.mask_array()
         assert result.iou == pytest.approx(mask_iou(mask, gt), abs=0)
         assert result.edge_iou == pytest.approx(edge_excluded_iou(mask, gt), abs=0)
     assert len(calls) == 1
+
+
+def test_edge_iou_and_its_edge_mask_only_when_asked(engine_512, monkeypatch):
+    """SAM-R1 never asks: no Canny edges, no second IoU, ``edge_iou`` None and the same ``iou`` as when asked."""
+    calls = Counter()
+
+    def counted(name, original):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return call
+
+    for module, name in ((ground_truth_module, "edge_ignore_mask"), (engine_module, "edge_excluded_iou")):
+        monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    image = random_image(31)
+    gt = np.zeros((840, 840), bool)
+    gt[150:650, 250:600] = True
+    rle = encode_rle(gt)
+    key, gt_key = content_key(image), content_key(rle)
+    prompts = [Prompt(box=(240 + 5 * r, 140, 610, 660 - 10 * r)) for r in range(8)]
+
+    plain = engine_512.segment(
+        [SegRequest(key, p, gt_key=gt_key) for p in prompts], images={key: image}, ground_truths={gt_key: rle}
+    )
+    assert all(result.ok and result.edge_iou is None for result in plain) and calls == Counter()
+
+    # One batch mixing both kinds: each request gets what it asked for.
+    asked = [r % 2 == 0 for r in range(len(prompts))]
+    mixed = engine_512.segment(
+        [SegRequest(key, p, gt_key=gt_key, return_edge_iou=a) for p, a in zip(prompts, asked, strict=True)]
+    )
+    assert calls == Counter(edge_ignore_mask=1, edge_excluded_iou=sum(asked))
+    for before, after, ask in zip(plain, mixed, asked, strict=True):
+        assert after.mask == before.mask and after.iou == before.iou
+        if not ask:
+            assert after.edge_iou is None
+            continue
+        mask = mask_utils.decode({"size": after.mask["size"], "counts": after.mask["counts"].encode()}).astype(bool)
+        assert after.edge_iou == edge_excluded_iou(mask, gt)
 
 
 def test_bad_input_is_answered_per_request(engine_512):

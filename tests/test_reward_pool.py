@@ -110,8 +110,11 @@ def test_results_are_small_and_scored(pool):
     client = SamClient(actors, config.client)
     gt = np.zeros((840, 840), bool)
     gt[100:600, 200:500] = True
-    (result,) = run(client.segment(random_image(1), [Prompt(box=(200, 100, 500, 600))], encode_rle(gt), True))
+    image, prompt = random_image(1), Prompt(box=(200, 100, 500, 600))
+    (result,) = run(client.segment(image, [prompt], encode_rle(gt), True, return_edge_iou=True))
     assert result.ok and 0.0 <= result.iou <= 1.0 and 0.0 <= result.edge_iou <= 1.0
+    (plain,) = run(client.segment(image, [prompt], encode_rle(gt), True))
+    assert plain.iou == result.iou and plain.edge_iou is None  # the edge-excluded IoU only when asked
     assert isinstance(result.mask["counts"], str)
     assert result.logits.dtype == np.float16 and result.logits.shape == (128, 128)
 
@@ -276,6 +279,27 @@ def test_client_bounds_its_calls_in_flight():
 
     results = run(burst())
     assert all(r[0].ok for r in results) and actor.peak == 2
+
+
+def test_client_carries_the_edge_iou_flag_to_the_actor():
+    class RecordingActor:
+        def __init__(self):
+            self.requests = []
+            self.segment = self  # the client calls actor.segment.remote(...)
+
+        def remote(self, requests, images=None, ground_truths=None):
+            self.requests += requests
+            return self._answer(len(requests))
+
+        async def _answer(self, count):
+            return [SegResult(mask=encode_rle(np.zeros((4, 4), bool)), score=1.0) for _ in range(count)]
+
+    actor = RecordingActor()
+    client = SamClient([actor])
+    image, gt = np.zeros((4, 4, 3), np.uint8), encode_rle(np.ones((4, 4), bool))
+    run(client.segment(image, [Prompt(box=(0, 0, 2, 2))], ground_truth=gt))
+    run(client.segment(image, [Prompt(box=(0, 0, 2, 2))] * 2, ground_truth=gt, return_edge_iou=True))
+    assert [request.return_edge_iou for request in actor.requests] == [False, True, True]
 
 
 def test_several_actors_spread_over_nodes_unless_told_otherwise():

@@ -1,5 +1,7 @@
 """Our Hydra-free SAM2 builder against SAM2's own build_sam2, inside and outside a Hydra app."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,16 @@ def test_hub_ids_resolve_to_their_checkpoint_file(tiny_sam2, tmp_path: Path, mon
     assert torch.equal(model.state_dict()["no_mem_embed"], tiny_sam2.state_dict()["no_mem_embed"])
     with pytest.raises(FileNotFoundError, match="neither a file nor a known hub id"):
         resolve_checkpoint("someone/unknown-model")
+
+
+def test_importing_the_engine_leaves_hydra_uninitialised():
+    """``import sam2`` initialises Hydra; reward_server.sam2_build, the package's way in to sam2, undoes it."""
+    code = """
+import sys
+from hydra.core.global_hydra import GlobalHydra
+import reward_server.engine
+print("sam2" in sys.modules, GlobalHydra.instance().is_initialized())
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]

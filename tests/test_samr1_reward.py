@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from recipe.samr1.reward import PAPER_TIERS, compute_score, tiered_iou_reward
+from recipe.samr1.reward import compute_score, tiered_iou_reward
 from reward_server.masks import encode_rle
 from reward_server.protocol import ErrorCode, Prompt, SegResult
 
@@ -148,8 +148,22 @@ def test_every_result_has_the_same_keys():
     assert len(keys) == 1
 
 
-def test_paper_tiers_are_eq5():
-    assert PAPER_TIERS == ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))
+def eq5(iou: float) -> float:
+    """SAM-R1's eq. (5) as printed: 4 above 0.8, 3 above 0.7, 2 above 0.5, else 0."""
+    if iou > 0.8:
+        return 4.0
+    if iou > 0.7:
+        return 3.0
+    if iou > 0.5:
+        return 2.0
+    return 0.0
+
+
+def test_the_default_tiers_are_eq5_on_every_iou():
+    grid = np.linspace(0.0, 1.0, 10_001).tolist()
+    edges = [np.nextafter(t, d) for t in (0.5, 0.7, 0.8) for d in (0.0, 1.0)] + [0.5, 0.7, 0.8]
+    for iou in grid + [float(e) for e in edges]:
+        assert tiered_iou_reward(iou) == eq5(iou), iou
 
 
 def test_one_client_per_pool_and_process(monkeypatch):
@@ -165,3 +179,9 @@ def test_one_client_per_pool_and_process(monkeypatch):
     assert sam_client.get_sam_client(mapping) is first and len(connects) == 1
     assert connects[0].pool.name == "p1"  # validated into a ServerConfig on connect
     assert sam_client.get_sam_client({"pool": {"name": "p2"}}) is not first and len(connects) == 2
+
+
+def test_the_reward_does_not_ask_for_the_edge_excluded_iou():
+    """SAM-R1 scores the plain IoU, so SAM2 skips the Canny edges of the edge-excluded one."""
+    sam = FakeSam(mask_with_iou(0.9), truth=GT)
+    assert score(ANSWER, sam)["iou"] == pytest.approx(0.9) and sam.edge_iou_asked == [False]

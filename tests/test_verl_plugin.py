@@ -112,9 +112,12 @@ def test_the_cpu_platform_is_never_auto_detected():
     assert default.returncode == 0 and default.stdout.split()[-1] != "cpu"
 
 
-# The modules the plugin takes names from: if importing one first started `import verl`, verl would load the plugin
-# while that module is half-initialised, and swallow the ImportError (a debug log line) - no registry, no fix.
-@pytest.mark.parametrize("first", ["recipe.common.verl_workarounds", "recipe.cpu.platform"])
+# The modules the plugin and its modules take names from: if importing one first started `import verl`, verl would
+# load the plugin while that module is half-initialised, and swallow the ImportError (a debug log line) - no
+# registry, no fix.
+@pytest.mark.parametrize(
+    "first", ["recipe.common.verl_workarounds", "recipe.cpu.platform", "recipe.common.registration"]
+)
 def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first(first):
     probe = (
         f"import {first}, sys\n"

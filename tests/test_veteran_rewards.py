@@ -22,11 +22,11 @@ from recipe.veteran.rewards import (
     point_reward,
     refinement_case_reward,
 )
-from recipe.veteran.task_rewards import score_mask_comprehension
+from recipe.veteran.task_rewards import score_grounding, score_mask_comprehension
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
 from reward_server.images import to_rgb
-from reward_server.masks import decode_rle
+from reward_server.masks import decode_rle, encode_rle
 from reward_server.protocol import ImageRef, Prompt
 
 from support.fake_sam import EngineClient, FakeSam
@@ -156,7 +156,7 @@ def test_a_refinement_is_one_sam2_call_on_the_logits_of_the_mask_shown(sam_rows)
     info = asyncio.run(score_mask_comprehension(text, truth, ImageRef.of(image_bytes), EngineClient(counting), PAPER))
     ((requests, results),) = counting.calls  # (a) one SAM2 call, with one prompt
     (refined,) = results
-    assert len(requests) == 1 and info["sam_called"] == 1 and refined.ok
+    assert len(requests) == 1 and info["sam_called"] == 1 and refined.ok and requests[0].return_edge_iou
 
     predictor = SAM2ImagePredictor(engine.model)
     predictor.set_image(to_rgb(image_bytes))
@@ -209,3 +209,11 @@ def test_rows_without_usable_logits_score_zero_with_a_reason_and_no_sam_call(cap
         assert info["score"] == 0.0 and info["failure"] == "bad_row" and info["sam_called"] == 0.0
         assert any(re.search(reason, record.getMessage()) for record in caplog.records)
     assert sam.prompts == []
+
+
+def test_grounding_scores_the_edge_excluded_iou_it_asks_for():
+    truth = {"mask": encode_rle(np.ones((840, 840), bool)), "box": [100, 100, 500, 300]}
+    sam = FakeSam(iou=0.2, edge_iou=0.7)
+    text = f"<think>t</think><answer>{json.dumps({'bbox_2d': [100, 100, 500, 300]})}</answer>"
+    info = asyncio.run(score_grounding(text, truth, None, sam, PAPER))
+    assert sam.edge_iou_asked == [True] and info["sam_iou"] == 0.7

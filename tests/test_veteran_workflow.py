@@ -79,6 +79,7 @@ def test_grounding_then_refinement_then_stop():
     assert episode.termination == "stop"
     assert [s.kind for s in episode.steps] == ["grounding", "refinement", "refinement", "refinement"]
     first, second, third = sam.prompts
+    assert sam.edge_iou_asked == [True, True, True]  # score_workflow reads each step's edge-excluded IoU
     assert first.box == (290.0, 190.0, 710.0, 610.0) and first.points == () and first.mask_input is None
     # Refinements: the initial box, the previous logits, only the new click.
     assert second.box == first.box and second.points == ((500.0, 580.0),) and second.labels == (1,)

@@ -80,6 +80,7 @@ def test_turns_tokens_masks_and_images(row_and_tools, monkeypatch):
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     info = output.extra_fields["reward_extra_info"]
     assert info["stopped"] == 1 and info["turns"] == 3 and len(sam.prompts) == 2
+    assert sam.edge_iou_asked == [True, True]  # the rewards score each step's edge-excluded IoU
     # The images of each turn: the plain image, then the overlay of the latest mask, appended in order.
     image = to_rgb(row["raw_prompt"][0]["content"][0]["bytes"])
     assert [len(call["images"]) for call in server.calls] == [1, 2, 3]

@@ -130,16 +130,6 @@ class SegMetrics:
         self._union += sample.union
         self._failed += int(sample.failed)
 
-    def merge(self, other: SegMetrics) -> None:
-        """Adds another accumulator's samples (data-parallel shards); both must use the same convention."""
-        if other.convention != self.convention:
-            raise ValueError("cannot merge metrics computed under different conventions")
-        self._ious.extend(other._ious)
-        self._intersection += other._intersection
-        self._union += other._union
-        self._failed += other._failed
-        self._dropped += other._dropped
-
     def summary(self) -> dict[str, float | int | str]:
         """``gIoU``, ``cIoU`` (both NaN before any scored sample), ``n`` (the samples scored), ``n_failed``,
         ``n_dropped`` (samples the convention does not score) and the ``convention``."""

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 from verl import DataProto
-from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+
+from recipe.common.registration import reward_manager
 
 
 def first_image(messages: Any) -> Any:
@@ -21,7 +22,7 @@ def first_image(messages: Any) -> Any:
     return None
 
 
-@register("sam_image")
+@reward_manager("sam_image")
 class SamImageRewardManager(NaiveRewardManager):
     """Scores like ``naive`` with the sample's image added to ``extra_info`` (None when the prompt has none)."""
 

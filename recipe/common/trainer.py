@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import transfer_queue as tq
 from omegaconf import DictConfig, open_dict
-from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
 
 from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
 from recipe.common.pool_meter import PoolMeter
+from recipe.common.registration import trainer
 from recipe.common.reward_manager import first_image
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def reward_component_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
     return metrics
 
 
-@register_trainer(TRAINER_MODE)
+@trainer(TRAINER_MODE)
 class RewardMetricsTrainer(PPOTrainerSync):
     """``trainer.v1.trainer_mode=sync_reward_metrics``: the sync trainer plus per-step reward components."""
 

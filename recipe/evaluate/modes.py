@@ -20,6 +20,7 @@ from PIL import Image
 
 from recipe.common.answer import parse_response
 from recipe.common.prompts import build_prompt
+from recipe.common.registration import unique
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.samples import EvalSample
 from recipe.veteran.workflow import Episode, Messages, Step
@@ -125,17 +126,31 @@ class Mode:
     max_new_tokens: int = 1024
 
 
-MODES: dict[str, Mode] = {
-    "samr1": Mode(lambda sample, cfg: SamR1Episode(sample)),
-    "veteran": Mode(
+MODES: dict[str, Mode] = {}
+"""The evaluation modes by name, filled by :func:`register_mode`."""
+
+
+def register_mode(name: str, mode: Mode) -> Mode:
+    """Adds ``mode`` to :data:`MODES` as ``name``.
+
+    Raises:
+        ValueError: When another mode holds ``name``, naming both.
+    """
+    return unique("evaluation mode", MODES, name)(mode)
+
+
+register_mode("samr1", Mode(lambda sample, cfg: SamR1Episode(sample)))
+register_mode(
+    "veteran",
+    Mode(
         lambda sample, cfg: _workflow(sample, cfg, cfg.veteran.max_steps),
         repetition_penalty=1.1,
         iterative=True,
         max_new_tokens=1300,
     ),
-    "baseline": Mode(lambda sample, cfg: _workflow(sample, cfg, 0)),
-    "oracle_box": Mode(lambda sample, cfg: OracleBoxEpisode(sample), needs_model=False),
-}
+)
+register_mode("baseline", Mode(lambda sample, cfg: _workflow(sample, cfg, 0)))
+register_mode("oracle_box", Mode(lambda sample, cfg: OracleBoxEpisode(sample), needs_model=False))
 
 
 def get_mode(name: str) -> Mode:

@@ -50,10 +50,12 @@ class BatchedSegmenter:
         prompts: Sequence[Prompt],
         ground_truth: Any = None,
         return_logits: bool = False,
+        return_edge_iou: bool = False,
     ) -> list[SegResult]:
         """Masks for ``prompts`` on ``image``, computed with every other call of this event-loop turn.
 
-        ``ground_truth`` must be None: the evaluator scores masks itself (with ignore pixels, SPEC section 6).
+        ``ground_truth`` must be None: the evaluator scores masks itself (with ignore pixels, SPEC section 6), so
+        ``return_edge_iou`` is carried to the engine as the client carries it but yields no ``edge_iou``.
         """
         if ground_truth is not None:
             raise ValueError("the evaluator's segmenter does not score; pass ground_truth=None")
@@ -62,7 +64,9 @@ class BatchedSegmenter:
         if not self._pending:
             loop.call_soon(self._flush)
         pending = _Pending(
-            [SegRequest(image.key, p, None, return_logits) for p in prompts], image, loop.create_future()
+            [SegRequest(image.key, p, None, return_logits, return_edge_iou) for p in prompts],
+            image,
+            loop.create_future(),
         )
         self._pending.append(pending)
         return await pending.future

@@ -16,13 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
+from verl.trainer.ppo.core_algos import agg_loss
 from verl.utils import torch_functional as verl_F
+
+from recipe.common.registration import policy_loss
 
 LOG_RATIO_CLAMP = 20.0  # as verl's losses: exp() of larger log-ratios overflows
 
 
-@register_policy_loss("samr1")
+@policy_loss("samr1")
 def compute_policy_loss_samr1(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,

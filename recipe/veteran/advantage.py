@@ -12,10 +12,11 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
+
+from recipe.common.registration import adv_estimator
 
 
-@register_adv_est("grpo_batch_std")
+@adv_estimator("grpo_batch_std")
 def compute_grpo_batch_std_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,

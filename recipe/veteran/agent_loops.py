@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from PIL import Image
-from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import build_prompt
+from recipe.common.registration import agent_loop
 from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.rewards import VeteranRewardConfig
@@ -74,7 +75,7 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
         raise NotImplementedError
 
 
-@register("veteran_grounding")
+@agent_loop("veteran_grounding")
 class GroundingLoop(VeteranTaskLoop):
     task = "grounding"
 
@@ -82,7 +83,7 @@ class GroundingLoop(VeteranTaskLoop):
         return await score_grounding(text, truth, image, get_sam_client(self.config.reward_server), self.reward_config)
 
 
-@register("veteran_mask_comprehension")
+@agent_loop("veteran_mask_comprehension")
 class MaskComprehensionLoop(VeteranTaskLoop):
     task = "mask_comprehension"
     shows_mask = True
@@ -92,7 +93,7 @@ class MaskComprehensionLoop(VeteranTaskLoop):
         return await score_mask_comprehension(text, truth, image, client, self.reward_config)
 
 
-@register("veteran_auxiliary")
+@agent_loop("veteran_auxiliary")
 class AuxiliaryLoop(VeteranTaskLoop):
     task = "auxiliary"
     shows_mask = True

@@ -57,7 +57,7 @@ async def score_grounding(
     if not box.ok:
         return _breakdown("grounding", parsed, False, config)
     prompt = Prompt(box=box.value)
-    (result,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]))
+    (result,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]), return_edge_iou=True)
     sam_iou = result.edge_iou if result.ok else 0.0
     return _breakdown(
         "grounding",
@@ -125,7 +125,7 @@ async def score_mask_comprehension(
             labels=tuple(label for _, label in clicks),
             mask_input=mask_input,
         )
-        (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]))
+        (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]), return_edge_iou=True)
         after, calls = (refined.edge_iou if refined.ok else 0.0), 1
         steps.append(step_json(prompt, refined, refined.edge_iou))
     good_enough = truth["case"] == "good_enough"

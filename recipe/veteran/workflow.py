@@ -34,7 +34,9 @@ class Policy(Protocol):
 
 
 class Segmenter(Protocol):
-    async def segment(self, image, prompts, ground_truth=None, return_logits=False) -> list[SegResult]: ...
+    async def segment(
+        self, image, prompts, ground_truth=None, return_logits=False, return_edge_iou=False
+    ) -> list[SegResult]: ...
 
 
 @dataclass
@@ -197,7 +199,10 @@ async def run_episodes(
         prompts = [(episode, episode.observe_response(text)) for episode, text in zip(active, texts, strict=True)]
         asking = [(episode, prompt) for episode, prompt in prompts if prompt is not None]
         results = await asyncio.gather(
-            *(segmenter.segment(e.image_ref, [p], ground_truth=e.gt_ref, return_logits=True) for e, p in asking)
+            *(
+                segmenter.segment(e.image_ref, [p], ground_truth=e.gt_ref, return_logits=True, return_edge_iou=True)
+                for e, p in asking
+            )
         )
         for (episode, _), (result,) in zip(asking, results, strict=True):
             episode.observe_mask(result)

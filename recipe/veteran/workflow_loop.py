@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import uuid4
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
+from recipe.common.registration import agent_loop
 from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.rewards import VeteranRewardConfig
@@ -24,7 +25,7 @@ from reward_server.images import to_rgb
 from reward_server.protocol import ImageRef
 
 
-@register("veteran_workflow")
+@agent_loop("veteran_workflow")
 class WorkflowLoop(AgentLoopBase):
     """The multi-turn workflow on-policy: ``veteran.workflow.max_steps`` refinement turns at most, earlier clicks
     re-sent with each refinement when ``veteran.workflow.resend_points``."""
@@ -88,7 +89,9 @@ class WorkflowLoop(AgentLoopBase):
             sam_prompt = episode.observe_response(text)
             if sam_prompt is None:
                 break
-            (result,) = await sam.segment(image, [sam_prompt], ground_truth=episode.gt_ref, return_logits=True)
+            (result,) = await sam.segment(
+                image, [sam_prompt], ground_truth=episode.gt_ref, return_logits=True, return_edge_iou=True
+            )
             episode.observe_mask(result)
             if episode.done:
                 break

@@ -24,7 +24,8 @@ def _at(value: PerCall[T], n: int) -> T:
 
 
 class FakeSam:
-    """A fake SAM2 pool client: records every prompt in ``prompts`` and answers each call with one result.
+    """A fake SAM2 pool client: records every prompt in ``prompts``, each call's ``return_edge_iou`` in
+    ``edge_iou_asked``, and answers each call with one result.
 
     The mask, IoU and edge IoU are constants or functions of ``n``, the number of prompts received so far (this
     call's included), so a mask can change from call to call. Logits, when asked for, are filled with ``n``: a test
@@ -34,7 +35,7 @@ class FakeSam:
         mask: The boolean mask (default: empty, 840x840).
         truth: When given, ``iou`` is the mask's IoU with it.
         iou: The result's ``iou`` when no ``truth`` is given.
-        edge_iou: The result's ``edge_iou``.
+        edge_iou: The result's ``edge_iou``, whether or not the call asks for it (``return_edge_iou``).
         score: SAM2's predicted score.
         failure: A failed result returned instead of any mask.
     """
@@ -52,11 +53,18 @@ class FakeSam:
         self.mask = np.zeros((MODEL_SIZE, MODEL_SIZE), bool) if mask is None else mask
         self.truth, self.iou, self.edge_iou, self.score, self.failure = truth, iou, edge_iou, score, failure
         self.prompts: list[Prompt] = []
+        self.edge_iou_asked: list[bool] = []
 
     async def segment(
-        self, image: Any, prompts: Sequence[Prompt], ground_truth: Any = None, return_logits: bool = False
+        self,
+        image: Any,
+        prompts: Sequence[Prompt],
+        ground_truth: Any = None,
+        return_logits: bool = False,
+        return_edge_iou: bool = False,
     ) -> list[SegResult]:
         self.prompts += list(prompts)
+        self.edge_iou_asked.append(return_edge_iou)
         if self.failure is not None:
             return [self.failure]
         n = len(self.prompts)
@@ -106,8 +114,11 @@ class EngineClient:
         prompts: Sequence[Prompt],
         ground_truth: GroundTruthRef | dict | None = None,
         return_logits: bool = False,
+        return_edge_iou: bool = False,
     ) -> list[SegResult]:
         image = image if isinstance(image, ImageRef) else ImageRef.of(image)
         gt = ground_truth if isinstance(ground_truth, GroundTruthRef | None) else GroundTruthRef.of(ground_truth)
-        requests = [SegRequest(image.key, prompt, gt.key if gt else None, return_logits) for prompt in prompts]
+        requests = [
+            SegRequest(image.key, prompt, gt.key if gt else None, return_logits, return_edge_iou) for prompt in prompts
+        ]
         return self.engine.segment(requests, {image.key: image.data}, {gt.key: gt.rle} if gt else None)

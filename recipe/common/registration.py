@@ -1,0 +1,106 @@
+"""Registering into verl's registries (and our own) without silently replacing someone else's entry.
+
+verl's register functions differ on a taken name: ``register_policy_loss`` and the agent-loop ``register`` overwrite
+silently, the reward manager, advantage estimator and trainer ones raise only for a different object, without naming
+where either comes from. :func:`unique` checks first, the same way for every registry, and then delegates to verl's
+own decorator, so verl's bookkeeping stays verl's.
+
+Re-registering the same owner is accepted: a module executed again (``importlib.reload``, or imported under a second
+name) builds new objects with the same ``module.qualname``, and the agent-loop registry keeps only that path anyway.
+
+verl is imported only when a decorator is built, never by importing this module: the plugin's modules take names
+from it, and a module that starts ``import verl`` while the plugin loads leaves the plugin half-imported (see
+:mod:`recipe.verl_plugin`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def owner(obj: Any) -> str:
+    """``module.qualname`` of a class or function; the path itself for an entry kept as a path.
+
+    verl's agent-loop registry keeps ``{"_target_": "module.qualname"}`` (or the DictConfig of an agent-loop config
+    file) instead of the class; other objects are named by their ``repr``.
+    """
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, Mapping) and "_target_" in obj:
+        return str(obj["_target_"])
+    qualname = getattr(obj, "__qualname__", None)
+    return f"{obj.__module__}.{qualname}" if qualname else repr(obj)
+
+
+def _same_owner(existing: Any, obj: Any) -> bool:
+    if existing is obj:
+        return True
+    # Two distinct lambdas (or local classes) share a qualname: only a module-level name identifies an owner.
+    return "<" not in owner(obj) and owner(existing) == owner(obj)
+
+
+def unique(
+    registry: str, entries: MutableMapping[str, Any], name: str, register: Callable[[T], T] | None = None
+) -> Callable[[T], T]:
+    """A decorator registering under ``name`` that refuses a name another owner holds.
+
+    Args:
+        registry: The registry's name, for the error message.
+        entries: The registry's current entries (read when the decorator is applied).
+        name: The name to register.
+        register: The registry's own decorator for ``name``; without it, the object is stored in ``entries``.
+
+    Raises:
+        ValueError: When ``name`` is registered to a different owner, naming the registry, the name and both owners.
+    """
+
+    def decorator(obj: T) -> T:
+        if name in entries and not _same_owner(entries[name], obj):
+            raise ValueError(
+                f"{registry} {name!r} is already registered to {owner(entries[name])}; "
+                f"refusing to register {owner(obj)} under the same name"
+            )
+        if register is None:
+            entries[name] = obj
+            return obj
+        return register(obj)
+
+    return decorator
+
+
+def policy_loss(name: str) -> Callable[[T], T]:
+    """verl's ``register_policy_loss(name)``, refusing a name another loss holds."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
+
+    return unique("policy loss", POLICY_LOSS_REGISTRY, name, register_policy_loss(name))
+
+
+def adv_estimator(name: str) -> Callable[[T], T]:
+    """verl's ``register_adv_est(name)``, refusing a name another estimator holds."""
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
+
+    return unique("advantage estimator", ADV_ESTIMATOR_REGISTRY, name, register_adv_est(name))
+
+
+def trainer(name: str) -> Callable[[T], T]:
+    """verl's ``register_trainer(name)``, refusing a name another trainer holds."""
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
+
+    return unique("trainer", TRAINER_REGISTRY, name, register_trainer(name))
+
+
+def reward_manager(name: str) -> Callable[[T], T]:
+    """verl's reward-loop ``register(name)``, refusing a name another reward manager holds."""
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER, register
+
+    return unique("reward manager", REWARD_MANAGER, name, register(name))
+
+
+def agent_loop(name: str) -> Callable[[T], T]:
+    """verl's agent-loop ``register(name)``, refusing a name another agent loop holds."""
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry, register
+
+    return unique("agent loop", _agent_loop_registry, name, register(name))
