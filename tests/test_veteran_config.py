@@ -5,12 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from recipe.veteran.dynamic_sampling import DynamicSamplingConfig
-from recipe.veteran.rewards import PAPER, VeteranRewardConfig
+from recipe.common.compose import compose_recipe
+from recipe.veteran.config import veteran_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +18,7 @@ GROUNDING = "data/veteran/grounding_9k.parquet"
 
 
 def compose_veteran(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose("veteran", overrides=list(overrides))
+    return compose_recipe("veteran", list(overrides))
 
 
 def flatten(tree, prefix=""):
@@ -47,9 +43,20 @@ def test_paper_values_land_where_verl_reads_them():
     assert config.algorithm.adv_estimator == "grpo_batch_std" and config.trainer.total_epochs == 1
     files = list(config.data.train_files)
     assert (files.count(GROUNDING), files.count(MASK), files.count("data/veteran/auxiliary.parquet")) == (1, 5, 1)
-    assert VeteranRewardConfig(**config.veteran.reward) == PAPER
-    sampling = DynamicSamplingConfig(**config.veteran.dynamic_sampling)
-    assert sampling == DynamicSamplingConfig() and (sampling.stop_iter, sampling.box_iou_threshold) == (300, 0.8)
+    reward = veteran_config(config).reward
+    # Tables 1 and 2 and section 3.2: R_ENC 2, the Good Enough bonus 3, box IoU > 0.5 and mean L1 < 10, tau_d 50.
+    assert (reward.sam_weight, reward.decision_weight, reward.iou_gain) == (1.0, 1.0, "tiered")
+    assert (reward.encourage, reward.good_enough_bonus, reward.point_radius) == (2.0, 3.0, 50.0)
+    assert (reward.box_iou_threshold, reward.box_l1_threshold, reward.format_reward) == (0.5, 10.0, 1.0)
+    assert reward.grounding_cot and reward.mask_cot
+    sampling = veteran_config(config).dynamic_sampling
+    # Section 3.3 and A.2: dynamic sampling stops after 300 iterations; a box group is diverse below IoU 0.8.
+    assert sampling.enable and (sampling.stop_iter, sampling.box_iou_threshold) == (300, 0.8)
+    assert sampling.tasks == {
+        "veteran_grounding": "box",
+        "veteran_mask_comprehension": "point",
+        "veteran_auxiliary": "point",
+    }
     assert config.actor_rollout_ref.rollout.agent.agent_loop_manager_class.endswith("DynamicSamplingManager")
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     one_node = compose_veteran("trainer.n_gpus_per_node=7", "data.train_batch_size=14")
@@ -94,7 +101,7 @@ def test_every_preset_changes_what_it_should(preset):
     # A list-valued key flattens to itself; the whole list is the one value that changes.
     assert changed == set(expected)
     assert {key: ablated[key] for key in expected} == expected
-    VeteranRewardConfig(**ablated_config.veteran.reward)  # still a valid reward config
+    veteran_config(ablated_config)  # still valid: the dataclasses check their values
 
 
 def test_cfg_job_composes():

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recipe.common.gallery import GalleryConfig
+from recipe.common.run_config import schemas
 from reward_server.config import server_config
 from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
@@ -457,7 +458,10 @@ def check_workflow_budget(config: DictConfig) -> list[str]:
     files = list(_workflow_files(config))
     if not files:
         return []
-    steps = int(config.get("veteran", {}).get("workflow", {}).get("max_steps", 3))
+    steps = OmegaConf.select(config, "veteran.workflow.max_steps")
+    if steps is None:  # a config composed without the veteran block: the loop runs with the schema's default
+        steps = schemas()["veteran"]().workflow.max_steps
+    steps = int(steps)
     budget = int(config.data.max_response_length)
     image = image_tokens(str(config.actor_rollout_ref.model.path))
     need = workflow_response_tokens(steps, image)

@@ -39,12 +39,23 @@ class RunConfig:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
 
 
-SCHEMAS: dict[str, type] = {"samrl": RunConfig}
-"""Each config block with a structured schema, by where it sits in a composed recipe."""
+SCHEMAS: dict[str, str] = {
+    "samrl": "recipe.common.run_config.RunConfig",
+    "veteran": "recipe.veteran.config.VeteranConfig",
+}
+"""Each config block with a structured schema, by where it sits in a composed recipe: the dataclass by its path, as
+verl names classes in configs, so this layer does not import the recipes above it."""
+
+
+def schemas() -> dict[str, type]:
+    """:data:`SCHEMAS` with each dataclass imported."""
+    from hydra.utils import get_class
+
+    return {block: get_class(path) for block, path in SCHEMAS.items()}
 
 
 def register_schemas() -> None:
     """Stores every schema in Hydra's ConfigStore as ``schema/<block>`` (idempotent)."""
     store = ConfigStore.instance()
-    for block, schema in SCHEMAS.items():
+    for block, schema in schemas().items():
         store.store(group=SCHEMA_GROUP, name=block, node=schema)

@@ -9,6 +9,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from recipe.common.metrics import check_convention
+from recipe.veteran.config import WorkflowConfig
+from recipe.veteran.rewards import VeteranRewardConfig
 from reward_server.config import EngineConfig
 
 
@@ -69,10 +71,10 @@ class VeteranConfig:
         mask_cot: Likewise for refinement turns.
     """
 
-    max_steps: int = 3
-    resend_points: bool = False
-    grounding_cot: bool = True
-    mask_cot: bool = True
+    max_steps: int = WorkflowConfig.max_steps
+    resend_points: bool = WorkflowConfig.resend_points
+    grounding_cot: bool = VeteranRewardConfig.grounding_cot
+    mask_cot: bool = VeteranRewardConfig.mask_cot
 
 
 @dataclass

@@ -18,7 +18,7 @@ from recipe.common.prompts import build_prompt
 from recipe.common.registration import agent_loop
 from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
-from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.veteran.config import veteran_config
 from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef
@@ -53,7 +53,7 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reward_config = VeteranRewardConfig.from_trainer_config(self.config)
+        self.reward_config = veteran_config(self.config).reward
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -24,6 +23,7 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
 from recipe.common.answer import parse_response
+from recipe.veteran.config import veteran_config
 from recipe.veteran.sampling import select_box_rollouts, select_point_rollouts
 
 logger = logging.getLogger(__name__)
@@ -31,26 +31,6 @@ logger = logging.getLogger(__name__)
 _WorkerBase = AgentLoopWorkerTQ.__ray_actor_class__  # Ray refuses to subclass the remote class itself
 _HOLD = "__samrl_hold_output__"  # rides the loop's kwargs to our _agent_loop_postprocess
 _POINT_CASES = {(False, False): "terminate", (True, False): "positive", (False, True): "negative", (True, True): "both"}
-
-
-@dataclass
-class DynamicSamplingConfig:
-    """``veteran.dynamic_sampling``: which tasks use which algorithm, and its parameters (section 3.3, A.2)."""
-
-    enable: bool = True
-    stop_iter: int = 300
-    max_attempts: int = 3
-    max_errors: int = 2
-    box_iou_threshold: float = 0.8
-    # None: Algorithm 2's quotas scaled to the group size (sampling.scaled_point_quotas); a dict sets them outright.
-    point_quotas: dict[str, int] | None = None
-    tasks: dict[str, str] = field(
-        default_factory=lambda: {
-            "veteran_grounding": "box",
-            "veteran_mask_comprehension": "point",
-            "veteran_auxiliary": "point",
-        }
-    )
 
 
 def rollout_answer(algorithm: str, text: str) -> Any:
@@ -70,7 +50,7 @@ class DynamicSamplingWorker(_WorkerBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.dynamic_sampling = DynamicSamplingConfig(**self.config.veteran.get("dynamic_sampling", {}))
+        self.dynamic_sampling = veteran_config(self.config).dynamic_sampling
 
     async def _agent_loop_postprocess(self, output, validate, **kwargs):
         if kwargs.pop(_HOLD, False):

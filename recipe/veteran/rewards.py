@@ -39,7 +39,7 @@ IOU_GAIN_MODES: dict[str, Callable[[float], float]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class VeteranRewardConfig:
     """Reward knobs; the defaults are the paper's, the alternatives its ablations.
 
@@ -68,11 +68,6 @@ class VeteranRewardConfig:
     format_reward: float = 1.0
     grounding_cot: bool = True
     mask_cot: bool = True
-
-    @classmethod
-    def from_trainer_config(cls, config) -> VeteranRewardConfig:
-        """The ``veteran.reward`` section of a recipe config (the paper's values when absent)."""
-        return cls(**config.get("veteran", {}).get("reward", {}))
 
     def reasoning(self, task: str) -> bool:
         """Whether ``task``'s prompt and tag rule include the ``<think>`` step."""

@@ -23,6 +23,8 @@ from PIL import Image
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import build_prompt
+from recipe.veteran.config import WorkflowConfig
+from recipe.veteran.rewards import VeteranRewardConfig
 from reward_server.masks import resize_mask, scale_xy
 from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
 
@@ -73,10 +75,10 @@ class Episode:
     question: str
     image: np.ndarray
     ground_truth: dict[str, Any] | None = None
-    max_steps: int = 3
-    resend_points: bool = False
-    grounding_cot: bool = True
-    mask_cot: bool = True
+    max_steps: int = WorkflowConfig.max_steps
+    resend_points: bool = WorkflowConfig.resend_points
+    grounding_cot: bool = VeteranRewardConfig.grounding_cot
+    mask_cot: bool = VeteranRewardConfig.mask_cot
     segment_image: np.ndarray | None = None
     steps: list[Step] = field(default_factory=list)
     termination: str | None = None

@@ -18,7 +18,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from recipe.common.registration import agent_loop
 from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
-from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.veteran.config import veteran_config
 from recipe.veteran.task_rewards import score_workflow
 from recipe.veteran.workflow import Episode
 from reward_server.images import to_rgb
@@ -33,10 +33,10 @@ class WorkflowLoop(AgentLoopBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.response_length = self.rollout_config.response_length
-        workflow = self.config.get("veteran", {}).get("workflow", {})
-        self.max_steps = workflow.get("max_steps", 3)
-        self.resend_points = workflow.get("resend_points", False)  # SPEC section 1: off, as in the paper
-        self.reward_config = VeteranRewardConfig.from_trainer_config(self.config)
+        veteran = veteran_config(self.config)
+        self.max_steps = veteran.workflow.max_steps
+        self.resend_points = veteran.workflow.resend_points
+        self.reward_config = veteran.reward
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         truth = kwargs["reward_model"]["ground_truth"]

@@ -1,0 +1,72 @@
+"""The ``veteran`` block of the SAM-Veteran recipe, and the one place its defaults live (the paper's values).
+
+``conf/veteran.yaml`` composes over :class:`VeteranConfig` (registered by ``recipe.common.run_config``), so the YAML
+holds only what a preset changes; every consumer converts the block with :func:`veteran_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from recipe.veteran.rewards import VeteranRewardConfig
+
+
+@dataclass
+class WorkflowConfig:
+    """``veteran.workflow``: the box -> mask -> clicks workflow, on-policy in training and in evaluation.
+
+    Attributes:
+        max_steps: Refinement steps at most (the paper evaluates with 3, its 32B model with 5).
+        resend_points: Send every earlier click again with each refinement (off, as in the paper: only the new
+            clicks, with the initial box and the previous logits; docs/conventions.md).
+    """
+
+    max_steps: int = 3
+    resend_points: bool = False
+
+    def __post_init__(self):
+        if self.max_steps < 0:
+            raise ValueError(f"veteran.workflow.max_steps must be >= 0, got {self.max_steps}")
+
+
+@dataclass
+class DynamicSamplingConfig:
+    """``veteran.dynamic_sampling``: which tasks use which algorithm, and its parameters (section 3.3, A.2)."""
+
+    enable: bool = True
+    stop_iter: int = 300  # counted from verl's global step, so a resumed run keeps the count
+    max_attempts: int = 3
+    max_errors: int = 2
+    box_iou_threshold: float = 0.8
+    # None: Algorithm 2's quotas scaled to the group size (sampling.scaled_point_quotas); a dict sets them outright.
+    point_quotas: dict[str, int] | None = None
+    tasks: dict[str, str] = field(
+        default_factory=lambda: {
+            "veteran_grounding": "box",
+            "veteran_mask_comprehension": "point",
+            "veteran_auxiliary": "point",
+        }
+    )
+
+
+@dataclass
+class VeteranConfig:
+    """``veteran``: the rewards, the on-policy workflow and dynamic sampling."""
+
+    reward: VeteranRewardConfig = field(default_factory=VeteranRewardConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+
+
+def veteran_config(config: Any) -> VeteranConfig:
+    """The ``veteran`` block of a trainer config as :class:`VeteranConfig` (the paper's values where absent).
+
+    Raises:
+        ValueError: For an invalid value (e.g. an unknown ``iou_gain``).
+    """
+    from verl.utils.config import omega_conf_to_dataclass  # verl's one converter
+
+    return omega_conf_to_dataclass(OmegaConf.select(config, "veteran", default=None), VeteranConfig)
