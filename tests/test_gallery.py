@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 import recipe.common.trainer as trainer_module
 from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields
 from recipe.common.panels import GT_COLOR, TITLE_HEIGHT
-from recipe.common.reward_manager import first_image
+from recipe.common.prompts import first_image
 from recipe.common.sam_steps import SAM_STEPS, decode_steps
 from recipe.common.trainer import RewardMetricsTrainer
 from recipe.samr1.reward import compute_score

@@ -114,7 +114,7 @@ def rollout_from_fields(
 
     Args:
         key: The rollout's key.
-        picture: The prompt's image (bytes or PIL), as ``recipe.common.reward_manager.first_image`` finds it.
+        picture: The prompt's image (bytes or PIL), as ``recipe.common.prompts.first_image`` finds it.
         reward_model: The row's ``reward_model`` (``ground_truth.mask`` at least).
         extra_info: The row's ``extra_info`` (``question``).
         response: The decoded response.

@@ -90,3 +90,13 @@ def build_prompt(task: str, question: str, reasoning: bool = True) -> str:
 def build_messages(task: str, question: str) -> list[dict[str, Any]]:
     """One user turn with the image placeholder first, as verl's ``RLHFDataset`` expects in its prompt column."""
     return [{"role": "user", "content": IMAGE_PLACEHOLDER + build_prompt(task, question)}]
+
+
+def first_image(messages: Any) -> Any:
+    """The first image part of chat messages in verl's ``raw_prompt`` form: its bytes, else its PIL image."""
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image":
+                return part.get("bytes") or part.get("image")
+    return None

@@ -3,23 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
+from recipe.common.prompts import first_image
 from recipe.common.registration import reward_manager
-
-
-def first_image(messages: Any) -> Any:
-    """The first image part of chat messages in verl's ``raw_prompt`` form: its bytes, else its PIL image."""
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else ():
-            if isinstance(part, dict) and part.get("type") == "image":
-                return part.get("bytes") or part.get("image")
-    return None
 
 
 @reward_manager("sam_image")

@@ -26,8 +26,8 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
 from recipe.common.pool_meter import PoolMeter
+from recipe.common.prompts import first_image
 from recipe.common.registration import trainer
-from recipe.common.reward_manager import first_image
 
 logger = logging.getLogger(__name__)
 

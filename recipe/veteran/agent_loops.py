@@ -14,9 +14,8 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from recipe.common.overlay import overlay_mask
-from recipe.common.prompts import build_prompt
+from recipe.common.prompts import build_prompt, first_image
 from recipe.common.registration import agent_loop
-from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
 from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension

@@ -15,8 +15,8 @@ from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
+from recipe.common.prompts import first_image
 from recipe.common.registration import agent_loop
-from recipe.common.reward_manager import first_image
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
 from recipe.veteran.task_rewards import score_workflow
