@@ -33,13 +33,15 @@ from PIL import Image
 
 from recipe.common.panels import draw_step
 from recipe.evaluate.infer import (
-    MODES,
     Inferencer,
     InferError,
     InferResult,
+    add_model_arguments,
+    check_model,
     check_question,
-    infer_config,
+    config_from_args,
     load_image,
+    one_line,
     write_outputs,
 )
 from reward_server.masks import encode_rle, mask_iou
@@ -289,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
-    parser.add_argument("--mode", default="samr1", choices=MODES)
+    add_model_arguments(parser)
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -299,9 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"directory of the per-request downloads ({DEFAULT_OUT})")
-    parser.add_argument("--sam-preset", help="conf/reward_server preset, e.g. tiny_cpu (default: large)")
-    parser.add_argument("--sam-checkpoint", help="SAM2 checkpoint (reward_server.engine.checkpoint)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml, e.g. veteran.max_steps=5")
     return parser
 
 
@@ -310,15 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     one-line message on stderr when the model, SAM2 or the port cannot be used)."""
     args = build_parser().parse_args(argv)
     try:
-        if not Path(args.model).exists():
-            raise InferError(f"model {args.model} does not exist (give a Hugging Face checkpoint directory)")
-        overrides = [*([f"reward_server={args.sam_preset}"] if args.sam_preset else []), *args.overrides]
-        inferencer = Inferencer(infer_config(args.mode, args.model, overrides, args.sam_checkpoint))
+        check_model(args.model)
+        inferencer = Inferencer(config_from_args(args))
         demo = build_demo(inferencer, Path(args.out))
         url = launch(demo, Path(args.out), args.host, args.port)
     except (ValueError, OSError) as err:  # InferError, SAM2 or model loading, a taken port: a message, no traceback
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"demo: {message}", file=sys.stderr, flush=True)
+        print(f"demo: {one_line(err)}", file=sys.stderr, flush=True)
         return 2
     print(f"demo: {args.mode} with {args.model} at {url} (Ctrl+C stops it)", flush=True)
     demo.block_thread()

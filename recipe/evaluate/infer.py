@@ -325,20 +325,46 @@ def describe(result: InferResult) -> str:
     return "\n".join(lines)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that loads a model and SAM2 (this one and the demo page)."""
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    parser.add_argument("--mode", default="samr1", choices=MODES)
+    parser.add_argument("--sam-preset", help="conf/reward_server preset, e.g. tiny_cpu (default: large)")
+    parser.add_argument("--sam-checkpoint", help="SAM2 checkpoint (reward_server.engine.checkpoint)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml, e.g. veteran.max_steps=5")
+
+
+def check_model(path: str) -> None:
+    """Raises :class:`InferError` unless the model directory exists (before minutes of loading)."""
+    if not Path(path).exists():
+        raise InferError(f"model {path} does not exist (give a Hugging Face checkpoint directory)")
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The config the options of :func:`add_model_arguments` ask for.
+
+    Raises:
+        InferError: When an override does not compose.
+    """
+    overrides = [*([f"reward_server={args.sam_preset}"] if args.sam_preset else []), *args.overrides]
+    return infer_config(args.mode, args.model, overrides, args.sam_checkpoint)
+
+
+def one_line(err: BaseException) -> str:
+    """An expected failure as the one line a command prints instead of a traceback."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m recipe.evaluate.infer",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    add_model_arguments(parser)
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--question", required=True, help="the referring expression or question")
-    parser.add_argument("--mode", default="samr1", choices=MODES)
     parser.add_argument("--out", help="output directory (default: outputs/infer/<image stem>)")
-    parser.add_argument("--sam-preset", help="conf/reward_server preset, e.g. tiny_cpu (default: large)")
-    parser.add_argument("--sam-checkpoint", help="SAM2 checkpoint (reward_server.engine.checkpoint)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml, e.g. veteran.max_steps=5")
     return parser
 
 
@@ -350,12 +376,9 @@ def run(args: argparse.Namespace) -> Path:
         ValueError, OSError: When SAM2 or the model cannot be loaded.
     """
     check_question(args.question)
-    if not Path(args.model).exists():
-        raise InferError(f"model {args.model} does not exist (give a Hugging Face checkpoint directory)")
+    check_model(args.model)
     image = load_image(args.image)  # before minutes of model loading
-    overrides = [*([f"reward_server={args.sam_preset}"] if args.sam_preset else []), *args.overrides]
-    cfg = infer_config(args.mode, args.model, overrides, args.sam_checkpoint)
-    result = Inferencer(cfg).segment(image, args.question)
+    result = Inferencer(config_from_args(args)).segment(image, args.question)
     print(describe(result), flush=True)
     out_dir = Path(args.out or Path("outputs/infer") / Path(args.image).stem)
     write_outputs(result, out_dir)
@@ -370,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (ValueError, OSError) as err:  # InferError, SAM2 or model loading: a message, not a traceback
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"infer: {message}", file=sys.stderr, flush=True)
+        print(f"infer: {one_line(err)}", file=sys.stderr, flush=True)
         return 2
     return 0
 
