@@ -87,7 +87,8 @@ def test_build_policy_needs_a_model_except_for_oracle_boxes():
 @pytest.mark.parametrize("label", ["the bar", "absent", "", None])
 def test_samr1_episode_sends_box_and_point_to_sam2_whatever_the_label(label):
     """SAM-R1 section 3.3: SAM2 gets the box and the reference point; the label is a format flag, not a prompt. The
-    coordinates go back to the original image as ``x * W / 840``, ``y * H / 840`` (SPEC section 1)."""
+    coordinates go back to the original image as ``x * W / 840``, ``y * H / 840`` (docs/conventions.md, Spaces and
+    coordinates)."""
     height, width = 420, 1680
     pixels = np.zeros((height, width, 3), np.uint8)
     sample = EvalSample("d:0", "d", "the bar", np.zeros((840, 840, 3), np.uint8), pixels, np.zeros((height, width)))

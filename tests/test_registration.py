@@ -1,9 +1,12 @@
 """Registrations refuse a name another owner holds, and the project's entries are in verl's registries.
 
 References: verl's own registries and getters (``get_policy_loss_fn``, ``get_adv_estimator_fn``, ``get_trainer_cls``,
-``get_reward_manager_cls``, the agent-loop registry resolved with hydra as verl instantiates it) and the objects
-verl itself registers under its names.
+``get_reward_manager_cls``, the agent-loop registry resolved with hydra as verl instantiates it, the platform,
+engine, rollout-replica and rollout-adapter registries the CPU platform adds to) and the objects verl itself
+registers under its names.
 """
+
+import copy
 
 import hydra.utils
 import pytest
@@ -12,15 +15,23 @@ from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentL
 from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+from verl.plugin.platform import PlatformRegistry, platform_manager
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+from verl.workers.rollout import base as rollout_base
+from verl.workers.rollout.replica import RolloutReplicaRegistry
 
 import recipe.verl_plugin  # noqa: F401  (what verl's entry point loads in every process)
 from recipe.common import registration
 from recipe.common.reward_manager import SamImageRewardManager
 from recipe.common.trainer import TRAINER_MODE, RewardMetricsTrainer
+from recipe.cpu import PLATFORM
+from recipe.cpu.platform import PlatformCPU
+from recipe.cpu.rollout import ROLLOUT_NAME, HFReplica, HFServerAdapter
 from recipe.evaluate.modes import MODES, Mode, get_mode, register_mode
 from recipe.samr1.loss import compute_policy_loss_samr1
 from recipe.veteran.advantage import compute_grpo_batch_std_advantage
@@ -38,8 +49,15 @@ def restored_registries():
         REWARD_MANAGER,
         verl_agent_loop._agent_loop_registry,
         MODES,
+        PlatformRegistry._platforms,
+        EngineRegistry._engines,
+        RolloutReplicaRegistry._registry,
+        rollout_base._ROLLOUT_REGISTRY,
     ]
-    saved = [dict(registry) for registry in registries]
+    # The engine registry nests dicts (model type -> backend -> device); deepcopy keeps classes and functions as is.
+    saved = [
+        copy.deepcopy(registry) if registry is EngineRegistry._engines else dict(registry) for registry in registries
+    ]
     yield
     for registry, entries in zip(registries, saved, strict=True):
         registry.clear()
@@ -60,6 +78,30 @@ class _IntruderRewardManager(NaiveRewardManager):
 
 class _IntruderLoop(SingleTurnAgentLoop):
     pass
+
+
+class _IntruderPlatform(PlatformCPU):
+    pass
+
+
+class _IntruderEngine(FSDPEngineWithLMHead):
+    pass
+
+
+def _load_intruder_replica() -> type:
+    raise AssertionError("never called")
+
+
+_INTRUDER_ADAPTER = f"{__name__}._IntruderAdapter"
+
+
+def _load_hf_replica() -> type:
+    return HFReplica
+
+
+def _fsdp_engine(device: str):
+    """The decorator registering a ``language_model`` engine of backend ``fsdp`` on ``device``."""
+    return registration.engine("language_model", "fsdp", device)
 
 
 def _loop_class(name: str) -> type:
@@ -109,13 +151,45 @@ VERL_NAMES = [
         _IntruderLoop,
         f"{__name__}._IntruderLoop",
     ),
+    (
+        registration.platform,
+        "nvidia",
+        lambda: PlatformRegistry.get("nvidia"),
+        "verl.plugin.platform.platform_cuda.PlatformCUDA",
+        _IntruderPlatform,
+        f"{__name__}._IntruderPlatform",
+    ),
+    (
+        _fsdp_engine,
+        "cuda",
+        lambda: EngineRegistry._engines["language_model"]["fsdp"]["cuda"],
+        "verl.workers.engine.fsdp.transformer_impl.FSDPEngineWithLMHead",
+        _IntruderEngine,
+        f"{__name__}._IntruderEngine",
+    ),
+    (
+        registration.rollout_replica,
+        "vllm",
+        lambda: RolloutReplicaRegistry._registry["vllm"],  # the loader: calling it would import vllm
+        "verl.workers.rollout.replica._load_vllm",
+        _load_intruder_replica,
+        f"{__name__}._load_intruder_replica",
+    ),
+    (
+        registration.rollout_adapter,
+        "vllm",
+        lambda: rollout_base._ROLLOUT_REGISTRY[("vllm", "async")],
+        "verl.workers.rollout.vllm_rollout.ServerAdapter",
+        _INTRUDER_ADAPTER,
+        _INTRUDER_ADAPTER,
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("decorator", "name", "registered", "owner", "intruder", "intruder_owner"),
     VERL_NAMES,
-    ids=[entry[1] for entry in VERL_NAMES],
+    ids=[f"{entry[0].__name__.strip('_')}-{entry[1]}" for entry in VERL_NAMES],
 )
 def test_a_verl_name_taken_by_another_object_is_refused_naming_both(
     decorator, name, registered, owner, intruder, intruder_owner
@@ -185,3 +259,63 @@ def test_evaluation_modes_refuse_a_taken_name_and_the_getter_lists_the_valid_one
     with pytest.raises(ValueError) as unknown:
         get_mode("sam3")
     assert all(repr(name) in str(unknown.value) for name in ("samr1", "veteran", "baseline", "oracle_box"))
+
+
+def test_an_engine_refused_on_one_device_is_registered_on_none():
+    # Every (backend, device) is checked before verl writes any: "fsdp2" on "cpu" is free, "fsdp2" on "cuda" is not.
+    with pytest.raises(
+        ValueError,
+        match=r"fsdp2 engine for 'cuda' is already registered to verl\.workers\.engine\.fsdp\.transformer_impl\.",
+    ):
+        registration.engine("language_model", "fsdp2", [PLATFORM, "cuda"])(_IntruderEngine)
+    assert PLATFORM not in EngineRegistry._engines["language_model"]["fsdp2"]
+    assert EngineRegistry._engines["language_model"]["fsdp2"]["cuda"] is FSDPEngineWithLMHead
+
+
+def test_the_cpu_platforms_registrations_register_again_unchanged():
+    # What recipe.cpu.register does (importing it here would patch verl for the CPU in this process), twice: the
+    # plugin entry point may run more than once in a process, and verl's engine registry asserts on a taken key.
+    for _ in range(2):
+        assert registration.platform(PLATFORM)(PlatformCPU) is PlatformCPU
+        engine = registration.engine("language_model", ["fsdp", "fsdp2"], PLATFORM)
+        assert engine(FSDPEngineWithLMHead) is FSDPEngineWithLMHead
+        assert registration.rollout_replica(ROLLOUT_NAME)(_load_hf_replica) is _load_hf_replica
+        assert registration.rollout_adapter(ROLLOUT_NAME)("recipe.cpu.rollout.HFServerAdapter")
+    assert PlatformRegistry.get(PLATFORM) is PlatformCPU
+    assert all(EngineRegistry._engines["language_model"][backend][PLATFORM] for backend in ("fsdp", "fsdp2"))
+    assert RolloutReplicaRegistry.get(ROLLOUT_NAME) is HFReplica
+    assert rollout_base.get_rollout_class(ROLLOUT_NAME) is HFServerAdapter
+
+
+def test_the_cpu_names_are_refused_to_another_owner():
+    registration.rollout_replica(ROLLOUT_NAME)(_load_hf_replica)
+    registration.rollout_adapter(ROLLOUT_NAME)("recipe.cpu.rollout.HFServerAdapter")
+    with pytest.raises(ValueError, match=r"platform 'cpu' is already registered to recipe\.cpu\.platform\.PlatformCPU"):
+        registration.platform(" CPU ")(_IntruderPlatform)  # verl keys platforms stripped and lower-cased
+    with pytest.raises(ValueError, match=rf"rollout replica 'hf_cpu' .* {__name__}\._load_hf_replica"):
+        registration.rollout_replica(ROLLOUT_NAME)(_load_intruder_replica)
+    with pytest.raises(ValueError, match=r"rollout adapter \('hf_cpu', 'async'\) .* recipe\.cpu\.rollout\.HFServer"):
+        registration.rollout_adapter(ROLLOUT_NAME)(_INTRUDER_ADAPTER)
+    assert PlatformRegistry.get(PLATFORM) is PlatformCPU
+    assert RolloutReplicaRegistry.get(ROLLOUT_NAME) is HFReplica
+    assert rollout_base.get_rollout_class(ROLLOUT_NAME) is HFServerAdapter
+
+
+# verl's getters that answer an unknown name with the valid ones. get_adv_estimator_fn, get_reward_manager_cls,
+# get_rollout_class and EngineRegistry.get_engine_cls name only the unknown name, so they are not listed here.
+GETTERS = [
+    pytest.param(
+        lambda: platform_manager._create_platform("tpu"), ["'nvidia'", "'huawei'", "'amd'", "'cpu'"], id="platform"
+    ),
+    pytest.param(lambda: RolloutReplicaRegistry.get("tgi"), ["'vllm'", "'sglang'", "'trtllm'"], id="rollout_replica"),
+    pytest.param(lambda: core_algos.get_policy_loss_fn("ppo"), ["'vanilla'", "'samr1'"], id="policy_loss"),
+    pytest.param(lambda: get_trainer_cls("async"), ["sync,", TRAINER_MODE], id="trainer"),
+]
+
+
+@pytest.mark.parametrize(("lookup", "valid"), GETTERS)
+def test_a_getter_answers_an_unknown_name_with_the_valid_ones(lookup, valid):
+    with pytest.raises(ValueError) as unknown:
+        lookup()
+    message = str(unknown.value)
+    assert all(name in message for name in valid), message

@@ -1,4 +1,4 @@
-"""The SAM-Veteran Hydra config (SPEC section 7) and its ablation presets."""
+"""The SAM-Veteran Hydra config (docs/conventions.md, Optimisation and data) and its ablation presets."""
 
 import subprocess
 import sys

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from recipe.common import registration
+
 VERL_VERSION = "0.9.1"
 TRANSFER_QUEUE_VERSION = "0.1.11"
 
@@ -150,10 +152,9 @@ def apply_image_free_fix() -> None:
 
 
 def _register_rollout_adapter(name: str, fqn: str) -> None:
-    # verl looks the hybrid worker's rollout class up in a private dict and offers no register function.
-    from verl.workers.rollout import base
-
-    base._ROLLOUT_REGISTRY[(name, "async")] = fqn
+    # verl looks the hybrid worker's rollout class up in a private dict and offers no register function; the
+    # registration module writes it, refusing a name another adapter holds, like every other registry.
+    registration.rollout_adapter(name)(fqn)
 
 
 def _gloo_process_group() -> None:

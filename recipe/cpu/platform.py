@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from verl.plugin.platform import PlatformBase, PlatformRegistry
+from verl.plugin.platform import PlatformBase
 
+from recipe.common import registration
 from recipe.cpu import PLATFORM
 
 
@@ -65,7 +66,7 @@ class CpuDeviceModule:
         return getattr(torch.cpu, name)
 
 
-@PlatformRegistry.register(platform=PLATFORM)
+@registration.platform(PLATFORM)
 class PlatformCPU(PlatformBase):
     """The ``cpu`` platform: device ``cpu``, collectives on gloo, Ray resource ``GPU`` (virtual), no IPC."""
 

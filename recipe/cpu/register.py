@@ -9,15 +9,15 @@ verl raise "Unknown platform 'cpu'" inside the plugin import, which verl swallow
 import recipe.cpu.platform  # noqa: F401  first: see the module docstring
 
 # isort: on
-from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
-from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+from recipe.common import registration
 from recipe.common.verl_workarounds import apply_cpu_workarounds
 from recipe.cpu import PLATFORM
 from recipe.cpu.rollout import ROLLOUT_NAME
 
 
+@registration.rollout_replica(ROLLOUT_NAME)
 def _load_replica() -> type:
     from recipe.cpu.rollout import HFReplica
 
@@ -25,6 +25,5 @@ def _load_replica() -> type:
 
 
 # verl registers its FSDP engine for the "cuda" and "npu" devices; the same engine runs on "cpu" with FSDP2 on gloo.
-EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=PLATFORM)(FSDPEngineWithLMHead)
-RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
+registration.engine(model_type="language_model", backend=["fsdp", "fsdp2"], device=PLATFORM)(FSDPEngineWithLMHead)
 apply_cpu_workarounds(ROLLOUT_NAME, "recipe.cpu.rollout.HFServerAdapter")

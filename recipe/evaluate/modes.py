@@ -1,7 +1,7 @@
 """Evaluation modes: how one sample becomes an episode that :func:`recipe.veteran.workflow.run_episodes` drives.
 
 Every mode shows the model the 840x840 image and sends SAM2 the original image, the model's coordinates scaled back
-(``x * W / 840``, ``y * H / 840``, SPEC section 1):
+(``x * W / 840``, ``y * H / 840``; docs/conventions.md, Spaces and coordinates):
 
 - ``samr1``: one turn with SAM-R1's prompt; box + point (a positive click) -> SAM2.
 - ``veteran``: SAM-Veteran's workflow, grounding then up to ``max_steps`` refinement clicks, stopped by the model.
