@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from recipe.common.dataset_rows import BOTH_ERRORS, FALSE_NEGATIVE, FALSE_POSITIVE, NO_ERROR
+
 MIN_REGION_FRACTION = 0.03  # of the object's area, so an error is visible in the overlay
 MIN_REGION_PIXELS = 64
 MAX_EXCLUDED_FRACTION = 0.5  # never remove most of the object
@@ -49,10 +51,11 @@ class Corruption:
 
     @property
     def case(self) -> str:
-        """``none``, ``fp``, ``fn`` or ``both``."""
-        return {(False, False): "none", (True, False): "fp", (False, True): "fn", (True, True): "both"}[
-            (self.false_positive is not None, self.false_negative is not None)
-        ]
+        """The auxiliary case: ``none``, ``fp``, ``fn`` or ``both`` (``recipe.common.dataset_rows``)."""
+        included, excluded = self.false_positive is not None, self.false_negative is not None
+        if included and excluded:
+            return BOTH_ERRORS
+        return FALSE_POSITIVE if included else FALSE_NEGATIVE if excluded else NO_ERROR
 
 
 def _random_region(

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_prep.render import IGNORE, render_coco
+from data_prep.render import render_coco
 from data_prep.samples import Skipped, SourceSample
+from recipe.common.dataset_rows import IGNORE_LABEL
 
 REQUIRED = ("image", "question", "mask")
 SUFFIXES = (".jsonl", ".csv")
@@ -189,7 +190,7 @@ def _mask_form(value: Any, base: Path, field: str) -> Any:
 
 
 def render_custom(sample: CustomSample, height: int, width: int) -> np.ndarray:
-    """The label mask (0, 1, IGNORE) of a custom sample: the mask, with ignored pixels 255 over it.
+    """The label mask (0, 1, IGNORE_LABEL) of a custom sample: the mask, with ignored pixels 255 over it.
 
     Raises:
         ValueError: For an empty mask, a polygon point outside the image, an unreadable PNG or a mask of another size.
@@ -199,7 +200,7 @@ def render_custom(sample: CustomSample, height: int, width: int) -> np.ndarray:
         raise ValueError("empty mask")
     labels = target.astype(np.uint8)
     if sample.ignore is not None:
-        labels[_render(sample.ignore, height, width, "ignore")] = IGNORE
+        labels[_render(sample.ignore, height, width, "ignore")] = IGNORE_LABEL
     return labels
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from data_prep.samples import Skipped, SourceSample
 from data_prep.shards import Report
+from recipe.common.dataset_rows import SOURCE_IDS, ExtraInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Images per split of the ReasonSeg release (LISA, Lai et al. 2024); published results use all of val and test.
@@ -80,7 +81,7 @@ def read_reasonseg(root: str | Path, split: str, all_texts: bool = False) -> tup
                     question=text,
                     image_path=str(image_path),
                     lisa_shapes=shapes,
-                    ids={"image_id": None, "ann_id": None, "ref_id": None, "sent_id": index},
+                    ids={**dict.fromkeys(SOURCE_IDS), ExtraInfo.sent_id.name: index},  # the text's position
                 )
             )
     return samples, skipped

@@ -14,6 +14,7 @@ from typing import Any
 
 from data_prep.safe_pickle import load_plain_pickle
 from data_prep.samples import Skipped, SourceSample
+from recipe.common.dataset_rows import ExtraInfo
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 SPLITS = {"unc": ("train", "val", "testA", "testB"), "umd": ("train", "val", "test")}
@@ -114,7 +115,11 @@ def _ref_samples(
     sentences = [s for s in ref.get("sentences", []) if isinstance(s, dict) and str(s.get("sent", "")).strip()]
     if not sentences:
         return Skipped(key, "ref has no sentences")
-    ids = {"image_id": image["id"], "ann_id": annotation["id"], "ref_id": ref.get("ref_id")}
+    ids = {
+        ExtraInfo.image_id.name: image["id"],
+        ExtraInfo.ann_id.name: annotation["id"],
+        ExtraInfo.ref_id.name: ref.get("ref_id"),
+    }
     return [
         SourceSample(
             key=f"{key}/sent{sentence.get('sent_id')}",
@@ -124,7 +129,7 @@ def _ref_samples(
             image_path=str(image_root / image["file_name"]),
             coco_segmentation=annotation.get("segmentation"),
             coco_hw=(int(image["height"]), int(image["width"])),
-            ids={**ids, "sent_id": sentence.get("sent_id")},
+            ids={**ids, ExtraInfo.sent_id.name: sentence.get("sent_id")},
         )
         for sentence in sentences
     ]

@@ -10,9 +10,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from data_prep.samples import SourceSample
+from recipe.common.dataset_rows import IGNORE_LABEL
 from reward_server.masks import decode_rle
-
-IGNORE = 255
 
 
 def render_coco(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -59,7 +58,7 @@ def render_lisa(shapes: tuple[dict[str, Any], ...], height: int, width: int) -> 
         cv2.polylines(single, polygon, True, 1, 1)
         cv2.fillPoly(single, polygon, 1)
         polygons.append(polygon)
-        values.append(IGNORE if "ignore" in shape["label"].lower() else 1)
+        values.append(IGNORE_LABEL if "ignore" in shape["label"].lower() else 1)
         areas.append(int(single.sum()))
     # LISA paints in the order np.argsort(area_list)[::-1]: ascending, then reversed, so among equal areas the
     # first-listed shape is painted last and stays on top. np.argsort's default quicksort was stable for LISA's

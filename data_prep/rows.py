@@ -12,16 +12,29 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_prep.render import IGNORE, render_label_mask
+from data_prep.render import render_label_mask
 from data_prep.samples import Skipped, SourceSample
-from data_prep.schema import empty_ground_truth
+from recipe.common.dataset_rows import (
+    ABILITY,
+    GROUNDING,
+    IGNORE_LABEL,
+    REWARD_STYLE,
+    SAMR1,
+    SOURCE_IDS,
+    TASK_AGENTS,
+    ExtraInfo,
+    GroundTruth,
+    RewardModel,
+    Row,
+    image_entry,
+)
 from recipe.common.prompts import build_messages
 from reward_server.images import model_image_jpeg
 from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to_model, resize_mask
 
-# Task and agent loop of each recipe's rows (SAM-Veteran's other tasks are derived from its grounding rows). verl
-# falls back to its default loop only when the agent_name column is absent, and every row here has the column.
-RECIPE_TASKS = {"samr1": ("samr1", "single_turn_agent"), "veteran": ("grounding", "veteran_grounding")}
+# The task of each recipe's rows (SAM-Veteran's other tasks are derived from its grounding rows); the agent loop is
+# the task's. verl falls back to its default loop only when the agent_name column is absent, and every row has it.
+RECIPE_TASKS = {"samr1": SAMR1, "veteran": GROUNDING}
 LabelRenderer = Callable[[SourceSample, int, int], np.ndarray]
 
 
@@ -55,7 +68,7 @@ def build_row(
         sample: The source sample.
         index: The row's ``extra_info.index``.
         options: How rows are built.
-        render: The sample's label mask (0, 1, IGNORE) at the image's ``(height, width)``; raises ValueError,
+        render: The sample's label mask (0, 1, IGNORE_LABEL) at the image's ``(height, width)``; raises ValueError,
             TypeError or KeyError for a bad annotation. Custom data (:mod:`data_prep.custom`) brings its own.
     """
     try:
@@ -73,7 +86,7 @@ def build_row(
         labels = render(sample, height, width)
     except (ValueError, TypeError, KeyError) as err:
         return Skipped(sample.key, f"corrupt annotation: {err}")
-    target, ignored = labels == 1, labels == IGNORE
+    target, ignored = labels == 1, labels == IGNORE_LABEL
     if not target.any() and not options.keep_empty_targets:
         return Skipped(sample.key, "zero-area target")
     labels_840 = resize_mask(labels, (MODEL_SIZE, MODEL_SIZE))
@@ -81,31 +94,31 @@ def build_row(
     if not target_840.any() and not options.keep_empty_targets:
         return Skipped(sample.key, f"target vanishes when the {height}x{width} image is resized to {MODEL_SIZE}")
     box = mask_to_box(target)
-    task, agent_name = RECIPE_TASKS[options.recipe]
-    ground_truth = {
-        **empty_ground_truth(),
-        "mask": encode_rle(target_840),
-        "ignore": _rle_or_none(labels_840 == IGNORE),
-        "box": None if box is None else [float(v) for v in original_to_model(box, (height, width))],
-        "orig_size": [height, width],
-        "orig_mask": encode_rle(target),
-        "orig_ignore": _rle_or_none(ignored),
-    }
-    return {
-        "data_source": f"{sample.dataset}_{sample.split}",
-        "prompt": build_messages(task, sample.question),
-        "images": [{"bytes": model_image_jpeg(image)}],
-        "ability": "reasoning_segmentation",
-        "reward_model": {"style": "rule", "ground_truth": ground_truth},
-        "extra_info": {
-            "index": index,
-            "split": sample.split,
-            "question": sample.question,
-            "dataset": sample.dataset,
-            "task": task,
-            "key": sample.key,
-            **{name: sample.ids.get(name) for name in ("image_id", "ann_id", "ref_id", "sent_id")},
-        },
-        "agent_name": agent_name,
-        "orig_image": raw if options.keep_original_image else None,
-    }
+    task = RECIPE_TASKS[options.recipe]
+    ground_truth = GroundTruth.build(
+        mask=encode_rle(target_840),
+        ignore=_rle_or_none(labels_840 == IGNORE_LABEL),
+        box=None if box is None else [float(v) for v in original_to_model(box, (height, width))],
+        orig_size=[height, width],
+        orig_mask=encode_rle(target),
+        orig_ignore=_rle_or_none(ignored),
+    )
+    extra_info = ExtraInfo.build(
+        index=index,
+        split=sample.split,
+        question=sample.question,
+        dataset=sample.dataset,
+        task=task,
+        key=sample.key,
+        **{name: sample.ids.get(name) for name in SOURCE_IDS},
+    )
+    return Row.build(
+        data_source=f"{sample.dataset}_{sample.split}",
+        prompt=build_messages(task, sample.question),
+        images=[image_entry(model_image_jpeg(image))],
+        ability=ABILITY,
+        reward_model=RewardModel.build(style=REWARD_STYLE, ground_truth=ground_truth),
+        extra_info=extra_info,
+        agent_name=TASK_AGENTS[task],
+        orig_image=raw if options.keep_original_image else None,
+    ).to_dict()

@@ -19,7 +19,8 @@ class SourceSample:
         coco_segmentation: COCO segmentation (polygons or RLE) of the target, for refer datasets.
         coco_hw: ``(H, W)`` that ``instances.json`` gives for the image.
         lisa_shapes: LISA polygon shapes (``label``, ``points``), for ReasonSeg.
-        ids: Source ids (``image_id``, ``ann_id``, ``ref_id``, ``sent_id``), None where a dataset has none.
+        ids: Source ids by their ``extra_info`` field (``recipe.common.dataset_rows.SOURCE_IDS``), None where a
+            dataset has none.
     """
 
     key: str

@@ -2,6 +2,8 @@
 
 verl concatenates the files of ``data.train_files``; they concatenate only when their schemas match, so the
 SAM-Veteran task files (grounding, mask comprehension, auxiliary) share this schema and leave unused fields null.
+The fields and their order are the row contract's (``recipe.common.dataset_rows``, whose views every reader and
+writer uses; tests/test_dataset_rows.py checks that both name the same fields); this module gives them their types.
 """
 
 from __future__ import annotations
@@ -57,7 +59,3 @@ ROW = pa.schema(
         ("orig_image", pa.binary()),  # evaluation sets: the original image file's bytes
     ]
 )
-
-
-def empty_ground_truth() -> dict:
-    return {name: None for name in GROUND_TRUTH.names}

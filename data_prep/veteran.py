@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
+import hashlib
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,8 +30,23 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_prep.corruption import SEED_RETRIES, Corruption, corrupt_mask
+from data_prep.samples import Skipped
 from data_prep.schema import GROUND_TRUTH, ROW
-from data_prep.shards import Report, atomic_write_table
+from data_prep.shards import Report, write_dataset
+from recipe.common.dataset_rows import (
+    AUXILIARY,
+    GOOD_ENOUGH,
+    GOOD_ENOUGH_IOU,
+    MASK_COMPREHENSION,
+    NEED_REFINEMENT,
+    NEED_REFINEMENT_IOU,
+    TASK_AGENTS,
+    WORKFLOW,
+    GroundTruth,
+    Region,
+    RewardModel,
+    Row,
+)
 from recipe.common.prompts import build_messages
 from recipe.common.stored_logits import encode_logits
 from reward_server.config import load_preset
@@ -38,24 +54,39 @@ from reward_server.engine import SamEngine
 from reward_server.masks import decode_rle, encode_rle, region_center
 from reward_server.protocol import ImageRef, Prompt, SegRequest, content_key
 
-GOOD_ENOUGH, NEED_REFINEMENT = "good_enough", "need_refinement"
 CASE_MIXES: dict[str, tuple[int, int] | None] = {
     "paper": (600, 700),  # A.4: 600 Good Enough, about 700 Need Refinement on the 9k set
     "equal": (1, 1),
     "all": None,  # every scored row (inspection, smoke runs with random SAM2 weights)
 }
 """(Good Enough, Need Refinement) proportions of the mask-comprehension set, by ``--case-mix``."""
-TASK_AGENTS = {
-    "mask_comprehension": "veteran_mask_comprehension",
-    "auxiliary": "veteran_auxiliary",
-    "workflow": "veteran_workflow",
-}
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    good_enough: float = 1.0  # edge-excluded IoU at or above: the mask needs no click
-    need_refinement: float = 0.9  # below: the mask needs refinement
+    good_enough: float = GOOD_ENOUGH_IOU  # edge-excluded IoU at or above: the mask needs no click
+    need_refinement: float = NEED_REFINEMENT_IOU  # below: the mask needs refinement
+
+
+@dataclass(frozen=True)
+class ScoredMask:
+    """SAM2's mask of a grounding row's GT box, as the mask-comprehension row shows it.
+
+    Attributes:
+        mask: The mask (COCO RLE at 840).
+        edge_iou: Its edge-excluded IoU with the ground truth.
+        logits: Its low-resolution logits (``recipe.common.stored_logits``).
+        case: :data:`GOOD_ENOUGH` or :data:`NEED_REFINEMENT`.
+    """
+
+    mask: dict[str, Any]
+    edge_iou: float
+    logits: dict[str, Any]
+    case: str
+
+    def shown_on(self, truth: GroundTruth) -> GroundTruth:
+        """``truth`` with this mask as the one shown for refinement."""
+        return truth.replace(init_mask=self.mask, init_edge_iou=self.edge_iou, init_logits=self.logits, case=self.case)
 
 
 def check_row_schema(path: str | Path) -> None:
@@ -67,7 +98,12 @@ def check_row_schema(path: str | Path) -> None:
     schema = pq.read_schema(path).remove_metadata()
     if schema.equals(ROW):
         return
-    truth = schema.field("reward_model").type.field("ground_truth").type if "reward_model" in schema.names else None
+    reward_model = Row.reward_model.name
+    truth = (
+        schema.field(reward_model).type.field(RewardModel.ground_truth.name).type
+        if reward_model in schema.names
+        else None
+    )
     missing = sorted(set(GROUND_TRUTH.names) - {f.name for f in truth}) if isinstance(truth, pa.StructType) else []
     lacking = f"; its ground truth lacks {missing}" if missing else ""
     raise ValueError(
@@ -76,23 +112,37 @@ def check_row_schema(path: str | Path) -> None:
     )
 
 
-def iter_rows(path: str | Path, batch_size: int = 64) -> Iterator[list[dict[str, Any]]]:
+def iter_rows(path: str | Path, batch_size: int = 64) -> Iterator[list[Row]]:
     """Rows of a parquet file in batches, without loading every image at once."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        yield batch.to_pylist()
+        yield [Row(row) for row in batch.to_pylist()]
 
 
-def task_row(row: dict[str, Any], task: str, ground_truth_updates: dict[str, Any]) -> dict[str, Any]:
-    """A grounding row re-posed as a refinement task: the ``Q^P`` prompt, its agent loop, extra ground truth."""
-    derived = copy.deepcopy(row)
-    derived["prompt"] = build_messages(task, row["extra_info"]["question"])
-    derived["agent_name"] = TASK_AGENTS[task]
-    derived["extra_info"]["task"] = task
-    derived["reward_model"]["ground_truth"].update(ground_truth_updates)
-    return derived
+def task_row(row: Row, task: str, truth: GroundTruth) -> Row:
+    """A grounding row re-posed as a refinement task: the ``Q^P`` prompt, its agent loop, its ground truth."""
+    return row.with_ground_truth(truth).replace(
+        prompt=build_messages(task, row.extra_info.question),
+        agent_name=TASK_AGENTS[task],
+        extra_info=row.extra_info.replace(task=task),
+    )
+
+
+def build_task_row(item: tuple[Row, GroundTruth], index: int, task: str) -> dict[str, Any]:
+    """:func:`data_prep.shards.write_dataset`'s builder of a refinement set: the item's grounding row re-posed as
+    ``task`` with the item's ground truth. The row keeps its grounding ``extra_info.index``, so ``index`` (the
+    position in the derived set) is unused."""
+    row, truth = item
+    return task_row(row, task, truth).to_dict()
+
+
+def build_workflow_row(row: Row, index: int) -> dict[str, Any]:
+    """:func:`data_prep.shards.write_dataset`'s builder of the workflow set: the grounding row (prompt and ground
+    truth unchanged) for the workflow loop; it keeps its grounding ``extra_info.index``, so ``index`` is unused."""
+    return row.replace(agent_name=TASK_AGENTS[WORKFLOW], extra_info=row.extra_info.replace(task=WORKFLOW)).to_dict()
 
 
 def classify(edge_iou: float, thresholds: Thresholds) -> str | None:
+    """The mask-comprehension case of a mask of edge-excluded IoU ``edge_iou``, or None between the thresholds."""
     if edge_iou >= thresholds.good_enough:
         return GOOD_ENOUGH
     if edge_iou < thresholds.need_refinement:
@@ -102,7 +152,7 @@ def classify(edge_iou: float, thresholds: Thresholds) -> str | None:
 
 def score_grounding_rows(
     engine: SamEngine, path: str | Path, thresholds: Thresholds, batch_size: int
-) -> tuple[dict[int, dict[str, Any]], list[dict[str, str]]]:
+) -> tuple[dict[int, ScoredMask], list[Skipped]]:
     """SAM2's mask of each row's GT box, its edge-excluded IoU and case, by row position."""
     scored, skipped = {}, []
     position = 0
@@ -111,25 +161,22 @@ def score_grounding_rows(
         for rows in iter_rows(path, batch_size):
             images, requests, ground_truths = {}, [], {}
             for row in rows:
-                truth = row["reward_model"]["ground_truth"]
-                image = ImageRef.of(row["images"][0]["bytes"])
-                gt_key = content_key(truth["mask"])
-                images[image.key], ground_truths[gt_key] = image.data, truth["mask"]
-                prompt = Prompt(box=tuple(truth["box"]))
+                truth = row.ground_truth
+                image = ImageRef.of(row.image_bytes)
+                gt_key = content_key(truth.mask)
+                images[image.key], ground_truths[gt_key] = image.data, truth.mask
+                prompt = Prompt(box=tuple(truth.box))
                 requests.append(SegRequest(image.key, prompt, gt_key=gt_key, return_logits=True, return_edge_iou=True))
             for offset, result in enumerate(engine.segment(requests, images, ground_truths)):
-                key = rows[offset]["extra_info"]["key"]
+                key = rows[offset].extra_info.key
                 if not result.ok:
-                    skipped.append({"key": key, "reason": f"SAM2 failed on the GT box: {result.error}"})
+                    skipped.append(Skipped(key, f"SAM2 failed on the GT box: {result.error}"))
                 elif result.logits is None:
-                    skipped.append({"key": key, "reason": "SAM2 returned no logits for the GT box"})
+                    skipped.append(Skipped(key, "SAM2 returned no logits for the GT box"))
                 elif (case := classify(result.edge_iou, thresholds)) is not None:
-                    scored[position + offset] = {
-                        "init_mask": result.mask,
-                        "init_edge_iou": result.edge_iou,
-                        "init_logits": encode_logits(result.logits),
-                        "case": case,
-                    }
+                    scored[position + offset] = ScoredMask(
+                        result.mask, result.edge_iou, encode_logits(result.logits), case
+                    )
             position += len(rows)
             progress.update(len(rows))
     return scored, skipped
@@ -144,9 +191,9 @@ def case_counts(available: tuple[int, int], mix: tuple[int, int], max_per_case: 
     return tuple(min(have, round(part * scale)) for have, part in zip(available, mix, strict=True))
 
 
-def select_cases(scored: dict[int, dict[str, Any]], mix: str, seed: int, max_per_case: int | None) -> set[int]:
+def select_cases(scored: dict[int, ScoredMask], mix: str, seed: int, max_per_case: int | None) -> set[int]:
     """The scored rows kept for the case mix ``mix`` (a key of :data:`CASE_MIXES`), drawn reproducibly."""
-    by_case = [sorted(i for i, s in scored.items() if s["case"] == case) for case in (GOOD_ENOUGH, NEED_REFINEMENT)]
+    by_case = [sorted(i for i, s in scored.items() if s.case == case) for case in (GOOD_ENOUGH, NEED_REFINEMENT)]
     if CASE_MIXES[mix] is None:
         return set(scored)
     counts = case_counts((len(by_case[0]), len(by_case[1])), CASE_MIXES[mix], max_per_case)
@@ -182,41 +229,44 @@ def build_mask_comprehension(
     check_row_schema(grounding)
     scored, skipped = score_grounding_rows(engine, grounding, thresholds, batch_size)
     chosen = select_cases(scored, case_mix, seed, max_per_case)
-    rows, position = [], 0
+    items, position = [], 0
     for batch in iter_rows(grounding, batch_size):
-        rows += [
-            task_row(row, "mask_comprehension", scored[position + i])
+        items += [
+            (row, scored[position + i].shown_on(row.ground_truth))
             for i, row in enumerate(batch)
             if position + i in chosen
         ]
         position += len(batch)
-    scored_cases = Counter(s["case"] for s in scored.values())
-    kept = Counter(scored[i]["case"] for i in chosen)
-    report = Report(str(out), rows=len(rows), skipped=skipped)
+    scored_cases = Counter(s.case for s in scored.values())
+    kept = Counter(scored[i].case for i in chosen)
+    # The draw depends on SAM2's scores: shards of a run that drew other rows are never reused.
+    options = {"seed": seed, "case_mix": case_mix, "max_per_case": max_per_case, "chosen": sorted(chosen)}
+    report = _write(items, MASK_COMPREHENSION, grounding, out, skipped, {**options, **thresholds.__dict__})
     between = position - len(scored) - len(skipped)
     report.notes.append(
         f"case mix {case_mix}: kept {kept[GOOD_ENOUGH]} Good Enough of {scored_cases[GOOD_ENOUGH]}, "
         f"{kept[NEED_REFINEMENT]} Need Refinement of {scored_cases[NEED_REFINEMENT]}; {between} rows between the "
         "thresholds left out"
     )
-    _write(rows, report)
+    report.save()
     return report
 
 
-def auxiliary_updates(truth: dict[str, Any], rng: np.random.Generator) -> tuple[dict[str, Any], Corruption]:
-    """The corrupted mask, its case and each error region with its centre; and the corruption, for the report."""
-    corruption = corrupt_mask(decode_rle(truth["mask"]), rng)
+def auxiliary_truth(truth: GroundTruth, rng: np.random.Generator) -> tuple[GroundTruth, Corruption]:
+    """``truth`` with the corrupted mask, its case and each error region with its centre; and the corruption, for
+    the report."""
+    corruption = corrupt_mask(decode_rle(truth.mask), rng)
 
-    def region(mask: np.ndarray | None) -> dict[str, Any] | None:
-        return None if mask is None else {"mask": encode_rle(mask), "center": list(region_center(mask))}
+    def region(mask: np.ndarray | None) -> Region | None:
+        return None if mask is None else Region.build(mask=encode_rle(mask), center=list(region_center(mask)))
 
-    updates = {
-        "init_mask": encode_rle(corruption.mask),
-        "case": corruption.case,
-        "false_positive": region(corruption.false_positive),
-        "false_negative": region(corruption.false_negative),
-    }
-    return updates, corruption
+    corrupted = truth.replace(
+        init_mask=encode_rle(corruption.mask),
+        case=corruption.case,
+        false_positive=region(corruption.false_positive),
+        false_negative=region(corruption.false_negative),
+    )
+    return corrupted, corruption
 
 
 def corruption_notes(corruptions: list[Corruption]) -> list[str]:
@@ -237,37 +287,51 @@ def corruption_notes(corruptions: list[Corruption]) -> list[str]:
 def build_auxiliary(grounding: str | Path, out: str | Path, seed: int = 0) -> Report:
     """Writes the auxiliary set: one corrupted (or intact, for "no error") copy of every grounding row."""
     check_row_schema(grounding)
-    rows, corruptions = [], []
+    items, corruptions = [], []
     for batch in iter_rows(grounding):
         for row in batch:
-            rng = np.random.default_rng([seed, row["extra_info"]["index"]])
-            updates, corruption = auxiliary_updates(row["reward_model"]["ground_truth"], rng)
-            rows.append(task_row(row, "auxiliary", updates))
+            rng = np.random.default_rng([seed, row.extra_info.index])
+            truth, corruption = auxiliary_truth(row.ground_truth, rng)
+            items.append((row, truth))
             corruptions.append(corruption)
-    report = Report(str(out), rows=len(rows))
+    report = _write(items, AUXILIARY, grounding, out, [], {"seed": seed})
     report.notes.append(f"cases {dict(Counter(c.case for c in corruptions))}")
     report.notes += corruption_notes(corruptions)
-    _write(rows, report)
+    report.save()
     return report
 
 
 def build_workflow(grounding: str | Path, out: str | Path) -> Report:
     """Writes grounding rows for the on-policy multi-turn workflow loop (same prompt, agent ``veteran_workflow``)."""
-    rows = []
-    for batch in iter_rows(grounding):
-        for row in batch:
-            workflow = copy.deepcopy(row)
-            workflow["agent_name"] = TASK_AGENTS["workflow"]
-            workflow["extra_info"]["task"] = "workflow"
-            rows.append(workflow)
-    report = Report(str(out), rows=len(rows))
-    _write(rows, report)
-    return report
+    rows = [row for batch in iter_rows(grounding) for row in batch]
+    return _write(rows, WORKFLOW, grounding, out, [], {})
 
 
-def _write(rows: list[dict[str, Any]], report: Report) -> None:
-    atomic_write_table(pa.Table.from_pylist(rows, schema=ROW), Path(report.output))
-    report.save()
+def _write(
+    items: Sequence[Any],
+    task: str,
+    grounding: str | Path,
+    out: str | Path,
+    skipped: Sequence[Skipped],
+    options: dict[str, Any],
+) -> Report:
+    """Writes the ``task`` rows of ``items`` (grounding rows for the workflow, else (row, ground truth) pairs) with
+    data_prep's one writer, :func:`data_prep.shards.write_dataset` (sharded, resumable, atomic), and its report;
+    the caller adds its notes and saves the report again.
+
+    Args:
+        items: What the task's builder takes.
+        task: The derived task.
+        grounding: The grounding rows the items come from.
+        out: The task's parquet.
+        skipped: Rows left out before building, for the report.
+        options: What else determines the rows, for the resume fingerprint.
+    """
+    with open(grounding, "rb") as handle:  # a rebuilt grounding file never reuses shards
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    builder = build_workflow_row if task == WORKFLOW else functools.partial(build_task_row, task=task)
+    fingerprint = {"command": "veteran", "task": task, "grounding": str(Path(grounding).absolute()), "sha256": digest}
+    return write_dataset(items, builder, out, {**fingerprint, **options}, skipped)
 
 
 def run_veteran(args: argparse.Namespace) -> Report:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from recipe.common.dataset_rows import ExtraInfo, RewardModel
 from recipe.common.overlay import draw_mask_outline, overlay_mask
 from recipe.common.panels import GT_COLOR, LEGEND, draw_step, draw_truth, fit, tile_row, titled
 from recipe.common.sam_steps import SAM_STEPS, decode_steps
@@ -126,21 +127,22 @@ def rollout_from_fields(
     if picture is None:
         raise ValueError("the prompt has no image")
     image = to_rgb(picture)
-    truth = (reward_model or {}).get("ground_truth") or {}
-    if "mask" not in truth:
+    truth = RewardModel.of(reward_model or {}).ground_truth
+    if truth is None or truth.mask is None:
         raise ValueError("the row's ground truth has no mask")
     if not isinstance(info, Mapping):
         raise ValueError("the rollout has no reward_extra_info")
     shape = image.shape[:2]
     reward = {k: float(v) for k, v in info.items() if isinstance(v, numbers.Real)}
     labels = {k: v for k, v in info.items() if isinstance(v, str) and k != SAM_STEPS and v}
+    question = ExtraInfo.of(extra_info or {}).question
     return Rollout(
         key=key,
-        question=str((extra_info or {}).get("question", "")),
+        question="" if question is None else str(question),
         response=response,
         image=image,
-        truth=_mask_at(truth["mask"], shape),
-        shown=_mask_at(truth["init_mask"], shape) if truth.get("init_mask") is not None else None,
+        truth=_mask_at(truth.mask, shape),
+        shown=_mask_at(truth.init_mask, shape) if truth.init_mask is not None else None,
         steps=decode_steps(info.get(SAM_STEPS)),
         reward=reward,
         labels=labels,

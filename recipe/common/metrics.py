@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from recipe.common.dataset_rows import IGNORE_LABEL
+
 CONVENTIONS = ("lisa", "seg_zero")
 
 

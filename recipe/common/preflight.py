@@ -27,13 +27,21 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from recipe.common.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW, GroundTruth, RewardModel, Row
 from recipe.common.gallery import GalleryConfig
 from recipe.common.run_config import schemas
 from reward_server.config import server_config
 from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
 
-REQUIRED_COLUMNS = ("data_source", "prompt", "images", "reward_model", "extra_info", "agent_name")
+REQUIRED_COLUMNS = (
+    Row.data_source.name,
+    Row.prompt.name,
+    Row.images.name,
+    Row.reward_model.name,
+    Row.extra_info.name,
+    Row.agent_name.name,
+)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _FLASH_OFF = (
     "actor_rollout_ref.model.use_remove_padding=false "
@@ -46,7 +54,7 @@ CPUS_PER_VERL_GPU = 3
 # verl's checkpoint tracker (verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename).
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 _SHARD = re.compile(r"^model_world_size_(\d+)_rank_\d+\.pt$")
-WORKFLOW_AGENT = "veteran_workflow"
+WORKFLOW_AGENT = TASK_AGENTS[WORKFLOW]
 # Qwen2.5-VL turns each 28x28 pixel block (2x2 patches of 14) into one token: 900 for the 840x840 model image
 # under its own processor config (which keeps that image whole).
 IMAGE_TOKENS = (MODEL_SIZE // 28) ** 2
@@ -169,19 +177,20 @@ def check_datasets(config: DictConfig) -> list[str]:
 
 
 def _ground_truth_fields(schema: pa.Schema) -> set[str]:
-    reward_model = schema.field("reward_model").type
-    if not pa.types.is_struct(reward_model) or reward_model.get_field_index("ground_truth") < 0:
+    reward_model = schema.field(Row.reward_model.name).type
+    if not pa.types.is_struct(reward_model) or reward_model.get_field_index(RewardModel.ground_truth.name) < 0:
         return set()
-    truth = reward_model.field("ground_truth").type
+    truth = reward_model.field(RewardModel.ground_truth.name).type
     return {truth.field(i).name for i in range(truth.num_fields)} if pa.types.is_struct(truth) else set()
 
 
 def _stale_mask_comprehension(path: Path, schema: pa.Schema, key: str) -> list[str]:
     """Mask-comprehension rows prepared before data_prep stored the shown mask's logits cannot be refined."""
-    if "init_logits" in _ground_truth_fields(schema):
+    if GroundTruth.init_logits.name in _ground_truth_fields(schema):
         return []
-    agents = pq.read_table(path, columns=["agent_name"]).column("agent_name").unique().to_pylist()
-    if "veteran_mask_comprehension" not in agents:
+    column = Row.agent_name.name
+    agents = pq.read_table(path, columns=[column]).column(column).unique().to_pylist()
+    if TASK_AGENTS[MASK_COMPREHENSION] not in agents:
         return []
     return [
         f"{key}: {path} holds mask-comprehension rows without init_logits; rerun `make data` and `make data-veteran`"
@@ -421,10 +430,11 @@ def check_batch_sizes(config: DictConfig) -> list[str]:
 
 
 def _workflow_files(config: DictConfig) -> Iterator[str]:
+    column = Row.agent_name.name
     for file in dict.fromkeys(_files(config.data.train_files)):
         path = Path(file).expanduser()
-        if path.is_file() and "agent_name" in pq.read_schema(path).names:
-            agents = pq.read_table(path, columns=["agent_name"]).column("agent_name")
+        if path.is_file() and column in pq.read_schema(path).names:
+            agents = pq.read_table(path, columns=[column]).column(column)
             if pc.any(pc.equal(agents, WORKFLOW_AGENT)).as_py():
                 yield file
 

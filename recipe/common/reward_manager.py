@@ -1,5 +1,6 @@
 """verl's naive reward manager, plus the image: ``compute_score`` finds the bytes of the image the model saw in
-``extra_info["image"]``, so SAM2 segments exactly the pixels the policy was shown."""
+its ``extra_info`` (``recipe.common.dataset_rows.reward_image``), so SAM2 segments exactly the pixels the policy was
+shown."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
+from recipe.common.dataset_rows import Row, with_reward_image
 from recipe.common.prompts import first_image
 from recipe.common.registration import reward_manager
 
@@ -18,8 +20,8 @@ class SamImageRewardManager(NaiveRewardManager):
     async def run_single(self, data: DataProto) -> dict:
         last = data[-1:]  # naive scores the last output of a multi-output trajectory
         batch = last.non_tensor_batch
-        # The dataset's extra_info dict is shared by the n rollouts of a prompt: never mutate it.
-        extra_info = dict(batch.get("extra_info", [{}])[0] or {})
-        extra_info["image"] = first_image(batch["raw_prompt"][0]) if "raw_prompt" in batch else None
-        batch["extra_info"] = np.array([extra_info], dtype=object)
+        # The dataset's extra_info dict is shared by the n rollouts of a prompt: never mutate it, copy it.
+        column = Row.extra_info.name
+        image = first_image(batch["raw_prompt"][0]) if "raw_prompt" in batch else None
+        batch[column] = np.array([with_reward_image(batch.get(column, [{}])[0], image)], dtype=object)
         return await super().run_single(last)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
 
+from recipe.common.dataset_rows import Row
 from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
 from recipe.common.pool_meter import PoolMeter
 from recipe.common.prompts import first_image
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 TRAINER_MODE = "sync_reward_metrics"
 
 
-GALLERY_FIELDS = ("raw_prompt", "reward_model", "extra_info", "responses", "extra_fields")
+GALLERY_FIELDS = ("raw_prompt", Row.reward_model.name, Row.extra_info.name, "responses", "extra_fields")
 """The TransferQueue fields a gallery draws from (verl stores each row's fields with its rollouts)."""
 
 CATEGORIES = ("failure", "task")
@@ -126,8 +127,8 @@ class RewardMetricsTrainer(PPOTrainerSync):
                     rollout = rollout_from_fields(
                         key,
                         first_image(fields["raw_prompt"][index]),
-                        fields["reward_model"][index],
-                        fields["extra_info"][index],
+                        fields[Row.reward_model.name][index],
+                        fields[Row.extra_info.name][index],
                         self.tokenizer.decode(responses[index], skip_special_tokens=True),
                         (fields["extra_fields"][index] or {}).get("reward_extra_info"),
                     )

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from recipe.common.dataset_rows import Row
 from recipe.common.labels import label_mask
 from reward_server.images import to_rgb
 from reward_server.masks import MODEL_SIZE, mask_to_box
 
-COLUMNS = ["data_source", "images", "reward_model", "extra_info", "orig_image"]
+COLUMNS = [Row.data_source.name, Row.images.name, Row.reward_model.name, Row.extra_info.name, Row.orig_image.name]
 READ_BATCH_ROWS = 64
 
 
@@ -62,20 +63,21 @@ def sample_uid(path: str | Path, position: int) -> str:
     return f"{Path(path).stem}:{position}"
 
 
-def load_sample(uid: str, row: dict[str, Any]) -> EvalSample | BadSample:
+def load_sample(uid: str, data: dict[str, Any]) -> EvalSample | BadSample:
     """One row as a sample, or the reason it cannot be one; never raises for bad data."""
-    dataset = str(row.get("data_source") or "unknown")
+    row = Row(data)
+    dataset = str(row.data_source or "unknown")
     try:
-        if not row.get("orig_image"):
+        if not row.orig_image:
             raise ValueError("the row has no orig_image: build evaluation sets with data_prep's val/test splits")
-        image = to_rgb(row["orig_image"])
-        model_image = to_rgb(row["images"][0]["bytes"])
+        image = to_rgb(row.orig_image)
+        model_image = to_rgb(row.image_bytes)
         if model_image.shape[:2] != (MODEL_SIZE, MODEL_SIZE):
             raise ValueError(f"the model image is {model_image.shape[:2]}, not {MODEL_SIZE}x{MODEL_SIZE}")
-        labels = label_mask(row["reward_model"]["ground_truth"], original=True)
+        labels = label_mask(row.ground_truth, original=True)
         if labels.shape != image.shape[:2]:
             raise ValueError(f"ground truth is {labels.shape}, original image is {image.shape[:2]}")
-        question = row["extra_info"]["question"]
+        question = None if row.extra_info is None else row.extra_info.question
         if not isinstance(question, str) or not question.strip():
             raise ValueError("empty question")
     except (ValueError, TypeError, KeyError, IndexError) as err:

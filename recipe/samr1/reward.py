@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.dataset_rows import GroundTruth, reward_image
 from recipe.common.sam_client import get_sam_client
 from recipe.common.sam_steps import encode_steps, step_json
 from reward_server.client import SamClient
@@ -103,12 +104,12 @@ async def compute_score(
     box, point = parsed.bbox_2d(), parsed.point_2d()
     if not (box.ok and point.ok):  # SAM2 needs both; the label is not a SAM2 prompt
         return scored.as_dict()
-    image = (extra_info or {}).get("image")
+    image = reward_image(extra_info)
     if image is None:
         return replace(scored, failure="no_image", failure_detail="no image").as_dict()
     prompt = Prompt(box=box.value, points=(point.value,), labels=(1,))
     client = sam_client or get_sam_client(reward_server or {})
-    (result,) = await client.segment(image, [prompt], ground_truth=dict(ground_truth["mask"]))
+    (result,) = await client.segment(image, [prompt], ground_truth=dict(GroundTruth.of(ground_truth).mask))
     scored = replace(scored, sam_steps=encode_steps([step_json(prompt, result, result.iou)]))
     if not result.ok:
         logger.warning("SAM2 answered %s: %s", result.code, result.error)
