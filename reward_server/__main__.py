@@ -11,9 +11,11 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from reward_server.config import server_config
+from reward_server.config import ServerAppConfig, store_schemas, to_dataclass
 from reward_server.pool import pool_health, shutdown_pool, start_pool
 from reward_server.ray_setup import init_ray
+
+store_schemas()  # before Hydra composes the app
 
 
 def _status_line(health: list[dict]) -> str:
@@ -27,9 +29,10 @@ def _status_line(health: list[dict]) -> str:
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="reward_server_app")
-def main(cfg: DictConfig) -> None:
-    server = server_config(cfg.reward_server)
-    dashboard = init_ray(**cfg.ray, namespace=server.pool.namespace)
+def main(config: DictConfig) -> None:
+    app = to_dataclass(config, ServerAppConfig)
+    server = app.reward_server
+    dashboard = init_ray(app.ray, namespace=server.pool.namespace)
     print(f"Ray dashboard: {dashboard or 'disabled'} (metrics: samrl_sam_* on its Metrics page)", flush=True)
     actors = start_pool(server)
     print(f"SAM2 pool {server.pool.name!r}: {len(actors)} actor(s) ready", flush=True)
@@ -37,10 +40,10 @@ def main(cfg: DictConfig) -> None:
     try:
         while True:
             print(_status_line(pool_health(actors)), flush=True)
-            remaining = None if cfg.serve_seconds is None else cfg.serve_seconds - (time.monotonic() - started)
+            remaining = None if app.serve_seconds is None else app.serve_seconds - (time.monotonic() - started)
             if remaining is not None and remaining <= 0:
                 break
-            time.sleep(cfg.status_interval_s if remaining is None else min(cfg.status_interval_s, remaining))
+            time.sleep(app.status_interval_s if remaining is None else min(app.status_interval_s, remaining))
     except KeyboardInterrupt:
         print("interrupted", flush=True)
     finally:

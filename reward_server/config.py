@@ -1,14 +1,26 @@
-"""Dataclass configs of the SAM2 reward server; ``conf/reward_server/*.yaml`` fill them, Hydra overrides them."""
+"""Dataclass configs of the SAM2 reward server, and the one place their defaults live.
+
+The ``reward_server`` config group composes over :class:`ServerConfig` (``conf/reward_server/large.yaml`` names it
+first in its defaults), so each preset holds only what it changes; ``python -m reward_server`` composes over
+:class:`ServerAppConfig`. :func:`store_schemas` must put them in Hydra's ConfigStore before either is composed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from reward_server.masks import DEFAULT_IGNORE_EDGE
+from reward_server.ray_setup import LocalRayConfig
+
 GiB = 1 << 30
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,7 +48,7 @@ class EngineConfig:
         gt_cache_bytes: Bound of the ground-truth cache (masks and their edge-ignore masks).
         multimask_output: Ask SAM2 for three masks and keep the one with the highest predicted IoU.
         apply_postprocessing: SAM2's dynamic multimask fallback for unstable single masks (its builder's default).
-        ignore_edge: Kernel side of the edge-excluded IoU.
+        ignore_edge: Kernel side of the edge-excluded IoU (:data:`reward_server.masks.DEFAULT_IGNORE_EDGE`).
         logits_dtype: dtype of returned low-res logits (``float16`` keeps results small; ``float32`` for parity).
     """
 
@@ -55,7 +67,7 @@ class EngineConfig:
     gt_cache_bytes: int = 1 * GiB
     multimask_output: bool = False
     apply_postprocessing: bool = True
-    ignore_edge: int = 20
+    ignore_edge: int = DEFAULT_IGNORE_EDGE
     logits_dtype: str = "float16"
 
 
@@ -137,11 +149,59 @@ class ServerConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
 
 
+@dataclass
+class ServerAppConfig:
+    """``python -m reward_server`` (``conf/reward_server_app.yaml``).
+
+    Attributes:
+        reward_server: The pool (the ``reward_server`` group).
+        ray: The local Ray the pool starts on, or the cluster it joins.
+        status_interval_s: Seconds between status lines.
+        serve_seconds: Serve this long, then stop; null serves until interrupted.
+    """
+
+    reward_server: ServerConfig = field(default_factory=ServerConfig)
+    ray: LocalRayConfig = field(default_factory=LocalRayConfig)
+    status_interval_s: float = 30.0
+    serve_seconds: float | None = None
+
+
+SCHEMA_GROUP = "schema"
+"""The ConfigStore group of every schema dataclass: a config composes over one with ``/schema/<name>``."""
+
+SERVER_SCHEMAS: dict[str, type] = {"reward_server": ServerConfig, "reward_server_app": ServerAppConfig}
+"""The SAM2 server's schemas by their name in :data:`SCHEMA_GROUP` (``recipe.common.run_config`` adds the
+recipes')."""
+
+PRESET_SCHEMA = f"/{SCHEMA_GROUP}/reward_server@_here_"
+"""The defaults entry of ``conf/reward_server/large.yaml`` that composes the group over :class:`ServerConfig`."""
+
+
+def store_schemas(schemas: Mapping[str, type] = SERVER_SCHEMAS) -> None:
+    """Stores each dataclass in Hydra's ConfigStore as ``schema/<name>`` (idempotent)."""
+    store = ConfigStore.instance()
+    for name, schema in schemas.items():
+        store.store(group=SCHEMA_GROUP, name=name, node=schema)
+
+
+def to_dataclass(cfg: Any, schema: type[T]) -> T:
+    """``cfg`` (a DictConfig, a dict or None) as the dataclass ``schema``: unknown keys and wrong types raise.
+
+    The one converter of the project's configs: the structured merge of verl's ``omega_conf_to_dataclass``, but over
+    a plain resolved copy, because a composed config is already typed and a key added to it with ``+`` would
+    otherwise be dropped without a word; and without importing verl, which would import torch into every process
+    that reads these configs (data preparation, the SAM2 server).
+    """
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    merged = OmegaConf.structured(schema)
+    if data is not None:
+        merged = OmegaConf.merge(merged, data)
+    return OmegaConf.to_object(merged)
+
+
 def server_config(cfg: Any = None) -> ServerConfig:
     """A validated :class:`ServerConfig` from a DictConfig or dict (unknown keys and wrong types raise)."""
-    schema = OmegaConf.structured(ServerConfig)
-    merged = OmegaConf.merge(schema, cfg) if cfg is not None else schema
-    return OmegaConf.to_object(merged)
+    return to_dataclass(cfg, ServerConfig)
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -150,8 +210,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 def load_preset(name: str = "large", overrides: dict[str, Any] | None = None) -> ServerConfig:
     """A ``conf/reward_server/<name>.yaml`` preset as a validated config, outside any Hydra app.
 
-    Presets may extend another preset through ``defaults: [<preset>, _self_]``, which is resolved here the way
-    Hydra composes it.
+    Presets extend :class:`ServerConfig` (:data:`PRESET_SCHEMA`) or another preset through
+    ``defaults: [<preset>, _self_]``, which is resolved here the way Hydra composes it.
 
     Args:
         name: Preset file name without ``.yaml``.
@@ -162,7 +222,8 @@ def load_preset(name: str = "large", overrides: dict[str, Any] | None = None) ->
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise FileNotFoundError(f"no reward_server preset {name!r}; known: {known}")
     cfg = OmegaConf.load(path)
-    parents = [entry for entry in cfg.pop("defaults", []) if entry != "_self_"]
+    # The schema is what server_config merges over anyway; every other entry but _self_ is a parent preset.
+    parents = [entry for entry in cfg.pop("defaults", []) if entry not in ("_self_", PRESET_SCHEMA)]
     merged = OmegaConf.merge(*(OmegaConf.structured(load_preset(parent)) for parent in parents), cfg)
     for key, value in (overrides or {}).items():
         OmegaConf.update(merged, key, value, force_add=False)

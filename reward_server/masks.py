@@ -22,6 +22,7 @@ MODEL_SIZE = 840
 """Side of the square image the VLM sees; every coordinate it emits or is shown lives in this space."""
 
 DEFAULT_IGNORE_EDGE = 20
+"""Kernel side of the edge-excluded IoU (SAM-Veteran, Figure 7); ``reward_server.engine.ignore_edge`` defaults to it."""
 
 
 def _as_bool_mask(mask: np.ndarray, name: str) -> np.ndarray:

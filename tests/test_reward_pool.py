@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from reward_server import pool as pool_module
 from reward_server.client import SamClient
-from reward_server.config import PoolConfig, ServerConfig, server_config
+from reward_server.config import PoolConfig, ServerConfig, server_config, store_schemas
 from reward_server.engine import SamEngine, ray_gpu_ids, resolve_device
 from reward_server.masks import encode_rle, mask_iou
 from reward_server.pool import actor_name, connect_pool, pool_health, shutdown_pool, start_pool
@@ -32,6 +32,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def compose_server(preset: str, *overrides: str) -> ServerConfig:
+    store_schemas()  # the presets compose over ServerConfig
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("reward_server_app", overrides=[f"reward_server={preset}", *overrides])

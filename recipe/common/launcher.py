@@ -29,8 +29,8 @@ def _fail(errors: list[str]) -> None:
 def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     """``ray_kwargs.ray_init`` as the run needs it: verl's keys plus the dashboard, virtual GPUs and env vars.
 
-    A run joins the cluster in ``samrl.ray_address`` (``RAY_ADDRESS``) as it is; otherwise it starts a local Ray
-    bound to loopback, with the dashboard on ``samrl.dashboard_host:dashboard_port``. On the CPU platform the local
+    A run joins the cluster in ``samrl.ray.address`` (``RAY_ADDRESS``) as it is; otherwise it starts a local Ray
+    bound to loopback, with the dashboard as ``samrl.ray`` sets it. On the CPU platform the local
     Ray declares one virtual GPU per verl worker, because verl's resource pools place workers on ``GPU`` bundles.
     """
     from recipe.cpu import PLATFORM, selected
@@ -43,16 +43,16 @@ def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     env_vars.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file(output_dir)))
     if selected():
         env_vars["VERL_PLATFORM"] = PLATFORM
-    if config.samrl.ray_address:
-        kwargs["address"] = config.samrl.ray_address
+    if config.samrl.ray.address:
+        kwargs["address"] = config.samrl.ray.address
         for key in ("num_cpus", "num_gpus"):  # a running cluster has its own resources
             kwargs.pop(key, None)
         return kwargs
     kwargs.update(
         address=None,
-        include_dashboard=True,
-        dashboard_host=config.samrl.dashboard_host,
-        dashboard_port=config.samrl.dashboard_port,
+        include_dashboard=config.samrl.ray.include_dashboard,
+        dashboard_host=config.samrl.ray.dashboard_host,
+        dashboard_port=config.samrl.ray.dashboard_port,
     )
     if selected():
         kwargs["num_gpus"] = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
@@ -77,7 +77,7 @@ def _task_runner_class() -> Any:
             from reward_server.config import server_config
             from reward_server.pool import pool_health, start_pool
 
-            if config.samrl.ray_address:
+            if config.samrl.ray.address:
                 errors = check_gpus(config, int(ray.cluster_resources().get("GPU", 0)))
                 if errors:
                     raise RuntimeError("; ".join(errors))
@@ -108,7 +108,7 @@ def launch(config: DictConfig) -> None:
     from recipe.cpu import selected
 
     # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
-    local_gpus = None if config.samrl.ray_address or selected() else _local_gpu_count()
+    local_gpus = None if config.samrl.ray.address or selected() else _local_gpu_count()
     errors = preflight(config, available_gpus=local_gpus)
     if errors:
         _fail(errors)

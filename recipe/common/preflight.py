@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from recipe.common.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW, GroundTruth, RewardModel, Row
 from recipe.common.gallery import GalleryConfig
 from recipe.common.run_config import schemas
-from reward_server.config import server_config
+from reward_server.config import server_config, to_dataclass
 from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
 
@@ -549,10 +549,8 @@ def check_scripted_answers(config: DictConfig) -> list[str]:
 @_never_raises
 def check_gallery(config: DictConfig) -> list[str]:
     """``samrl.gallery`` converts to :class:`recipe.common.gallery.GalleryConfig` (known keys, sane values)."""
-    from verl.utils.config import omega_conf_to_dataclass  # verl's one converter, as the trainer uses it
-
     try:
-        omega_conf_to_dataclass(OmegaConf.select(config, "samrl.gallery"), GalleryConfig)
+        to_dataclass(OmegaConf.select(config, "samrl.gallery", default=None), GalleryConfig)
     except (ValueError, OmegaConfBaseException) as err:
         return [f"samrl.gallery: {str(err).splitlines()[0]}"]
     return []

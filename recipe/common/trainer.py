@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 import transfer_queue as tq
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils.config import omega_conf_to_dataclass
 
 from recipe.common.dataset_rows import Row
 from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
 from recipe.common.pool_meter import PoolMeter
 from recipe.common.prompts import first_image
 from recipe.common.registration import trainer
+from reward_server.config import to_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class RewardMetricsTrainer(PPOTrainerSync):
         super().__init__(config=config)
         self._pool_meter: PoolMeter | None = None
         self._pool_unreachable = 0
-        self._gallery = omega_conf_to_dataclass(config.get("samrl", {}).get("gallery"), GalleryConfig)
+        self._gallery = to_dataclass(OmegaConf.select(config, "samrl.gallery", default=None), GalleryConfig)
         self._gallery_errors = 0
 
     def init(self):

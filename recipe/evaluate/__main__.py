@@ -8,8 +8,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from recipe.common.run_config import register_schemas
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.runner import evaluate
+
+register_schemas()  # before Hydra composes the config
 
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="evaluate")

@@ -1,4 +1,8 @@
-"""Dataclass config of the evaluator; ``conf/evaluate.yaml`` fills it and Hydra overrides it."""
+"""Dataclass config of the evaluator, and the one place its defaults live.
+
+``conf/evaluate.yaml`` composes over :class:`EvalConfig` (registered by ``recipe.common.run_config``), so it and the
+``+eval`` presets hold only what they change; :func:`eval_config` converts the composed config.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from recipe.common.metrics import check_convention
 from recipe.veteran.config import WorkflowConfig
 from recipe.veteran.rewards import VeteranRewardConfig
-from reward_server.config import EngineConfig
+from reward_server.config import EngineConfig, ServerConfig, to_dataclass
+from reward_server.ray_setup import LocalRayConfig
 
 
 @dataclass
@@ -66,7 +69,7 @@ class VeteranConfig:
 
     Attributes:
         max_steps: Refinement steps at most (3 in the paper's evaluation, 5 for its 32B model).
-        resend_points: Send earlier clicks again at each step (SPEC section 1; default off, paper-faithful).
+        resend_points: Send earlier clicks again at each step (docs/conventions.md; default off, paper-faithful).
         grounding_cot: Ask for ``<think>`` in the grounding turn (False: the answer-only prompt of the ablations).
         mask_cot: Likewise for refinement turns.
     """
@@ -82,11 +85,12 @@ class DataConfig:
     """What is evaluated.
 
     Attributes:
-        files: data_prep evaluation parquet files, or directories of them (every ``*.parquet`` inside).
+        files: data_prep evaluation parquet files, or directories of them (every ``*.parquet`` inside); by default
+            the directory ``make data`` writes them to.
         limit: Evaluate only the first ``limit`` rows of each file.
     """
 
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=lambda: ["data/eval"])
     limit: int | None = None
 
 
@@ -129,21 +133,23 @@ class ParallelConfig:
 
     Attributes:
         workers: 1 runs in this process without Ray; more shard the samples over Ray workers (the GPUs of a node,
-            or of the cluster in ``RAY_ADDRESS``).
+            or of the cluster in ``ray.address``).
         gpus_per_worker: GPUs per worker (``model.tensor_parallel_size`` of them; 0 on CPU).
         cpus_per_worker: CPUs per worker.
-        ray_address: A running cluster to join; null starts a local Ray bound to 127.0.0.1.
+        ray: The cluster to join (``RAY_ADDRESS`` by default), or the local Ray to start.
     """
 
     workers: int = 1
     gpus_per_worker: float = 1.0
     cpus_per_worker: float = 4.0
-    ray_address: str | None = None
+    ray: LocalRayConfig = field(default_factory=LocalRayConfig)
 
 
 @dataclass
 class EvalConfig:
     """One evaluation run.
+
+    Filled through OmegaConf (:func:`eval_config`): defaults such as ``output_dir``'s interpolate other keys.
 
     Attributes:
         mode: ``samr1``, ``veteran``, ``baseline`` or ``oracle_box`` (``recipe.evaluate.modes``).
@@ -151,11 +157,19 @@ class EvalConfig:
         name: The method's name in the table (default: mode and checkpoint name).
         report: Write the HTML visual report.
         metrics: The scoring convention.
-        sam: The SAM2 engine (from ``reward_server.engine`` in the Hydra config).
+        model: The policy checkpoint and how it is served.
+        generation: Decoding.
+        veteran: The iterative workflow of ``veteran`` mode.
+        data: What is evaluated.
+        visual: The visual report's panels.
+        parallel: Data parallelism over Ray workers.
+        reward_server: The ``reward_server`` group, as in training, so training and evaluation are pointed at a SAM2
+            checkpoint the same way (``reward_server.engine.checkpoint=...``); the evaluator runs its ``engine`` in
+            process (:attr:`sam`), and the pool and client settings do not apply.
     """
 
     mode: str = "samr1"
-    output_dir: str = "outputs/eval/run"
+    output_dir: str = "outputs/eval/${mode}"
     name: str | None = None
     report: bool = True
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -165,7 +179,7 @@ class EvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     visual: ReportConfig = field(default_factory=ReportConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    sam: EngineConfig = field(default_factory=EngineConfig)
+    reward_server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
         if self.generation.max_new_tokens is None:
@@ -173,6 +187,11 @@ class EvalConfig:
             from recipe.evaluate.modes import get_mode
 
             self.generation = replace(self.generation, max_new_tokens=get_mode(self.mode).max_new_tokens)
+
+    @property
+    def sam(self) -> EngineConfig:
+        """The SAM2 engine the evaluator runs: ``reward_server.engine``."""
+        return self.reward_server.engine
 
     @property
     def method_name(self) -> str:
@@ -207,17 +226,6 @@ class EvalConfig:
         return files
 
 
-def eval_config(cfg: Any = None) -> EvalConfig:
-    """A validated :class:`EvalConfig` from a DictConfig or dict (unknown keys and wrong types raise).
-
-    The evaluator's SAM2 comes from the ``reward_server`` group's ``engine`` when the config has one, so training and
-    evaluation are pointed at a checkpoint the same way (``reward_server.engine.checkpoint=...``).
-    """
-    if cfg is not None:
-        cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-        server = cfg.pop("reward_server", None)
-        if server is not None:
-            cfg["sam"] = server.get("engine", {})
-    schema = OmegaConf.structured(EvalConfig)
-    merged = OmegaConf.merge(schema, cfg) if cfg is not None else schema
-    return OmegaConf.to_object(merged)
+def eval_config(cfg: Any) -> EvalConfig:
+    """A validated :class:`EvalConfig` from a DictConfig or dict (unknown keys and wrong types raise)."""
+    return to_dataclass(cfg, EvalConfig)

@@ -171,7 +171,7 @@ def run_parallel(cfg: EvalConfig, pending: int) -> None:
 
     from reward_server.ray_setup import init_ray
 
-    dashboard = init_ray(address=cfg.parallel.ray_address)
+    dashboard = init_ray(cfg.parallel.ray)
     print(f"Ray dashboard: {dashboard or 'disabled'}", flush=True)
     task = ray.remote(num_gpus=cfg.parallel.gpus_per_worker, num_cpus=cfg.parallel.cpus_per_worker)(run_worker)
     refs = [task.remote(cfg, worker, cfg.parallel.workers) for worker in range(cfg.parallel.workers)]
