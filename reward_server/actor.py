@@ -1,8 +1,9 @@
 """An async Ray actor serving one SAM2 engine: micro-batching, one device thread, metrics, health.
 
-Calls from many clients queue on the actor's event loop; a batcher waits ``batch_window_ms`` after the first one,
-merges what arrived (up to ``max_batch_prompts``) and runs the engine on a single device thread, so concurrent
-requests for one image share one encode and the event loop stays free to answer ``health()``.
+Calls from many clients queue on the actor's event loop in a :class:`~reward_server.batching.MicroBatcher`: it waits
+``batch_window_ms`` after the first one, merges what arrived (up to ``max_batch_prompts``) and the actor runs the
+engine on a single device thread, so concurrent requests for one image share one encode and the event loop stays
+free to answer ``health()``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import ray
 from ray.util import metrics
 
+from reward_server.batching import Batch, MicroBatcher
 from reward_server.config import ActorConfig, EngineConfig
 from reward_server.engine import EngineStats, SamEngine
 from reward_server.images import ImageData
@@ -24,15 +26,6 @@ from reward_server.protocol import ErrorCode, SegRequest, SegResult
 
 _LATENCY_BOUNDARIES = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-
-
-@dataclass
-class _Call:
-    requests: list[SegRequest]
-    images: dict[str, ImageData]
-    ground_truths: dict[str, dict[str, Any]]
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class _Metrics:
@@ -96,9 +89,7 @@ class SamActor:
         self.engine = SamEngine(engine_config)
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-device")
         self._metrics = _Metrics(name)
-        self._queue: list[_Call] = []
-        self._wakeup: asyncio.Event | None = None
-        self._batcher: asyncio.Task | None = None
+        self._batcher = MicroBatcher(self._run_batch, actor_config.batch_window_ms, actor_config.max_batch_prompts)
         self._busy_since: float | None = None
         self._served_s = 0.0  # seconds the device spent on batches since this actor (re)started
         self._started = time.time()
@@ -110,13 +101,10 @@ class SamActor:
         ground_truths: dict[str, dict[str, Any]] | None = None,
     ) -> list[SegResult]:
         """Answers ``requests`` in order; ``images`` and ``ground_truths`` carry payloads the actor may lack."""
-        if self._batcher is None:
-            self._wakeup = asyncio.Event()
-            self._batcher = asyncio.create_task(self._batch_loop())
-        call = _Call(requests, images or {}, ground_truths or {}, asyncio.get_running_loop().create_future())
-        self._queue.append(call)
-        self._wakeup.set()
-        return await call.future
+        results = await self._batcher.segment(requests, images, ground_truths)
+        for result in results:
+            result.served_by = self.name
+        return results
 
     async def health(self) -> dict[str, Any]:
         """Answers at once, also while the device is busy: queue, cache, counters and where the actor runs."""
@@ -126,7 +114,7 @@ class SamActor:
             "node_id": context.get_node_id(),
             "pid": os.getpid(),
             "uptime_s": time.time() - self._started,
-            "queued_calls": len(self._queue),
+            "queued_calls": self._batcher.queued_calls,
             "busy_s": 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since,
             "served_s": self._served_s,
             **self.engine.info(),
@@ -134,53 +122,25 @@ class SamActor:
             "errors": {str(code): count for code, count in self.engine.stats.errors.items()},
         }
 
-    async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            await asyncio.sleep(self.config.batch_window_ms / 1000)
-            calls = self._take_batch()
-            if not self._queue:
-                self._wakeup.clear()
-            requests = [request for call in calls for request in call.requests]
-            images = {key: image for call in calls for key, image in call.images.items()}
-            ground_truths = {key: gt for call in calls for key, gt in call.ground_truths.items()}
-            started = time.perf_counter()
-            for call in calls:
-                self._metrics.queue_latency.observe(started - call.enqueued)
-            self._metrics.batch_size.observe(len(requests))
-            before = EngineStats(**{**asdict(self.engine.stats), "errors": self.engine.stats.errors.copy()})
-            self._busy_since = started
-            try:
-                results = await loop.run_in_executor(
-                    self._device_thread, self.engine.segment, requests, images, ground_truths
-                )
-            except Exception as err:  # a bug in one batch answers that batch; the actor keeps serving
-                reason = f"engine failed: {err!r:.300}"
-                results = [SegResult.failure(ErrorCode.INTERNAL, reason) for _ in requests]
-                self.engine.stats.errors[ErrorCode.INTERNAL] += len(requests)
-            finally:
-                self._busy_since = None
+    async def _run_batch(self, batch: Batch) -> list[SegResult]:
+        """Runs one batch on the device thread, feeding the metrics and the health counters."""
+        started = time.perf_counter()
+        for enqueued in batch.enqueued:
+            self._metrics.queue_latency.observe(started - enqueued)
+        self._metrics.batch_size.observe(len(batch.requests))
+        before = EngineStats(**{**asdict(self.engine.stats), "errors": self.engine.stats.errors.copy()})
+        self._busy_since = started
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._device_thread, self.engine.segment, batch.requests, batch.images, batch.ground_truths
+            )
+        except Exception:
+            # The batcher answers every request with an internal error; the engine, which raised, did not count them.
+            self.engine.stats.errors[ErrorCode.INTERNAL] += len(batch.requests)
+            raise
+        finally:
+            self._busy_since = None
             served = time.perf_counter() - started
             self._served_s += served
             self._metrics.service_latency.observe(served)
             self._metrics.record(before, self.engine.stats, self.engine.info())
-            offset = 0
-            for call in calls:
-                answer = results[offset : offset + len(call.requests)]
-                offset += len(call.requests)
-                for result in answer:
-                    result.served_by = self.name
-                if not call.future.done():
-                    call.future.set_result(answer)
-
-    def _take_batch(self) -> list[_Call]:
-        """Whole calls from the queue head, up to ``max_batch_prompts`` prompts (always at least one call)."""
-        taken, prompts = 0, 0
-        while taken < len(self._queue):
-            size = len(self._queue[taken].requests)
-            if taken and prompts + size > self.config.max_batch_prompts:
-                break
-            taken, prompts = taken + 1, prompts + size
-        calls, self._queue = self._queue[:taken], self._queue[taken:]
-        return calls
