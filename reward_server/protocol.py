@@ -7,6 +7,7 @@ COCO RLE, masks come back as RLE and logits as float16, never as full float mask
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -50,6 +51,34 @@ class Prompt:
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
     mask_input: np.ndarray | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_clicks(
+        cls,
+        pos: Sequence[float] | None,
+        neg: Sequence[float] | None,
+        *,
+        box: tuple[float, ...] | None = None,
+        mask_input: np.ndarray | None = None,
+        earlier: Iterable[Prompt] = (),
+    ) -> Prompt:
+        """A refinement answer's clicks as a prompt: ``pos`` labelled 1, ``neg`` labelled 0, a None click left out.
+
+        Args:
+            pos: The positive click (on a false-negative area), or None.
+            neg: The negative click (on a false-positive area), or None.
+            box: The box sent with the clicks.
+            mask_input: The previous low-resolution logits.
+            earlier: Prompts whose clicks go first, in order and with their labels (re-sending earlier clicks).
+        """
+        clicks = [(point, label) for past in earlier for point, label in zip(past.points, past.labels, strict=True)]
+        clicks += [(point, label) for point, label in ((pos, 1), (neg, 0)) if point is not None]
+        return cls(
+            box=box,
+            points=tuple(point for point, _ in clicks),
+            labels=tuple(label for _, label in clicks),
+            mask_input=mask_input,
+        )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from data_prep.veteran import build_auxiliary, build_mask_comprehension
 from recipe.common.overlay import overlay_mask
 from recipe.common.stored_logits import decode_logits
 from recipe.veteran import agent_loops
+from recipe.veteran.agent_loops import PARSED_RESPONSE
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle
 
@@ -83,6 +84,8 @@ def test_grounding_loop_scores_box_sam_and_format(task_files, tiny_qwen_path, mo
     assert np.array_equal(np.asarray(server.calls[-1]["images"][0]), image)  # the plain 840 image
     assert info["box"] == 2 and info["sam_iou"] == 0.7 and info["format_tags"] == 1 and info["format_answer"] == 1
     assert output.reward_score == pytest.approx(1 + 1 + 0.7 + 2) == info["score"]
+    # The loop leaves its parse for dynamic sampling, which reads the box from it instead of parsing again.
+    assert output.extra_fields[PARSED_RESPONSE].bbox_2d().value == tuple(round(v) for v in truth_box)
 
 
 def test_grounding_loop_penalises_malformed_answers_without_sam(task_files, tiny_qwen_path, monkeypatch):
@@ -143,3 +146,5 @@ def test_no_cot_ablation_swaps_in_the_answer_only_prompt_and_rule(task_files, ti
     shown = hf_tokenizer(tiny_qwen_path).decode(server.calls[-1]["prompt_ids"])
     assert "without any reasoning" in shown and "<think>" not in shown
     assert output.extra_fields["reward_extra_info"]["format_tags"] == 1  # answer-only responses meet the rule
+    parsed = output.extra_fields[PARSED_RESPONSE]  # the reward's parse, under the same rule
+    assert parsed.format_ok and parsed.clicks() == (None, None)

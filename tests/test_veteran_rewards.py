@@ -12,7 +12,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from recipe.common.stored_logits import decode_logits
+from recipe.common.answer import parse_response
+from recipe.common.sam_steps import SAM_STEPS, decode_steps
+from recipe.common.stored_logits import decode_logits, encode_logits
 from recipe.veteran.rewards import (
     PAPER,
     VeteranRewardConfig,
@@ -22,12 +24,13 @@ from recipe.veteran.rewards import (
     point_reward,
     refinement_case_reward,
 )
-from recipe.veteran.task_rewards import score_grounding, score_mask_comprehension
+from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension, score_workflow
+from recipe.veteran.workflow import Step
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, encode_rle
-from reward_server.protocol import ImageRef, Prompt
+from reward_server.protocol import ImageRef, Prompt, SegResult
 
 from support.fake_sam import EngineClient, FakeSam
 from support.sam_parity import assert_same_mask, predictor_reference
@@ -217,3 +220,115 @@ def test_grounding_scores_the_edge_excluded_iou_it_asks_for():
     text = f"<think>t</think><answer>{json.dumps({'bbox_2d': [100, 100, 500, 300]})}</answer>"
     info = asyncio.run(score_grounding(text, truth, None, sam, PAPER))
     assert sam.edge_iou_asked == [True] and info["sam_iou"] == 0.7
+
+
+# Each task's total (section 3.2: formatting + the task's rewards) and the workflow's mean of its turns' totals,
+# against values computed by hand from the paper's formulas.
+
+
+def box_answer(box, think: bool = True) -> str:
+    body = f"<answer>{json.dumps({'bbox_2d': box})}</answer>"
+    return f"<think>t</think>{body}" if think else body
+
+
+def test_each_single_turn_total_is_formatting_plus_its_tasks_rewards():
+    truth = {"mask": {}, "box": [100, 100, 500, 300]}
+    grounding = asyncio.run(
+        score_grounding(box_answer([100, 100, 500, 300]), truth, None, FakeSam(edge_iou=0.7), PAPER)
+    )
+    assert grounding["score"] == pytest.approx(1 + 1 + 2 + 0.7)  # tags + answer + box (IoU 1, L1 0) + R_SAM
+
+    sam = FakeSam(edge_iou=0.8)
+    shown = np.full((256, 256), -3.0, np.float32)
+    row = {**truth, "init_logits": encode_logits(shown), "init_edge_iou": 0.5, "case": "need_refinement"}
+    refined = asyncio.run(score_mask_comprehension(click_answer([420, 420], [100, 120]), row, None, sam, PAPER))
+    # Need Refinement, both points: R_DCS 1 + R_delta(0.8 - 0.5 = 0.3, Table 1: 2); R_SAM of the refined mask.
+    assert refined["score"] == pytest.approx(1 + 1 + 0.8 + (1 + 2))
+    (prompt,) = sam.prompts  # the GT box, the positive click labelled 1, the negative 0, the shown mask's logits
+    assert (prompt.box, prompt.points, prompt.labels) == ((100, 100, 500, 300), ((420, 420), (100, 120)), (1, 0))
+    np.testing.assert_array_equal(prompt.mask_input, shown)
+
+    region = np.zeros((840, 840), bool)
+    region[100:300, 100:400] = True
+    aux_truth = {
+        "false_negative": {"mask": encode_rle(region), "center": [250, 200]},
+        "false_positive": {"mask": encode_rle(region), "center": [250, 200]},
+    }
+    aux = score_auxiliary(click_answer([250, 200], [120, 110]), aux_truth, PAPER)
+    # Both regions exist and both points are given: R_A^DCS 2; points: inside and near 2, inside only 1.
+    assert aux["score"] == 1 + 1 + 2 + (2 + 1)
+    (record,) = decode_steps(aux[SAM_STEPS])
+    assert record["prompt"] == {"box": None, "points": [[250.0, 200.0], [120.0, 110.0]], "labels": [1, 0]}
+
+
+def turn(kind: str, text: str, edge_iou: float | None = None, reasoning: bool = True) -> Step:
+    """A workflow turn: the answer, parsed under the turn's tag rule, and SAM2's mask (None: SAM2 not called)."""
+    result = None if edge_iou is None else SegResult(mask={}, edge_iou=edge_iou)
+    return Step(kind, text, parse_response(text, reasoning=reasoning), result=result)
+
+
+GT_BOX = [100, 100, 300, 200]
+EXACT, SHIFTED = [100, 100, 300, 200], [120, 110, 320, 210]  # box reward 2; 1 (IoU ~0.73 > 0.5, mean L1 15)
+STOP = click_answer(None, None)
+WORKFLOW_CASES = {
+    # Grounding 1 + 1 + 2 + 0.6; a positive click on a Need Refinement mask, IoU 0.6 -> 0.75: 1 + 1 + 0.75 + R_DCS 1
+    # + R_delta(0.15) 2; stopping keeps the mask, on a mask that still needs refinement: 1 + 1 + 0.75 + 0.
+    "need_refinement": (
+        [
+            turn("grounding", box_answer(EXACT), 0.6),
+            turn("refinement", click_answer([150, 150], None), 0.75),
+            turn("refinement", STOP),
+        ],
+        "stop",
+        PAPER,
+        ((1 + 1 + 2 + 0.6) + (1 + 1 + 0.75 + 1 + 2) + (1 + 1 + 0.75 + 0)) / 3,
+        0.75,
+    ),
+    # Answer-only tags where <think> was asked: 0 + 1 + 1 + 1.0; one kind of point on a Good Enough mask, IoU 1 ->
+    # 0.9: 1 + 1 + 0.9 + R_ENC 2; an invalid point (outside the image): the tag reward alone.
+    "good_enough_clicked": (
+        [
+            turn("grounding", box_answer(SHIFTED, think=False), 1.0),
+            turn("refinement", click_answer(None, [150, 150]), 0.9),
+            turn("refinement", click_answer([900, 5], None)),
+        ],
+        "invalid_refinement",
+        PAPER,
+        ((0 + 1 + 1 + 1.0) + (1 + 1 + 0.9 + 2) + 1) / 3,
+        0.9,
+    ),
+    # Stopping on a Good Enough mask: R_DCS 1 + the bonus 3.
+    "good_enough_stopped": (
+        [turn("grounding", box_answer(EXACT), 1.0), turn("refinement", STOP)],
+        "stop",
+        PAPER,
+        ((1 + 1 + 2 + 1.0) + (1 + 1 + 1.0 + 1 + 3)) / 2,
+        1.0,
+    ),
+    # Table 5 without R_SAM: the IoU terms drop out, the decisions stay.
+    "without_r_sam": (
+        [turn("grounding", box_answer(EXACT), 1.0), turn("refinement", STOP)],
+        "stop",
+        VeteranRewardConfig(sam_weight=0),
+        ((1 + 1 + 2) + (1 + 1 + 1 + 3)) / 2,
+        1.0,
+    ),
+    # The answer-only tag rule of the "w/o CoT" ablation, met; a box that is not one: tags only.
+    "invalid_grounding": (
+        [turn("grounding", box_answer([300, 100, 100, 200], think=False), reasoning=False)],
+        "invalid_grounding",
+        VeteranRewardConfig(grounding_cot=False),
+        1.0,
+        0.0,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("steps", "termination", "config", "score", "final_iou"), WORKFLOW_CASES.values(), ids=list(WORKFLOW_CASES)
+)
+def test_a_workflow_scores_the_mean_of_its_turns_rewards(steps, termination, config, score, final_iou):
+    info = score_workflow(steps, {"box": GT_BOX}, termination, config)
+    assert info["score"] == pytest.approx(score, rel=1e-12) and info["turns"] == len(steps)
+    assert info["final_edge_iou"] == final_iou and info["stopped"] == (termination == "stop")
+    assert info["failure"] == ("" if termination == "stop" else termination)

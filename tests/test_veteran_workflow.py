@@ -135,6 +135,22 @@ def test_stops_at_max_steps_and_can_resend_points():
     assert sam.prompts[2].points == ((500.0, 500.0), (500.0, 500.0)) and sam.prompts[2].labels == (1, 1)
 
 
+def test_resent_clicks_keep_their_labels_and_come_first():
+    """Positive clicks are labelled 1 and negative ones 0 (docs/conventions.md, SAM2 prompts), earlier ones first."""
+    episode = Episode("the square", IMAGE, max_steps=2, resend_points=True)
+    sam = recording_sam()
+    clicks = [
+        answer({"pos_point": None, "neg_point": [100, 100]}),
+        answer({"pos_point": [500, 500], "neg_point": [120, 140]}),
+    ]
+    run([episode], [[answer({"bbox_2d": [10, 10, 400, 400]}), *clicks]], sam)
+    assert [(prompt.points, prompt.labels) for prompt in sam.prompts[1:]] == [
+        (((100.0, 100.0),), (0,)),
+        (((100.0, 100.0), (500.0, 500.0), (120.0, 140.0)), (0, 1, 0)),
+    ]
+    assert all(prompt.box == (10.0, 10.0, 400.0, 400.0) for prompt in sam.prompts)
+
+
 @pytest.mark.parametrize(
     ("scripts", "termination", "sam_calls"),
     [

@@ -49,7 +49,15 @@ def row_and_tools(tmp_path_factory, tiny_qwen_path):
 
 
 def run_workflow(
-    row_and_tools, texts, monkeypatch, max_steps=3, response_length=4096, sampling=None, versioned=False, config=None
+    row_and_tools,
+    texts,
+    monkeypatch,
+    max_steps=3,
+    response_length=4096,
+    sampling=None,
+    versioned=False,
+    config=None,
+    priority=None,
 ):
     """One workflow episode on the row; ``config`` (a recipe config) replaces the minimal one built here."""
     row, tokenizer, processor = row_and_tools
@@ -67,7 +75,8 @@ def run_workflow(
 
     async def run():
         loop = instantiate_agent_loop(config, "veteran_workflow", server, tokenizer, processor)
-        return await loop.run(sampling or {"temperature": 1.0}, **dict(row))
+        extra = {} if priority is None else {"priority": priority}
+        return await loop.run(sampling or {"temperature": 1.0}, **dict(row), **extra)
 
     return asyncio.run(run()), server, sam, row, processor
 
@@ -136,6 +145,40 @@ def test_log_probs_and_weight_versions_follow_the_turns(row_and_tools, monkeypat
 
     without, *_ = run_workflow(row_and_tools, [box, stop], monkeypatch)
     assert without.response_logprobs is None and "min_global_steps" not in without.extra_fields
+
+
+def test_full_determinism_fixes_request_ids_as_verls_single_turn_loop(row_and_tools, monkeypatch):
+    """The rollout seeds sampling from the request id; under ``full_determinism`` verl's single-turn loop fixes it by
+    the sample's priority, and the workflow fixes each turn's the same way (distinct turns, repeated across runs)."""
+    row, tokenizer, processor = row_and_tools
+    box, stop = answer({"bbox_2d": [100, 100, 500, 300]}), answer({"pos_point": None, "neg_point": None})
+    rollout = {"prompt_length": 1300, "response_length": 4096, "full_determinism": True}
+    config = OmegaConf.create(
+        {
+            "actor_rollout_ref": {"rollout": rollout},
+            "data": {},
+            "reward_server": {"pool": {"name": "unused"}},
+            "veteran": {"reward": {}, "workflow": {"max_steps": 3}},
+        }
+    )
+    runs = [run_workflow(row_and_tools, [box, stop], monkeypatch, config=config, priority=7)[1] for _ in range(2)]
+    ids = [[call["request_id"] for call in server.calls] for server in runs]
+    assert ids[0] == ids[1] and len(set(ids[0])) == 2
+
+    verl_server = ScriptedServer(tokenizer, box)
+
+    async def single_turn():
+        loop = instantiate_agent_loop(config, "single_turn_agent", verl_server, tokenizer, processor)
+        return await loop.run({"temperature": 1.0}, priority=7, **dict(row))
+
+    asyncio.run(single_turn())
+    (verl_id,) = [call["request_id"] for call in verl_server.calls]
+    assert ids[0][0].startswith(verl_id + "-")  # verl's id for the sample, then the turn
+
+    config.actor_rollout_ref.rollout.full_determinism = False
+    fresh = [run_workflow(row_and_tools, [box, stop], monkeypatch, config=config, priority=7)[1] for _ in range(2)]
+    first, second = ([call["request_id"] for call in server.calls] for server in fresh)
+    assert not set(first) & set(second)  # without it, every request is new
 
 
 def last_user_text(tokenizer, prompt_ids) -> str:

@@ -3,6 +3,7 @@
 Each is verl's single-turn loop with two additions: the refinement tasks show the image with the row's mask
 overlaid in green (SAM2's mask of the GT box for mask comprehension, the corrupted GT for the auxiliary task), and
 the reward is computed in the loop (SAM2 is called there anyway), with every component in ``reward_extra_info``.
+The loop parses the answer once; dynamic sampling reads that parse from ``extra_fields[PARSED_RESPONSE]``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
+from recipe.common.answer import ParsedResponse
+from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, Row
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import build_prompt, first_image
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
-from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension
+from recipe.veteran.task_rewards import parse_answer, score_auxiliary, score_grounding, score_mask_comprehension
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef
+
+PARSED_RESPONSE = "__samrl_parsed_response__"
+"""``extra_fields`` key of the loop's :class:`ParsedResponse`, private to this recipe: dynamic sampling
+(:mod:`recipe.veteran.dynamic_sampling`) selects by it and removes it before verl stores or logs the output."""
 
 
 def with_parts(
@@ -55,47 +62,51 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
         self.reward_config = veteran_config(self.config).reward
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
-        truth = kwargs["reward_model"]["ground_truth"]
+        row = Row.of(kwargs)
+        truth = row.ground_truth
         image = ImageRef.of(first_image(kwargs["raw_prompt"]))
         overlay, text = None, None
         if self.shows_mask:
-            overlay = Image.fromarray(overlay_mask(image.data, decode_rle(truth["init_mask"])))
+            overlay = Image.fromarray(overlay_mask(image.data, decode_rle(truth.init_mask)))
         if not self.reward_config.reasoning(self.task):  # rows hold the CoT prompt; the ablation swaps it
-            text = build_prompt(self.task, kwargs["extra_info"]["question"], reasoning=False)
+            text = build_prompt(self.task, row.extra_info.question, reasoning=False)
         kwargs["raw_prompt"] = with_parts(kwargs["raw_prompt"], image=overlay, text=text)
         output = await super().run(sampling_params, **kwargs)
         text = self.tokenizer.decode(output.response_ids, skip_special_tokens=True)
-        info = await self.score(text, truth, image)
+        parsed = parse_answer(self.task, text, self.reward_config)  # the one parse: the reward's and dynamic sampling's
+        info = await self.score(parsed, truth, image)
         output.reward_score = info["score"]
         output.extra_fields["reward_extra_info"] = info  # V1 copies it to every output and logs it
+        output.extra_fields[PARSED_RESPONSE] = parsed
         return output
 
-    async def score(self, text: str, truth: dict[str, Any], image: ImageRef) -> dict[str, Any]:
+    async def score(self, parsed: ParsedResponse, truth: dict[str, Any], image: ImageRef) -> dict[str, Any]:
         raise NotImplementedError
 
 
-@agent_loop("veteran_grounding")
+@agent_loop(TASK_AGENTS[GROUNDING])
 class GroundingLoop(VeteranTaskLoop):
-    task = "grounding"
+    task = GROUNDING
 
-    async def score(self, text, truth, image):
-        return await score_grounding(text, truth, image, get_sam_client(self.config.reward_server), self.reward_config)
-
-
-@agent_loop("veteran_mask_comprehension")
-class MaskComprehensionLoop(VeteranTaskLoop):
-    task = "mask_comprehension"
-    shows_mask = True
-
-    async def score(self, text, truth, image):
+    async def score(self, parsed, truth, image):
         client = get_sam_client(self.config.reward_server)
-        return await score_mask_comprehension(text, truth, image, client, self.reward_config)
+        return await score_grounding(parsed, truth, image, client, self.reward_config)
 
 
-@agent_loop("veteran_auxiliary")
-class AuxiliaryLoop(VeteranTaskLoop):
-    task = "auxiliary"
+@agent_loop(TASK_AGENTS[MASK_COMPREHENSION])
+class MaskComprehensionLoop(VeteranTaskLoop):
+    task = MASK_COMPREHENSION
     shows_mask = True
 
-    async def score(self, text, truth, image):
-        return score_auxiliary(text, truth, self.reward_config)
+    async def score(self, parsed, truth, image):
+        client = get_sam_client(self.config.reward_server)
+        return await score_mask_comprehension(parsed, truth, image, client, self.reward_config)
+
+
+@agent_loop(TASK_AGENTS[AUXILIARY])
+class AuxiliaryLoop(VeteranTaskLoop):
+    task = AUXILIARY
+    shows_mask = True
+
+    async def score(self, parsed, truth, image):
+        return score_auxiliary(parsed, truth, self.reward_config)

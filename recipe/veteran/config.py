@@ -11,7 +11,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS
 from recipe.veteran.rewards import VeteranRewardConfig
+from reward_server.config import to_dataclass
 
 
 @dataclass
@@ -45,9 +47,9 @@ class DynamicSamplingConfig:
     point_quotas: dict[str, int] | None = None
     tasks: dict[str, str] = field(
         default_factory=lambda: {
-            "veteran_grounding": "box",
-            "veteran_mask_comprehension": "point",
-            "veteran_auxiliary": "point",
+            TASK_AGENTS[GROUNDING]: "box",
+            TASK_AGENTS[MASK_COMPREHENSION]: "point",
+            TASK_AGENTS[AUXILIARY]: "point",
         }
     )
 
@@ -67,6 +69,4 @@ def veteran_config(config: Any) -> VeteranConfig:
     Raises:
         ValueError: For an invalid value (e.g. an unknown ``iou_gain``).
     """
-    from verl.utils.config import omega_conf_to_dataclass  # verl's one converter
-
-    return omega_conf_to_dataclass(OmegaConf.select(config, "veteran", default=None), VeteranConfig)
+    return to_dataclass(OmegaConf.select(config, "veteran", default=None), VeteranConfig)

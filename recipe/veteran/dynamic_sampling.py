@@ -8,6 +8,11 @@ replay buffer, advantages and loss see an ordinary group made of the selected ro
 an algorithm and every step after ``stop_iter`` (verl's global step, so a resumed run keeps the count) take
 verl's unchanged path.
 
+The algorithms look at each rollout's answer as its agent loop parsed it for the reward: a
+:class:`recipe.veteran.agent_loops.VeteranTaskLoop` leaves that parse in ``extra_fields`` under
+:data:`recipe.veteran.agent_loops.PARSED_RESPONSE`, so only tasks run by such a loop can have an algorithm. The
+worker removes the entry from every output before verl's post-processing stores or logs it.
+
 Enabled by ``actor_rollout_ref.rollout.agent.agent_loop_manager_class`` = :class:`DynamicSamplingManager` (the
 default of ``conf/veteran.yaml``) and configured under ``veteran.dynamic_sampling``.
 """
@@ -22,7 +27,9 @@ import ray
 import transfer_queue as tq
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
-from recipe.common.answer import parse_response
+from recipe.common.answer import ParsedResponse
+from recipe.common.dataset_rows import Row
+from recipe.veteran.agent_loops import PARSED_RESPONSE
 from recipe.veteran.config import veteran_config
 from recipe.veteran.sampling import select_box_rollouts, select_point_rollouts
 
@@ -33,9 +40,11 @@ _HOLD = "__samrl_hold_output__"  # rides the loop's kwargs to our _agent_loop_po
 _POINT_CASES = {(False, False): "terminate", (True, False): "positive", (False, True): "negative", (True, True): "both"}
 
 
-def rollout_answer(algorithm: str, text: str) -> Any:
-    """What the algorithm looks at: the parsed box (None when malformed), or the refinement case of the clicks."""
-    parsed = parse_response(text)
+def rollout_answer(algorithm: str, parsed: ParsedResponse) -> Any:
+    """What the algorithm looks at: the answer's box (None when malformed), or the refinement case of its clicks.
+
+    Both come from the answer's JSON alone, so they do not depend on the tag rule ``parsed`` was checked against.
+    """
     if algorithm == "box":
         box = parsed.bbox_2d()
         return list(box.value) if box.ok else None
@@ -43,6 +52,27 @@ def rollout_answer(algorithm: str, text: str) -> Any:
     if clicks is None:
         return "error"
     return _POINT_CASES[(clicks[0] is not None, clicks[1] is not None)]
+
+
+def _take_parsed(output) -> ParsedResponse | None:
+    """Removes and returns the loop's parse from an agent-loop output (its last one, when a list), if it has one."""
+    final = output[-1] if isinstance(output, list) else output
+    return final.extra_fields.pop(PARSED_RESPONSE, None)
+
+
+def _held_parse(output, prompt: dict) -> ParsedResponse:
+    """The parse of a held rollout, removed from it so that a selected rollout is stored without it.
+
+    Raises:
+        ValueError: When the task's loop left none (it is not a :class:`recipe.veteran.agent_loops.VeteranTaskLoop`).
+    """
+    parsed = _take_parsed(output)
+    if parsed is None:
+        raise ValueError(
+            f"dynamic sampling needs the parsed answer of each rollout, and agent loop {prompt.get('agent_name')!r} "
+            f"leaves none in extra_fields[{PARSED_RESPONSE!r}]; remove it from veteran.dynamic_sampling.tasks"
+        )
+    return parsed
 
 
 class DynamicSamplingWorker(_WorkerBase):
@@ -54,14 +84,15 @@ class DynamicSamplingWorker(_WorkerBase):
 
     async def _agent_loop_postprocess(self, output, validate, **kwargs):
         if kwargs.pop(_HOLD, False):
-            return output  # held: _run_prompt decides whether it is stored
+            return output  # held: _run_prompt reads its answer and decides whether it is stored
+        _take_parsed(output)  # verl's path (validation, tasks without an algorithm, after stop_iter) stores no parse
         return await super()._agent_loop_postprocess(output, validate, **kwargs)
 
     def _algorithm(self, prompt: dict, trajectory: dict) -> str | None:
         ds = self.dynamic_sampling
         if trajectory["validate"] or not ds.enable or int(prompt["global_steps"]) > ds.stop_iter:
             return None
-        return ds.tasks.get(prompt.get("agent_name"))
+        return ds.tasks.get(Row.of(prompt).agent_name)
 
     def _select(self, algorithm: str, answers: list[list[Any]], n: int) -> list[tuple[int, int]]:
         ds = self.dynamic_sampling
@@ -94,7 +125,7 @@ class DynamicSamplingWorker(_WorkerBase):
                 outputs = await asyncio.gather(*runs)  # any failure fails the group, as in verl
                 generated += size
                 held.append(outputs)
-                answers.append([rollout_answer(algorithm, self._response_text(output)) for output in outputs])
+                answers.append([rollout_answer(algorithm, _held_parse(output, prompt)) for output in outputs])
                 selection = self._select(algorithm, answers, n)
                 if len(selection) >= n:
                     break
@@ -115,10 +146,6 @@ class DynamicSamplingWorker(_WorkerBase):
         except Exception:
             logger.exception("dynamic sampling failed for uid=%s", uid)
         await tq.async_kv_put(key=uid, partition_id="train", tag={"status": status})
-
-    def _response_text(self, output) -> str:
-        final = output[-1] if isinstance(output, list) else output
-        return self.tokenizer.decode(final.response_ids, skip_special_tokens=True)
 
 
 class DynamicSamplingManager(AgentLoopManagerTQ):

@@ -9,8 +9,8 @@ Task rewards add the formatting reward (+1 for the tag rule, +1 for a strictly p
 - auxiliary: the decision reward (a point exactly when its error region exists) and the point reward (inside the
   region, and within ``tau_d`` of its centre).
 
-Training IoUs are edge-excluded (SPEC section 5); callers pass them in. Every ablation of Tables 5 and 10 is a field
-of :class:`VeteranRewardConfig`.
+Training IoUs are edge-excluded (docs/conventions.md, Edge-excluded IoU); callers pass them in. A turn's total is
+:func:`turn_reward`. Every ablation of Tables 5 and 10 is a field of :class:`VeteranRewardConfig`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recipe.common.dataset_rows import GROUNDING
 from reward_server.masks import box_iou, box_mean_l1
 
 IOU_GAIN_TIERS: tuple[tuple[float, float], ...] = ((0.5, 3.0), (0.1, 2.0), (0.0, 1.0))
@@ -70,8 +71,8 @@ class VeteranRewardConfig:
     mask_cot: bool = True
 
     def reasoning(self, task: str) -> bool:
-        """Whether ``task``'s prompt and tag rule include the ``<think>`` step."""
-        return self.grounding_cot if task == "grounding" else self.mask_cot
+        """Whether ``task``'s prompt and tag rule include the ``<think>`` step (:func:`asks_for_reasoning`)."""
+        return asks_for_reasoning(task, self.grounding_cot, self.mask_cot)
 
     def __post_init__(self):
         if self.iou_gain not in IOU_GAIN_MODES:
@@ -79,6 +80,36 @@ class VeteranRewardConfig:
 
 
 PAPER = VeteranRewardConfig()
+
+
+def asks_for_reasoning(task: str, grounding_cot: bool, mask_cot: bool) -> bool:
+    """Whether a turn of ``task`` asks for ``<think>`` (in its prompt and its tag rule): ``grounding_cot`` for
+    grounding, ``mask_cot`` for the tasks that show a mask (mask comprehension, auxiliary, the workflow's refinement
+    turns); the "w/o CoT" ablations (Table 6) ask for the answer alone."""
+    return grounding_cot if task == GROUNDING else mask_cot
+
+
+def turn_reward(
+    config: VeteranRewardConfig,
+    *,
+    format_tags: float,
+    format_answer: float,
+    box: float = 0.0,
+    sam_iou: float = 0.0,
+    case: float = 0.0,
+    decision: float = 0.0,
+    point: float = 0.0,
+) -> float:
+    """One turn's total (section 3.2): the two formatting rewards plus its task's components, 0 where they do not
+    apply (grounding: ``box`` and ``R_SAM``; mask comprehension: ``R_SAM`` and Table 2's ``case``; auxiliary:
+    ``decision`` and ``point``).
+
+    ``R_SAM`` (``sam_iou``) is weighted by ``config.sam_weight``; the other components arrive already weighted.
+    """
+    # The order of the additions fixes the float result. The box reward comes before R_SAM: with the paper's values
+    # everything before R_SAM is a whole number, so the sum so far is exact and a grounding total is rounded once.
+    # The auxiliary pair is summed on its own first, as its reward always has been.
+    return format_tags + format_answer + box + config.sam_weight * sam_iou + case + (decision + point)
 
 
 def iou_gain_reward(delta: float, mode: str = "tiered") -> float:

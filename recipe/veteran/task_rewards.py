@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
 from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
 from recipe.common.stored_logits import decode_logits
 from recipe.veteran.rewards import (
@@ -23,6 +24,7 @@ from recipe.veteran.rewards import (
     iou_gain_reward,
     point_reward,
     refinement_case_reward,
+    turn_reward,
 )
 from reward_server.client import SamClient
 from reward_server.masks import decode_rle
@@ -33,52 +35,82 @@ logger = logging.getLogger(__name__)
 COMPONENTS = ("format_tags", "format_answer", "sam_iou", "box", "case", "iou_gain", "decision", "point", "sam_called")
 
 
+def parse_answer(task: str, response: str | ParsedResponse, config: VeteranRewardConfig) -> ParsedResponse:
+    """``response`` parsed under ``task``'s tag rule (``config.reasoning(task)``); one already parsed as it is.
+
+    The agent loops parse once and hand the same parse to the reward and to dynamic sampling.
+    """
+    if isinstance(response, ParsedResponse):
+        return response
+    return parse_response(response, reasoning=config.reasoning(task))
+
+
 def _breakdown(
-    task: str, parsed: ParsedResponse, answer_ok: bool, config: VeteranRewardConfig, steps: Sequence[dict] = (), **parts
+    task: str,
+    parsed: ParsedResponse,
+    answer_ok: bool,
+    config: VeteranRewardConfig,
+    steps: Sequence[dict] = (),
+    iou_gain: float = 0.0,
+    sam_called: int = 0,
+    **summed,
 ) -> dict:
     """Every component (0 when not applicable), the total ``score``, the task, a failure category and the SAM2
-    ``steps`` (:mod:`recipe.common.sam_steps` records)."""
-    info = {name: 0.0 for name in COMPONENTS}
-    info.update(format_tags=config.format_reward * parsed.format_ok, format_answer=config.format_reward * answer_ok)
-    info.update(parts)
-    score = info["format_tags"] + info["format_answer"] + config.sam_weight * info["sam_iou"]
-    score += info["box"] + info["case"] + info["decision"] + info["point"]
+    ``steps`` (:mod:`recipe.common.sam_steps` records).
+
+    ``iou_gain`` (part of ``case`` already) and ``sam_called`` are logged only; ``summed`` are :func:`turn_reward`'s
+    task components.
+    """
+    formatting = {
+        "format_tags": config.format_reward * parsed.format_ok,
+        "format_answer": config.format_reward * answer_ok,
+    }
+    score = turn_reward(config, **formatting, **summed)
+    info = dict.fromkeys(COMPONENTS, 0.0) | formatting | summed | {"iou_gain": iou_gain, "sam_called": sam_called}
     failure = "" if answer_ok else ("no_answer" if parsed.answer is None else "invalid_answer")
     components = {k: float(v) for k, v in info.items()}
     return {"score": float(score), **components, "task": task, "failure": failure, SAM_STEPS: encode_steps(steps)}
 
 
 async def score_grounding(
-    text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
+    response: str | ParsedResponse,
+    truth: Mapping[str, Any],
+    image: ImageRef,
+    sam: SamClient,
+    config: VeteranRewardConfig,
 ) -> dict[str, Any]:
-    """Box reward + ``R_SAM`` (SAM2's mask of the box against the GT) + formatting."""
-    parsed = parse_response(text, reasoning=config.reasoning("grounding"))
+    """Box reward + ``R_SAM`` (SAM2's mask of the box against the GT) + formatting.
+
+    ``response`` is the decoded text, or it parsed by :func:`parse_answer` (likewise for every ``score_*``).
+    """
+    truth = GroundTruth.of(truth)
+    parsed = parse_answer(GROUNDING, response, config)
     box = parsed.bbox_2d()
     if not box.ok:
-        return _breakdown("grounding", parsed, False, config)
+        return _breakdown(GROUNDING, parsed, False, config)
     prompt = Prompt(box=box.value)
-    (result,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]), return_edge_iou=True)
+    (result,) = await sam.segment(image, [prompt], ground_truth=dict(truth.mask), return_edge_iou=True)
     sam_iou = result.edge_iou if result.ok else 0.0
     return _breakdown(
-        "grounding",
+        GROUNDING,
         parsed,
         True,
         config,
         steps=[step_json(prompt, result, result.edge_iou)],
         sam_iou=sam_iou,
-        box=box_reward(box.value, truth["box"], config),
+        box=box_reward(box.value, truth.box, config),
         sam_called=1,
     )
 
 
-def shown_logits(truth: Mapping[str, Any]) -> np.ndarray:
+def shown_logits(truth: GroundTruth | Mapping[str, Any]) -> np.ndarray:
     """The low-resolution logits of the mask a mask-comprehension row shows (``init_logits``).
 
     Raises:
         ValueError: When the row has none (prepared before data_prep stored them) or they are corrupt; the message
             says to rerun ``make data-veteran``.
     """
-    stored = truth.get("init_logits")
+    stored = GroundTruth.of(truth).init_logits
     if stored is None:
         raise ValueError(
             "a mask-comprehension row has no init_logits (the SAM2 logits of the mask it shows): it was prepared by an "
@@ -93,7 +125,11 @@ def shown_logits(truth: Mapping[str, Any]) -> np.ndarray:
 
 
 async def score_mask_comprehension(
-    text: str, truth: Mapping[str, Any], image: ImageRef, sam: SamClient, config: VeteranRewardConfig
+    response: str | ParsedResponse,
+    truth: Mapping[str, Any],
+    image: ImageRef,
+    sam: SamClient,
+    config: VeteranRewardConfig,
 ) -> dict[str, Any]:
     """``R_SAM`` of the refined mask + the case/action reward of Table 2 + formatting.
 
@@ -104,35 +140,29 @@ async def score_mask_comprehension(
     A row without usable stored logits (see :func:`shown_logits`) scores 0 with failure ``bad_row`` and a logged
     reason instead of stopping the step; preflight refuses whole files prepared before the logits existed.
     """
+    truth = GroundTruth.of(truth)
     try:
         mask_input = shown_logits(truth)
     except ValueError as err:
         logger.warning("mask comprehension: %s", err)
         zero = dict.fromkeys(COMPONENTS, 0.0)
-        return {"score": 0.0, **zero, "task": "mask_comprehension", "failure": "bad_row", SAM_STEPS: encode_steps([])}
-    parsed = parse_response(text, reasoning=config.reasoning("mask_comprehension"))
+        return {"score": 0.0, **zero, "task": MASK_COMPREHENSION, "failure": "bad_row", SAM_STEPS: encode_steps([])}
+    parsed = parse_answer(MASK_COMPREHENSION, response, config)
     clicks = parsed.clicks()
     if clicks is None:
-        return _breakdown("mask_comprehension", parsed, False, config)
+        return _breakdown(MASK_COMPREHENSION, parsed, False, config)
     pos, neg = clicks
-    before = after = float(truth["init_edge_iou"])
+    before = after = float(truth.init_edge_iou)
     calls, steps = 0, []
     if pos is not None or neg is not None:
-        clicks = [(point, label) for point, label in ((pos, 1), (neg, 0)) if point is not None]
-        prompt = Prompt(
-            box=tuple(truth["box"]),
-            points=tuple(p for p, _ in clicks),
-            labels=tuple(label for _, label in clicks),
-            mask_input=mask_input,
-        )
-        (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth["mask"]), return_edge_iou=True)
+        prompt = Prompt.from_clicks(pos, neg, box=tuple(truth.box), mask_input=mask_input)
+        (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth.mask), return_edge_iou=True)
         after, calls = (refined.edge_iou if refined.ok else 0.0), 1
         steps.append(step_json(prompt, refined, refined.edge_iou))
-    good_enough = truth["case"] == "good_enough"
-    case = refinement_case_reward(good_enough, pos is not None, neg is not None, after - before, config)
+    case = refinement_case_reward(truth.good_enough, pos is not None, neg is not None, after - before, config)
     gain = iou_gain_reward(after - before, config.iou_gain)
     return _breakdown(
-        "mask_comprehension",
+        MASK_COMPREHENSION,
         parsed,
         True,
         config,
@@ -144,30 +174,34 @@ async def score_mask_comprehension(
     )
 
 
-def score_auxiliary(text: str, truth: Mapping[str, Any], config: VeteranRewardConfig) -> dict[str, Any]:
+def score_auxiliary(
+    response: str | ParsedResponse, truth: Mapping[str, Any], config: VeteranRewardConfig
+) -> dict[str, Any]:
     """Decision reward + point rewards (inside each error region, within ``tau_d`` of its centre) + formatting."""
-    parsed = parse_response(text, reasoning=config.reasoning("auxiliary"))
+    truth = GroundTruth.of(truth)
+    parsed = parse_answer(AUXILIARY, response, config)
     clicks = parsed.clicks()
     if clicks is None:
-        return _breakdown("auxiliary", parsed, False, config)
+        return _breakdown(AUXILIARY, parsed, False, config)
     pos, neg = clicks
-    fp, fn = truth.get("false_positive"), truth.get("false_negative")
+    fp, fn = truth.false_positive, truth.false_negative
     decision = config.decision_weight * auxiliary_decision_reward(
         pos is not None, neg is not None, fn is not None, fp is not None
     )
     point = sum(
-        point_reward(click, decode_rle(region["mask"]), region["center"], config.point_radius)
+        point_reward(click, decode_rle(region.mask), region.center, config.point_radius)
         for click, region in ((pos, fn), (neg, fp))
         if click is not None and region is not None
     )
     # No SAM2 call: the record keeps the clicks the point rewards scored, for the gallery.
-    answered = [(click, label) for click, label in ((pos, 1), (neg, 0)) if click is not None]
-    clicks = Prompt(points=tuple(p for p, _ in answered), labels=tuple(label for _, label in answered))
-    steps = [step_json(clicks, None)] if answered else []
-    return _breakdown("auxiliary", parsed, True, config, steps=steps, decision=decision, point=point)
+    answered = Prompt.from_clicks(pos, neg)
+    steps = [step_json(answered, None)] if answered.points else []
+    return _breakdown(AUXILIARY, parsed, True, config, steps=steps, decision=decision, point=point)
 
 
-def score_workflow(steps: list, truth: Mapping[str, Any], termination: str, config: VeteranRewardConfig) -> dict:
+def score_workflow(
+    steps: list, truth: GroundTruth | Mapping[str, Any], termination: str, config: VeteranRewardConfig
+) -> dict:
     """An on-policy workflow episode: the mean over its turns of each turn's task reward (our choice; the paper
     trains the single-turn tasks). Grounding turns score format + box + ``R_SAM``; refinement turns score format
     + ``R_SAM`` of the refined mask + Table 2, the mask they were shown being Good Enough when its edge-excluded IoU
@@ -179,34 +213,38 @@ def score_workflow(steps: list, truth: Mapping[str, Any], termination: str, conf
         termination: The episode's termination reason.
         config: Reward knobs.
     """
+    truth = GroundTruth.of(truth)
     turns, before = [], 0.0
     for step in steps:
         tags = config.format_reward * step.parsed.format_ok
         if step.kind == "grounding":
             box = step.parsed.bbox_2d()
             if not box.ok:
-                turns.append(tags)
+                turns.append(turn_reward(config, format_tags=tags, format_answer=0.0))
                 continue
             before = step.result.edge_iou if step.result is not None and step.result.ok else 0.0
+            box_part = box_reward(box.value, truth.box, config)
             turns.append(
-                tags + config.format_reward + box_reward(box.value, truth["box"], config) + config.sam_weight * before
+                turn_reward(config, format_tags=tags, format_answer=config.format_reward, box=box_part, sam_iou=before)
             )
             continue
         clicks = step.parsed.clicks()
         if clicks is None:
-            turns.append(tags)
+            turns.append(turn_reward(config, format_tags=tags, format_answer=0.0))
             continue
         pos, neg = clicks
         after = before if step.result is None else (step.result.edge_iou if step.result.ok else 0.0)
-        case = refinement_case_reward(before >= 1.0, pos is not None, neg is not None, after - before, config)
-        turns.append(tags + config.format_reward + config.sam_weight * after + case)
+        case = refinement_case_reward(is_good_enough(before), pos is not None, neg is not None, after - before, config)
+        turns.append(
+            turn_reward(config, format_tags=tags, format_answer=config.format_reward, sam_iou=after, case=case)
+        )
         before = after
     return {
         "score": float(sum(turns) / len(turns)) if turns else 0.0,
         "turns": float(len(turns)),
         "final_edge_iou": float(before),
         "stopped": float(termination == "stop"),
-        "task": "workflow",
+        "task": WORKFLOW,
         "failure": "" if termination in ("stop", "max_steps") else termination,
         SAM_STEPS: encode_steps(
             step_json(step.prompt, step.result, None if step.result is None else step.result.edge_iou) for step in steps

@@ -21,10 +21,11 @@ import numpy as np
 from PIL import Image
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.dataset_rows import GROUNDING, MASK_COMPREHENSION
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import build_prompt
 from recipe.veteran.config import WorkflowConfig
-from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.veteran.rewards import VeteranRewardConfig, asks_for_reasoning
 from reward_server.masks import resize_mask, scale_xy
 from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
 
@@ -68,8 +69,9 @@ class Episode:
         resend_points: Send every earlier click again with each refinement (default: only the new ones).
         grounding_cot: Grounding asks for ``<think>`` first (False: the answer-only prompt and tag rule).
         mask_cot: Likewise for refinement turns.
-        segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, SPEC section 1).
-            The model's coordinates are scaled to it, and its masks are resized to ``image`` for the overlay.
+        segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, as
+            docs/conventions.md, Spaces and coordinates, says). The model's coordinates are scaled to it, and its
+            masks are resized to ``image`` for the overlay.
     """
 
     question: str
@@ -107,20 +109,25 @@ class Episode:
         return self.masks[-1] if self.masks else None
 
     @property
+    def task(self) -> str:
+        """The task the next turn is: ``grounding`` first, then ``mask_comprehension`` (a refinement turn)."""
+        return MASK_COMPREHENSION if self.steps else GROUNDING
+
+    @property
     def reasoning(self) -> bool:
-        """Whether the next turn's prompt and tag rule include ``<think>``: ``grounding_cot`` for the grounding
-        turn, ``mask_cot`` for refinement turns (the "w/o CoT" ablations ask for the answer alone)."""
-        return self.mask_cot if self.steps else self.grounding_cot
+        """Whether the next turn's prompt and tag rule include ``<think>`` (:func:`asks_for_reasoning` of
+        :attr:`task`)."""
+        return asks_for_reasoning(self.task, self.grounding_cot, self.mask_cot)
 
     def next_messages(self) -> Messages:
         """The single-turn prompt of the next step, the first included: the image and ``Q^B`` first, then the
         overlay and ``Q^P``; each the answer-only variant when :attr:`reasoning` is off."""
         if not self.steps:
-            image, task = Image.fromarray(self.image), "grounding"
+            image = Image.fromarray(self.image)
         else:
             mask = resize_mask(self.final.mask_array(), self.image.shape[:2])
-            image, task = Image.fromarray(overlay_mask(self.image, mask)), "mask_comprehension"
-        text = build_prompt(task, self.question, reasoning=self.reasoning)
+            image = Image.fromarray(overlay_mask(self.image, mask))
+        text = build_prompt(self.task, self.question, reasoning=self.reasoning)
         content = [{"type": "image", "image": image}, {"type": "text", "text": text}]
         return [{"role": "user", "content": content}]
 
@@ -139,22 +146,16 @@ class Episode:
             answer = parsed.clicks()
             if answer is None:
                 return self._end(step, "invalid_refinement")
-            clicks = [(self._to_sam(p), label) for p, label in zip(answer, (1, 0), strict=True) if p is not None]
-            if not clicks:
+            pos, neg = (None if point is None else self._to_sam(point) for point in answer)
+            if pos is None and neg is None:
                 return self._end(step, "stop")
-            if self.resend_points:
-                earlier = [
-                    (point, label)
-                    for past in self.steps
-                    if past.kind == "refinement" and past.prompt is not None
-                    for point, label in zip(past.prompt.points, past.prompt.labels, strict=True)
-                ]
-                clicks = earlier + clicks
-            step.prompt = Prompt(
+            earlier = [past.prompt for past in self.steps if past.kind == "refinement" and past.prompt is not None]
+            step.prompt = Prompt.from_clicks(
+                pos,
+                neg,
                 box=self.steps[0].prompt.box,  # the initial grounding box, at every refinement step
-                points=tuple(point for point, _ in clicks),
-                labels=tuple(label for _, label in clicks),
                 mask_input=self.final.logits,
+                earlier=earlier if self.resend_points else (),
             )
         self._pending = step
         return step.prompt

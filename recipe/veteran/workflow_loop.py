@@ -15,6 +15,7 @@ from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
+from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
 from recipe.common.prompts import first_image
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
@@ -25,7 +26,7 @@ from reward_server.images import to_rgb
 from reward_server.protocol import ImageRef
 
 
-@agent_loop("veteran_workflow")
+@agent_loop(TASK_AGENTS[WORKFLOW])
 class WorkflowLoop(AgentLoopBase):
     """The multi-turn workflow on-policy: ``veteran.workflow.max_steps`` refinement turns at most, earlier clicks
     re-sent with each refinement when ``veteran.workflow.resend_points``."""
@@ -38,15 +39,23 @@ class WorkflowLoop(AgentLoopBase):
         self.resend_points = veteran.workflow.resend_points
         self.reward_config = veteran.reward
 
-    async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
-        truth = kwargs["reward_model"]["ground_truth"]
+    def _request_id(self, priority: int, turn: int) -> str:
+        """A fresh id per request; under ``full_determinism`` one fixed by the sample and the turn, as verl's
+        single-turn loop fixes it by the sample (``det-<priority>``), so the rollout's sampling seed repeats."""
+        if getattr(self.rollout_config, "full_determinism", False):
+            return f"det-{priority}-{turn}"
+        return uuid4().hex
+
+    async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
+        row = Row.of(kwargs)
+        truth = row.ground_truth
         image = ImageRef.of(first_image(kwargs["raw_prompt"]))
         # The SAM2 cache keys on the row's image bytes (image); the episode draws overlays on the decoded pixels.
-        question = kwargs["extra_info"]["question"]
+        question = row.extra_info.question
         episode = Episode(
             question,
             to_rgb(image.data),
-            dict(truth["mask"]),
+            dict(truth.mask),
             max_steps=self.max_steps,
             resend_points=self.resend_points,
             grounding_cot=self.reward_config.grounding_cot,
@@ -68,7 +77,7 @@ class WorkflowLoop(AgentLoopBase):
                 episode.termination = "length"
                 break
             output = await self.server_manager.generate(
-                request_id=uuid4().hex,
+                request_id=self._request_id(int(priority), len(episode.steps)),
                 prompt_ids=runtime_ids,
                 sampling_params={**sampling_params, "max_tokens": budget},
                 image_data=images,

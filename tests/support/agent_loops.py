@@ -33,10 +33,10 @@ def instantiate_agent_loop(config: DictConfig, agent_name: str, server: Any, tok
 class ScriptedServer:
     """Stands in for verl's LLM server: call ``n`` answers ``texts[n]`` (the last text thereafter), ending with EOS.
 
-    Every call is recorded in ``calls`` as ``{"prompt_ids", "images", "sampling_params"}``, copied, because the
-    multi-turn loops extend their lists in place between turns. Asked for log-probs, call ``n`` (from 1) gives each
-    of its tokens the log-prob ``-n``; with ``versioned``, it reports weights of global step ``n`` as verl's server
-    manager does (``min_global_steps`` = ``max_global_steps`` = ``n``).
+    Every call is recorded in ``calls`` as ``{"request_id", "prompt_ids", "images", "sampling_params"}``, copied,
+    because the multi-turn loops extend their lists in place between turns. Asked for log-probs, call ``n`` (from 1)
+    gives each of its tokens the log-prob ``-n``; with ``versioned``, it reports weights of global step ``n`` as verl's
+    server manager does (``min_global_steps`` = ``max_global_steps`` = ``n``).
     """
 
     def __init__(self, tokenizer: Any, texts: str | Sequence[str], versioned: bool = False):
@@ -50,6 +50,7 @@ class ScriptedServer:
     ) -> TokenOutput:
         self.calls.append(
             {
+                "request_id": request_id,
                 "prompt_ids": list(prompt_ids),
                 "images": None if image_data is None else list(image_data),
                 "sampling_params": dict(sampling_params),
