@@ -30,6 +30,19 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
 
+    @property
+    def cluster(self) -> str | None:
+        """The cluster to join, or None to start a local Ray (an exported but empty ``RAY_ADDRESS`` included)."""
+        return self.address or None
+
+    def local_kwargs(self) -> dict[str, Any]:
+        """``ray.init``'s keywords for a local Ray started from this block."""
+        return {
+            "include_dashboard": self.include_dashboard,
+            "dashboard_host": self.dashboard_host,
+            "dashboard_port": self.dashboard_port,
+        }
+
 
 @dataclass
 class LocalRayConfig(RayConfig):
@@ -46,6 +59,9 @@ class LocalRayConfig(RayConfig):
     num_cpus: int | None = None
     num_gpus: int | None = None
 
+    def local_kwargs(self) -> dict[str, Any]:
+        return {**super().local_kwargs(), "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
 
 def init_ray(config: LocalRayConfig, namespace: str | None = None) -> str | None:
     """Starts a local Ray (bound to loopback) or joins the cluster at ``config.address``.
@@ -58,16 +74,9 @@ def init_ray(config: LocalRayConfig, namespace: str | None = None) -> str | None
 
     # On one machine Ray binds loopback only; a cluster keeps its own node addresses.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    address = config.address or None  # an exported but empty RAY_ADDRESS means "start locally"
-    kwargs: dict[str, Any] = {"address": address, "namespace": namespace, "ignore_reinit_error": True}
-    if address is None:
-        kwargs.update(
-            num_cpus=config.num_cpus,
-            num_gpus=config.num_gpus,
-            include_dashboard=config.include_dashboard,
-            dashboard_host=config.dashboard_host,
-            dashboard_port=config.dashboard_port,
-        )
+    kwargs: dict[str, Any] = {"address": config.cluster, "namespace": namespace, "ignore_reinit_error": True}
+    if config.cluster is None:
+        kwargs.update(config.local_kwargs())
     context = ray.init(**kwargs)
     url = context.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url or None

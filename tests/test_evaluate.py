@@ -17,13 +17,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from data_prep.schema import ROW
+from recipe.common.episodes import Episode, run_episodes
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.records import RECORDS_DIR, RecordWriter, first_box_iou, read_records
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.samples import EvalSample, iter_samples
 from recipe.evaluate.segmenter import BatchedSegmenter
 from recipe.evaluate.summary import box_accuracy, markdown_table, step_curves, summarize
-from recipe.veteran.workflow import Episode, run_episodes
+from recipe.veteran.reward_formulas import PAPER
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, encode_rle
 from reward_server.protocol import ImageRef, Prompt, SegResult
@@ -31,6 +32,8 @@ from reward_server.protocol import ImageRef, Prompt, SegResult
 from support.fake_sam import EngineClient
 
 # ------------------------------------------------------------------ independent references
+
+PAPER_COT = {"grounding_cot": PAPER.grounding_cot, "mask_cot": PAPER.mask_cot}  # the paper trains with both
 
 
 def rect(box, hw):
@@ -354,7 +357,7 @@ def test_veteran_records_match_the_workflow_step_by_step(eval_files, tmp_path):
     assert sam.batches[0] == 3
 
     samples = [s for s in iter_samples(files) if isinstance(s, EvalSample)]
-    episodes = [Episode(s.question, s.model_image, max_steps=3, segment_image=s.image) for s in samples]
+    episodes = [Episode(s.question, s.model_image, max_steps=3, segment_image=s.image, **PAPER_COT) for s in samples]
     asyncio.run(run_episodes(episodes, ScriptedPolicy(scripts), EngineClient(BoxSam())))
     by_uid = {row["uid"]: row for row in rows}
     terminations = Counter()

@@ -23,8 +23,8 @@ from recipe.common.prompts import first_image
 from recipe.common.sam_steps import SAM_STEPS, decode_steps
 from recipe.common.trainer import RewardMetricsTrainer
 from recipe.samr1.reward import compute_score
-from recipe.veteran.rewards import VeteranRewardConfig
-from recipe.veteran.task_rewards import score_auxiliary, score_grounding
+from recipe.veteran.reward_formulas import VeteranRewardConfig
+from recipe.veteran.task_scoring import score_auxiliary, score_grounding
 from reward_server.masks import encode_rle
 from reward_server.protocol import ErrorCode, ImageRef, SegResult
 

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from recipe.common.compose import compose_recipe
+from recipe.common.episodes import run_episodes
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.modes import get_mode
 from recipe.evaluate.policies import build_policy, vllm_prompts
 from recipe.evaluate.samples import EvalSample, iter_samples
 from recipe.veteran import agent_loops, workflow_loop
-from recipe.veteran.workflow import run_episodes
 
 from support.agent_loops import ScriptedServer, instantiate_agent_loop
 from support.fake_sam import FakeSam

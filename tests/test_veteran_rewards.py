@@ -13,9 +13,10 @@ from pycocotools import mask as mask_utils
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from recipe.common.answer import parse_response
+from recipe.common.episodes import Step
 from recipe.common.sam_steps import SAM_STEPS, decode_steps
 from recipe.common.stored_logits import decode_logits, encode_logits
-from recipe.veteran.rewards import (
+from recipe.veteran.reward_formulas import (
     PAPER,
     VeteranRewardConfig,
     auxiliary_decision_reward,
@@ -24,8 +25,7 @@ from recipe.veteran.rewards import (
     point_reward,
     refinement_case_reward,
 )
-from recipe.veteran.task_rewards import score_auxiliary, score_grounding, score_mask_comprehension, score_workflow
-from recipe.veteran.workflow import Step
+from recipe.veteran.task_scoring import score_auxiliary, score_grounding, score_mask_comprehension, score_workflow
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
 from reward_server.images import to_rgb

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from recipe.common.episodes import Episode, run_episodes
 from recipe.common.overlay import overlay_mask
-from recipe.veteran.workflow import Episode, run_episodes
+from recipe.veteran.reward_formulas import PAPER
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
 from reward_server.masks import encode_rle
@@ -23,6 +24,8 @@ from support.paper_prompts import (
 IMAGE = (np.random.default_rng(0).random((840, 840, 3)) * 255).astype(np.uint8)
 GT = np.zeros((840, 840), bool)
 GT[200:600, 300:700] = True
+
+PAPER_COT = {"grounding_cot": PAPER.grounding_cot, "mask_cot": PAPER.mask_cot}  # the paper trains with both
 
 
 def answer(payload: dict) -> str:
@@ -65,7 +68,7 @@ def run(episodes, scripts, sam):
 
 
 def test_grounding_then_refinement_then_stop():
-    episode = Episode("the square", IMAGE, encode_rle(GT))
+    episode = Episode("the square", IMAGE, encode_rle(GT), **PAPER_COT)
     sam = recording_sam()
     scripts = [
         [
@@ -127,7 +130,7 @@ def test_cot_settings_choose_each_turns_prompt_and_tag_rule(
 
 
 def test_stops_at_max_steps_and_can_resend_points():
-    episode = Episode("the square", IMAGE, max_steps=2, resend_points=True)
+    episode = Episode("the square", IMAGE, max_steps=2, resend_points=True, **PAPER_COT)
     sam = recording_sam()
     click = answer({"pos_point": [500, 500], "neg_point": None})
     run([episode], [[answer({"bbox_2d": [10, 10, 400, 400]}), click]], sam)
@@ -137,7 +140,7 @@ def test_stops_at_max_steps_and_can_resend_points():
 
 def test_resent_clicks_keep_their_labels_and_come_first():
     """Positive clicks are labelled 1 and negative ones 0 (docs/conventions.md, SAM2 prompts), earlier ones first."""
-    episode = Episode("the square", IMAGE, max_steps=2, resend_points=True)
+    episode = Episode("the square", IMAGE, max_steps=2, resend_points=True, **PAPER_COT)
     sam = recording_sam()
     clicks = [
         answer({"pos_point": None, "neg_point": [100, 100]}),
@@ -164,7 +167,7 @@ def test_resent_clicks_keep_their_labels_and_come_first():
     ],
 )
 def test_invalid_answers_end_the_episode_without_calling_sam(scripts, termination, sam_calls):
-    episode = Episode("q", IMAGE)
+    episode = Episode("q", IMAGE, **PAPER_COT)
     sam = recording_sam()
     run([episode], [scripts], sam)
     assert episode.termination == termination and len(sam.prompts) == sam_calls
@@ -172,7 +175,7 @@ def test_invalid_answers_end_the_episode_without_calling_sam(scripts, terminatio
 
 
 def test_episodes_advance_in_lockstep():
-    episodes = [Episode("a", IMAGE), Episode("b", IMAGE), Episode("c", IMAGE)]
+    episodes = [Episode("a", IMAGE, **PAPER_COT), Episode("b", IMAGE, **PAPER_COT), Episode("c", IMAGE, **PAPER_COT)]
     box = answer({"bbox_2d": [10, 10, 400, 400]})
     stop = answer({"pos_point": None, "neg_point": None})
     click = answer({"pos_point": [100, 100], "neg_point": None})
@@ -184,7 +187,7 @@ def test_episodes_advance_in_lockstep():
 @pytest.mark.slow
 def test_with_the_tiny_sam2_engine_logits_flow_back_as_mask_input():
     engine = SamEngine(EngineConfig(model="sam2.1_hiera_t", allow_random_weights=True, device="cpu", image_size=256))
-    episode = Episode("the square", IMAGE, encode_rle(GT), max_steps=2)
+    episode = Episode("the square", IMAGE, encode_rle(GT), max_steps=2, **PAPER_COT)
     click = answer({"pos_point": [500, 400], "neg_point": [250, 250]})
     run([episode], [[answer({"bbox_2d": [300, 200, 700, 600]}), click]], EngineClient(engine))
     assert episode.termination == "max_steps" and all(step.result.ok for step in episode.steps)

@@ -18,6 +18,8 @@ import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.common.preflight import absolute_paths, check_gpus, check_pool_devices, preflight
+from reward_server.config import to_dataclass
+from reward_server.ray_setup import RayConfig
 
 
 def _fail(errors: list[str]) -> None:
@@ -43,17 +45,13 @@ def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     env_vars.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file(output_dir)))
     if selected():
         env_vars["VERL_PLATFORM"] = PLATFORM
-    if config.samrl.ray.address:
-        kwargs["address"] = config.samrl.ray.address
+    ray_config = to_dataclass(config.samrl.ray, RayConfig)
+    if ray_config.cluster:
+        kwargs["address"] = ray_config.cluster
         for key in ("num_cpus", "num_gpus"):  # a running cluster has its own resources
             kwargs.pop(key, None)
         return kwargs
-    kwargs.update(
-        address=None,
-        include_dashboard=config.samrl.ray.include_dashboard,
-        dashboard_host=config.samrl.ray.dashboard_host,
-        dashboard_port=config.samrl.ray.dashboard_port,
-    )
+    kwargs.update(address=None, **ray_config.local_kwargs())
     if selected():
         kwargs["num_gpus"] = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
     return kwargs

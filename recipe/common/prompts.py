@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, SAMR1
+
 QUESTION_SLOT = "{Question}"
 
 GROUNDING_PROMPT = (
@@ -51,16 +53,16 @@ REFINEMENT_ANSWER_ONLY_PROMPT = (
 """Ours, for the "w/o CoT" and "w/o Mask CoT" ablations: ``Q^P`` without the thinking step."""
 
 ANSWER_ONLY_PROMPTS: dict[str, str] = {
-    "grounding": GROUNDING_ANSWER_ONLY_PROMPT,
-    "mask_comprehension": REFINEMENT_ANSWER_ONLY_PROMPT,
-    "auxiliary": REFINEMENT_ANSWER_ONLY_PROMPT,
+    GROUNDING: GROUNDING_ANSWER_ONLY_PROMPT,
+    MASK_COMPREHENSION: REFINEMENT_ANSWER_ONLY_PROMPT,
+    AUXILIARY: REFINEMENT_ANSWER_ONLY_PROMPT,
 }
 
 PROMPTS: dict[str, str] = {
-    "samr1": SAMR1_PROMPT,
-    "grounding": GROUNDING_PROMPT,
-    "mask_comprehension": REFINEMENT_PROMPT,
-    "auxiliary": REFINEMENT_PROMPT,
+    SAMR1: SAMR1_PROMPT,
+    GROUNDING: GROUNDING_PROMPT,
+    MASK_COMPREHENSION: REFINEMENT_PROMPT,
+    AUXILIARY: REFINEMENT_PROMPT,
 }
 """Prompt template per task name (the ``task`` of a dataset row)."""
 
@@ -85,6 +87,13 @@ def build_prompt(task: str, question: str, reasoning: bool = True) -> str:
         raise KeyError(f"unknown prompt task {task!r}; known: {sorted(templates)}") from None
     # str.format would trip over the JSON braces of the examples.
     return template.replace(QUESTION_SLOT, question)
+
+
+def asks_for_reasoning(task: str, grounding_cot: bool, mask_cot: bool) -> bool:
+    """Whether a turn of ``task`` asks for ``<think>`` (in its prompt and its tag rule): ``grounding_cot`` for
+    grounding, ``mask_cot`` for the tasks that show a mask (mask comprehension, auxiliary, the workflow's refinement
+    turns); SAM-Veteran's "w/o CoT" ablations (Table 6) ask for the answer alone."""
+    return grounding_cot if task == GROUNDING else mask_cot
 
 
 def build_messages(task: str, question: str) -> list[dict[str, Any]]:

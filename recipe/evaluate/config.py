@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from recipe.common.episodes import WorkflowConfig
 from recipe.common.metrics import check_convention
-from recipe.veteran.config import WorkflowConfig
-from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.config import EngineConfig, ServerConfig, to_dataclass
 from reward_server.ray_setup import LocalRayConfig
 

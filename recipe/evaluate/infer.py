@@ -29,13 +29,13 @@ from PIL import Image
 
 from recipe.common.answer import THINK_CLOSE, THINK_OPEN
 from recipe.common.compose import compose_recipe
+from recipe.common.episodes import Step, run_episodes
 from recipe.common.panels import draw_step
 from recipe.evaluate.config import EvalConfig, eval_config
 from recipe.evaluate.modes import get_mode
 from recipe.evaluate.records import prompt_record
 from recipe.evaluate.samples import EvalSample
 from recipe.evaluate.segmenter import BatchedSegmenter
-from recipe.veteran.workflow import Step, run_episodes
 from reward_server.images import model_image_jpeg, to_rgb
 from reward_server.masks import encode_rle
 

@@ -1,4 +1,4 @@
-"""Evaluation modes: how one sample becomes an episode that :func:`recipe.veteran.workflow.run_episodes` drives.
+"""Evaluation modes: how one sample becomes an episode that :func:`recipe.common.episodes.run_episodes` drives.
 
 Every mode shows the model the 840x840 image and sends SAM2 the original image, the model's coordinates scaled back
 (``x * W / 840``, ``y * H / 840``; docs/conventions.md, Spaces and coordinates):
@@ -12,52 +12,35 @@ Every mode shows the model the 840x840 image and sends SAM2 the original image, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from PIL import Image
 
 from recipe.common.answer import parse_response
+from recipe.common.episodes import Episode, Messages, SingleTurnEpisode, Step
 from recipe.common.prompts import build_prompt
 from recipe.common.registration import unique
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.samples import EvalSample
-from recipe.veteran.workflow import Episode, Messages, Step
 from reward_server.masks import model_to_original
-from reward_server.protocol import ImageRef, Prompt, SegResult
+from reward_server.protocol import ImageRef, Prompt
 
 
 @dataclass
-class _SingleTurn:
-    """The episode interface of :class:`~recipe.veteran.workflow.Episode` for one-prompt modes."""
+class _SampleEpisode(SingleTurnEpisode):
+    """A single-turn episode on an evaluation sample: SAM2 segments the original image."""
 
     sample: EvalSample
-    steps: list[Step] = field(default_factory=list)
-    termination: str | None = None
-    gt_ref = None  # evaluation scores masks itself, with LISA's ignore pixels, at the original resolution
 
     @cached_property
     def image_ref(self) -> ImageRef:
         return ImageRef.of(self.sample.image)
 
-    @property
-    def done(self) -> bool:
-        return self.termination is not None
-
-    def observe_mask(self, result: SegResult) -> None:
-        self.steps[-1].result = result
-        self.termination = "answered" if result.ok else "sam_error"
-
-    def _record(self, step: Step) -> Prompt | None:
-        self.steps.append(step)
-        if step.prompt is None:
-            self.termination = "invalid_answer"
-        return step.prompt
-
 
 @dataclass
-class SamR1Episode(_SingleTurn):
+class SamR1Episode(_SampleEpisode):
     """SAM-R1's single shot: the answer's box and point, sent when both are valid, as for the training reward (the
     label is no SAM2 prompt: it only decides the segmentation-format reward)."""
 
@@ -77,7 +60,7 @@ class SamR1Episode(_SingleTurn):
 
 
 @dataclass
-class OracleBoxEpisode(_SingleTurn):
+class OracleBoxEpisode(_SampleEpisode):
     """The ground-truth box at the original resolution; the (empty) policy answer is ignored."""
 
     def next_messages(self) -> Messages:

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from recipe.common.episodes import Messages
 from recipe.evaluate.config import EvalConfig, GenerationConfig, ModelConfig
 from recipe.evaluate.modes import Mode, NullPolicy
-from recipe.veteran.workflow import Messages
 
 
 def chat_inputs(processor: Any, batch: Sequence[Messages]) -> list[tuple[str, list[Any]]]:

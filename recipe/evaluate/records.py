@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from recipe.common.episodes import Step
 from recipe.common.metrics import SegMetrics
 from recipe.common.sam_steps import prompt_json
 from recipe.evaluate.samples import BadSample, EvalSample
-from recipe.veteran.workflow import Step
 from reward_server.masks import box_iou
 
 logger = logging.getLogger(__name__)

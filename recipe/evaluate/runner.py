@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from recipe.common.episodes import run_episodes
 from recipe.common.metrics import SegMetrics
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.modes import get_mode
@@ -26,7 +27,6 @@ from recipe.evaluate.records import RECORDS_DIR, RecordWriter, bad_sample_record
 from recipe.evaluate.samples import BadSample, EvalSample, all_uids, iter_samples
 from recipe.evaluate.segmenter import BatchedSegmenter
 from recipe.evaluate.summary import markdown_table, steps_table, summarize
-from recipe.veteran.workflow import run_episodes
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from recipe.common.prompts import build_prompt, first_image
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
-from recipe.veteran.task_rewards import parse_answer, score_auxiliary, score_grounding, score_mask_comprehension
+from recipe.veteran.task_scoring import parse_answer, score_auxiliary, score_grounding, score_mask_comprehension
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef
 

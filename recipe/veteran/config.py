@@ -12,26 +12,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS
-from recipe.veteran.rewards import VeteranRewardConfig
+from recipe.common.episodes import WorkflowConfig
+from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.config import to_dataclass
-
-
-@dataclass
-class WorkflowConfig:
-    """``veteran.workflow``: the box -> mask -> clicks workflow, on-policy in training and in evaluation.
-
-    Attributes:
-        max_steps: Refinement steps at most (the paper evaluates with 3, its 32B model with 5).
-        resend_points: Send every earlier click again with each refinement (off, as in the paper: only the new
-            clicks, with the initial box and the previous logits; docs/conventions.md).
-    """
-
-    max_steps: int = 3
-    resend_points: bool = False
-
-    def __post_init__(self):
-        if self.max_steps < 0:
-            raise ValueError(f"veteran.workflow.max_steps must be >= 0, got {self.max_steps}")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The grounding answer and every refinement answer are model tokens (loss mask 1); each overlay turn SAM2 produces
 is appended as a user message with the new image through verl's continuous-token merge (loss mask 0). Each turn may
 generate at most the response budget left, and a turn that would not fit ends the episode. The steps themselves
-are :class:`recipe.veteran.workflow.Episode`'s, shared with evaluation, and so is every turn's prompt, the first
+are :class:`recipe.common.episodes.Episode`'s, shared with evaluation, and so is every turn's prompt, the first
 included: the row's prompt only supplies the image, and ``veteran.reward.grounding_cot`` / ``mask_cot`` choose each
 turn's prompt and tag rule together.
 """
@@ -16,12 +16,12 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
 from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
+from recipe.common.episodes import Episode
 from recipe.common.prompts import first_image
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
-from recipe.veteran.task_rewards import score_workflow
-from recipe.veteran.workflow import Episode
+from recipe.veteran.task_scoring import score_workflow
 from reward_server.images import to_rgb
 from reward_server.protocol import ImageRef
 

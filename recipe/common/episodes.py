@@ -1,4 +1,10 @@
-"""SAM-Veteran's human-like workflow (Figure 1) as a state machine with no I/O of its own.
+"""Episodes: what the policy is asked and what SAM2 is sent, turn by turn, with no I/O of their own.
+
+Both recipes and the evaluator depend on these types: SAM-Veteran's workflow loop runs an :class:`Episode` inside
+verl, evaluation and ``make infer`` run episodes of every mode (the workflow, and the single-turn ones built on
+:class:`SingleTurnEpisode`) through :func:`run_episodes`.
+
+SAM-Veteran's human-like workflow (Figure 1) is :class:`Episode`:
 
 grounding box -> SAM2 mask -> green overlay -> ``pos_point`` / ``neg_point`` or (null, null) -> SAM2 refinement
 (the initial box, the previous low-res logits, the new clicks) -> ... until (null, null) or ``max_steps``.
@@ -23,9 +29,7 @@ from PIL import Image
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.dataset_rows import GROUNDING, MASK_COMPREHENSION
 from recipe.common.overlay import overlay_mask
-from recipe.common.prompts import build_prompt
-from recipe.veteran.config import WorkflowConfig
-from recipe.veteran.rewards import VeteranRewardConfig, asks_for_reasoning
+from recipe.common.prompts import asks_for_reasoning, build_prompt
 from reward_server.masks import resize_mask, scale_xy
 from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
 
@@ -40,6 +44,24 @@ class Segmenter(Protocol):
     async def segment(
         self, image, prompts, ground_truth=None, return_logits=False, return_edge_iou=False
     ) -> list[SegResult]: ...
+
+
+@dataclass
+class WorkflowConfig:
+    """``veteran.workflow``: the box -> mask -> clicks workflow, on-policy in training and in evaluation.
+
+    Attributes:
+        max_steps: Refinement steps at most (the paper evaluates with 3, its 32B model with 5).
+        resend_points: Send every earlier click again with each refinement (off, as in the paper: only the new
+            clicks, with the initial box and the previous logits; docs/conventions.md).
+    """
+
+    max_steps: int = 3
+    resend_points: bool = False
+
+    def __post_init__(self):
+        if self.max_steps < 0:
+            raise ValueError(f"veteran.workflow.max_steps must be >= 0, got {self.max_steps}")
 
 
 @dataclass
@@ -67,7 +89,9 @@ class Episode:
         ground_truth: COCO RLE of the target at the SAM2 image's size, for IoUs per step (optional).
         max_steps: Refinement steps at most (the paper evaluates with 3).
         resend_points: Send every earlier click again with each refinement (default: only the new ones).
-        grounding_cot: Grounding asks for ``<think>`` first (False: the answer-only prompt and tag rule).
+        grounding_cot: Grounding asks for ``<think>`` first (False: the answer-only prompt and tag rule); a
+            keyword with no default, as ``mask_cot``: the caller passes its reward config's (SAM-Veteran's
+            ``VeteranRewardConfig``) or the evaluator's value, so the two can never disagree.
         mask_cot: Likewise for refinement turns.
         segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, as
             docs/conventions.md, Spaces and coordinates, says). The model's coordinates are scaled to it, and its
@@ -79,9 +103,9 @@ class Episode:
     ground_truth: dict[str, Any] | None = None
     max_steps: int = WorkflowConfig.max_steps
     resend_points: bool = WorkflowConfig.resend_points
-    grounding_cot: bool = VeteranRewardConfig.grounding_cot
-    mask_cot: bool = VeteranRewardConfig.mask_cot
     segment_image: np.ndarray | None = None
+    grounding_cot: bool = field(kw_only=True)
+    mask_cot: bool = field(kw_only=True)
     steps: list[Step] = field(default_factory=list)
     termination: str | None = None
     _pending: Step | None = None
@@ -180,6 +204,33 @@ class Episode:
         self.steps.append(step)
         self.termination = reason
         return None
+
+
+@dataclass
+class SingleTurnEpisode:
+    """:class:`Episode`'s interface for modes that ask the policy once and send SAM2 at most one prompt.
+
+    A subclass says what to ask (``next_messages``), turns the answer into a :class:`Step` and passes it to
+    :meth:`_record`, and names the image SAM2 segments (``image_ref``).
+    """
+
+    steps: list[Step] = field(default_factory=list, kw_only=True)
+    termination: str | None = field(default=None, kw_only=True)
+    gt_ref = None  # evaluation scores masks itself, with LISA's ignore pixels, at the original resolution
+
+    @property
+    def done(self) -> bool:
+        return self.termination is not None
+
+    def observe_mask(self, result: SegResult) -> None:
+        self.steps[-1].result = result
+        self.termination = "answered" if result.ok else "sam_error"
+
+    def _record(self, step: Step) -> Prompt | None:
+        self.steps.append(step)
+        if step.prompt is None:
+            self.termination = "invalid_answer"
+        return step.prompt
 
 
 async def run_episodes(

@@ -17,25 +17,23 @@ from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
 from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
 from recipe.common.stored_logits import decode_logits
-from recipe.veteran.rewards import (
-    VeteranRewardConfig,
-    auxiliary_decision_reward,
-    box_reward,
-    iou_gain_reward,
-    point_reward,
-    refinement_case_reward,
-    turn_reward,
-)
+from recipe.veteran import reward_formulas as formulas
+from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.client import SamClient
 from reward_server.masks import decode_rle
 from reward_server.protocol import ImageRef, Prompt
 
 logger = logging.getLogger(__name__)
 
+Response = str | ParsedResponse
+"""A response as decoded text, or parsed by :func:`parse_answer`."""
+Truth = GroundTruth | Mapping[str, Any]
+"""A row's ``reward_model.ground_truth``, as its view or its dict."""
+
 COMPONENTS = ("format_tags", "format_answer", "sam_iou", "box", "case", "iou_gain", "decision", "point", "sam_called")
 
 
-def parse_answer(task: str, response: str | ParsedResponse, config: VeteranRewardConfig) -> ParsedResponse:
+def parse_answer(task: str, response: Response, config: VeteranRewardConfig) -> ParsedResponse:
     """``response`` parsed under ``task``'s tag rule (``config.reasoning(task)``); one already parsed as it is.
 
     The agent loops parse once and hand the same parse to the reward and to dynamic sampling.
@@ -58,14 +56,14 @@ def _breakdown(
     """Every component (0 when not applicable), the total ``score``, the task, a failure category and the SAM2
     ``steps`` (:mod:`recipe.common.sam_steps` records).
 
-    ``iou_gain`` (part of ``case`` already) and ``sam_called`` are logged only; ``summed`` are :func:`turn_reward`'s
-    task components.
+    ``iou_gain`` (part of ``case`` already) and ``sam_called`` are logged only; ``summed`` are the task components
+    of ``formulas.turn_reward``.
     """
     formatting = {
         "format_tags": config.format_reward * parsed.format_ok,
         "format_answer": config.format_reward * answer_ok,
     }
-    score = turn_reward(config, **formatting, **summed)
+    score = formulas.turn_reward(config, **formatting, **summed)
     info = dict.fromkeys(COMPONENTS, 0.0) | formatting | summed | {"iou_gain": iou_gain, "sam_called": sam_called}
     failure = "" if answer_ok else ("no_answer" if parsed.answer is None else "invalid_answer")
     components = {k: float(v) for k, v in info.items()}
@@ -73,11 +71,7 @@ def _breakdown(
 
 
 async def score_grounding(
-    response: str | ParsedResponse,
-    truth: Mapping[str, Any],
-    image: ImageRef,
-    sam: SamClient,
-    config: VeteranRewardConfig,
+    response: Response, truth: Truth, image: ImageRef, sam: SamClient, config: VeteranRewardConfig
 ) -> dict[str, Any]:
     """Box reward + ``R_SAM`` (SAM2's mask of the box against the GT) + formatting.
 
@@ -98,12 +92,12 @@ async def score_grounding(
         config,
         steps=[step_json(prompt, result, result.edge_iou)],
         sam_iou=sam_iou,
-        box=box_reward(box.value, truth.box, config),
+        box=formulas.box_reward(box.value, truth.box, config),
         sam_called=1,
     )
 
 
-def shown_logits(truth: GroundTruth | Mapping[str, Any]) -> np.ndarray:
+def shown_logits(truth: Truth) -> np.ndarray:
     """The low-resolution logits of the mask a mask-comprehension row shows (``init_logits``).
 
     Raises:
@@ -125,11 +119,7 @@ def shown_logits(truth: GroundTruth | Mapping[str, Any]) -> np.ndarray:
 
 
 async def score_mask_comprehension(
-    response: str | ParsedResponse,
-    truth: Mapping[str, Any],
-    image: ImageRef,
-    sam: SamClient,
-    config: VeteranRewardConfig,
+    response: Response, truth: Truth, image: ImageRef, sam: SamClient, config: VeteranRewardConfig
 ) -> dict[str, Any]:
     """``R_SAM`` of the refined mask + the case/action reward of Table 2 + formatting.
 
@@ -159,8 +149,8 @@ async def score_mask_comprehension(
         (refined,) = await sam.segment(image, [prompt], ground_truth=dict(truth.mask), return_edge_iou=True)
         after, calls = (refined.edge_iou if refined.ok else 0.0), 1
         steps.append(step_json(prompt, refined, refined.edge_iou))
-    case = refinement_case_reward(truth.good_enough, pos is not None, neg is not None, after - before, config)
-    gain = iou_gain_reward(after - before, config.iou_gain)
+    case = formulas.refinement_case_reward(truth.good_enough, pos is not None, neg is not None, after - before, config)
+    gain = formulas.iou_gain_reward(after - before, config.iou_gain)
     return _breakdown(
         MASK_COMPREHENSION,
         parsed,
@@ -174,9 +164,7 @@ async def score_mask_comprehension(
     )
 
 
-def score_auxiliary(
-    response: str | ParsedResponse, truth: Mapping[str, Any], config: VeteranRewardConfig
-) -> dict[str, Any]:
+def score_auxiliary(response: Response, truth: Truth, config: VeteranRewardConfig) -> dict[str, Any]:
     """Decision reward + point rewards (inside each error region, within ``tau_d`` of its centre) + formatting."""
     truth = GroundTruth.of(truth)
     parsed = parse_answer(AUXILIARY, response, config)
@@ -185,11 +173,11 @@ def score_auxiliary(
         return _breakdown(AUXILIARY, parsed, False, config)
     pos, neg = clicks
     fp, fn = truth.false_positive, truth.false_negative
-    decision = config.decision_weight * auxiliary_decision_reward(
+    decision = config.decision_weight * formulas.auxiliary_decision_reward(
         pos is not None, neg is not None, fn is not None, fp is not None
     )
     point = sum(
-        point_reward(click, decode_rle(region.mask), region.center, config.point_radius)
+        formulas.point_reward(click, decode_rle(region.mask), region.center, config.point_radius)
         for click, region in ((pos, fn), (neg, fp))
         if click is not None and region is not None
     )
@@ -199,16 +187,14 @@ def score_auxiliary(
     return _breakdown(AUXILIARY, parsed, True, config, steps=steps, decision=decision, point=point)
 
 
-def score_workflow(
-    steps: list, truth: GroundTruth | Mapping[str, Any], termination: str, config: VeteranRewardConfig
-) -> dict:
+def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranRewardConfig) -> dict[str, Any]:
     """An on-policy workflow episode: the mean over its turns of each turn's task reward (our choice; the paper
     trains the single-turn tasks). Grounding turns score format + box + ``R_SAM``; refinement turns score format
     + ``R_SAM`` of the refined mask + Table 2, the mask they were shown being Good Enough when its edge-excluded IoU
     is 1.
 
     Args:
-        steps: The episode's :class:`recipe.veteran.workflow.Step` records.
+        steps: The episode's :class:`recipe.common.episodes.Step` records.
         truth: The row's ground truth (``box`` at least).
         termination: The episode's termination reason.
         config: Reward knobs.
@@ -220,23 +206,27 @@ def score_workflow(
         if step.kind == "grounding":
             box = step.parsed.bbox_2d()
             if not box.ok:
-                turns.append(turn_reward(config, format_tags=tags, format_answer=0.0))
+                turns.append(formulas.turn_reward(config, format_tags=tags, format_answer=0.0))
                 continue
             before = step.result.edge_iou if step.result is not None and step.result.ok else 0.0
-            box_part = box_reward(box.value, truth.box, config)
+            box_part = formulas.box_reward(box.value, truth.box, config)
             turns.append(
-                turn_reward(config, format_tags=tags, format_answer=config.format_reward, box=box_part, sam_iou=before)
+                formulas.turn_reward(
+                    config, format_tags=tags, format_answer=config.format_reward, box=box_part, sam_iou=before
+                )
             )
             continue
         clicks = step.parsed.clicks()
         if clicks is None:
-            turns.append(turn_reward(config, format_tags=tags, format_answer=0.0))
+            turns.append(formulas.turn_reward(config, format_tags=tags, format_answer=0.0))
             continue
         pos, neg = clicks
         after = before if step.result is None else (step.result.edge_iou if step.result.ok else 0.0)
-        case = refinement_case_reward(is_good_enough(before), pos is not None, neg is not None, after - before, config)
+        case = formulas.refinement_case_reward(
+            is_good_enough(before), pos is not None, neg is not None, after - before, config
+        )
         turns.append(
-            turn_reward(config, format_tags=tags, format_answer=config.format_reward, sam_iou=after, case=case)
+            formulas.turn_reward(config, format_tags=tags, format_answer=config.format_reward, sam_iou=after, case=case)
         )
         before = after
     return {

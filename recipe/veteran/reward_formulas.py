@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recipe.common.dataset_rows import GROUNDING
+from recipe.common.prompts import asks_for_reasoning
 from reward_server.masks import box_iou, box_mean_l1
 
 IOU_GAIN_TIERS: tuple[tuple[float, float], ...] = ((0.5, 3.0), (0.1, 2.0), (0.0, 1.0))
@@ -80,13 +80,6 @@ class VeteranRewardConfig:
 
 
 PAPER = VeteranRewardConfig()
-
-
-def asks_for_reasoning(task: str, grounding_cot: bool, mask_cot: bool) -> bool:
-    """Whether a turn of ``task`` asks for ``<think>`` (in its prompt and its tag rule): ``grounding_cot`` for
-    grounding, ``mask_cot`` for the tasks that show a mask (mask comprehension, auxiliary, the workflow's refinement
-    turns); the "w/o CoT" ablations (Table 6) ask for the answer alone."""
-    return grounding_cot if task == GROUNDING else mask_cot
 
 
 def turn_reward(
