@@ -28,6 +28,11 @@ def _fail(errors: list[str]) -> None:
     sys.exit(2)
 
 
+def _ray_config(config: DictConfig) -> RayConfig:
+    """The run's ``samrl.ray`` block; its ``cluster`` says whether the run joins a running cluster."""
+    return to_dataclass(config.samrl.ray, RayConfig)
+
+
 def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     """``ray_kwargs.ray_init`` as the run needs it: verl's keys plus the dashboard, virtual GPUs and env vars.
 
@@ -45,7 +50,7 @@ def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     env_vars.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file(output_dir)))
     if selected():
         env_vars["VERL_PLATFORM"] = PLATFORM
-    ray_config = to_dataclass(config.samrl.ray, RayConfig)
+    ray_config = _ray_config(config)
     if ray_config.cluster:
         kwargs["address"] = ray_config.cluster
         for key in ("num_cpus", "num_gpus"):  # a running cluster has its own resources
@@ -75,7 +80,7 @@ def _task_runner_class() -> Any:
             from reward_server.config import server_config
             from reward_server.pool import pool_health, start_pool
 
-            if config.samrl.ray.address:
+            if _ray_config(config).cluster:
                 errors = check_gpus(config, int(ray.cluster_resources().get("GPU", 0)))
                 if errors:
                     raise RuntimeError("; ".join(errors))
@@ -106,7 +111,7 @@ def launch(config: DictConfig) -> None:
     from recipe.cpu import selected
 
     # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
-    local_gpus = None if config.samrl.ray.address or selected() else _local_gpu_count()
+    local_gpus = None if _ray_config(config).cluster or selected() else _local_gpu_count()
     errors = preflight(config, available_gpus=local_gpus)
     if errors:
         _fail(errors)
