@@ -25,7 +25,10 @@ def _config(
 
 @pytest.fixture(scope="module")
 def prompt(tiny_qwen_path):
-    """A grounding prompt with one 840x840 image, tokenised by the model's processor as verl's dataset does."""
+    """A grounding prompt with one 840x840 image, tokenised by the model's processor as verl's dataset does.
+
+    Returns the prompt's ids, its images and the processor's whole output for it (with ``mm_token_type_ids``).
+    """
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_qwen_path)
@@ -33,8 +36,8 @@ def prompt(tiny_qwen_path):
     text = build_messages("grounding", "the dog")[0]["content"].replace("<image>", "")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = processor(text=[chat], images=[image], return_tensors="pt")["input_ids"][0].tolist()
-    return ids, [image]
+    full = processor(text=[chat], images=[image], return_tensors="pt")
+    return full["input_ids"][0].tolist(), [image], dict(full)
 
 
 def _server(tiny_qwen_path, config):
@@ -43,9 +46,13 @@ def _server(tiny_qwen_path, config):
     return HFServer(config, SimpleNamespace(path=tiny_qwen_path, local_path=None), replica_rank=0)
 
 
-def _forward_log_probs(model, processor, ids: list[int], tokens: list[int], images, temperature: float = 1.0):
-    """The reference: one teacher-forced forward of the model, log-softmax at each response position."""
-    inputs = processor.image_processor(images=images, return_tensors="pt")
+def _forward_log_probs(model, processed: dict, tokens: list[int], temperature: float = 1.0):
+    """The reference: one teacher-forced forward of the model on the processor's whole output for the prompt (its
+    ``mm_token_type_ids`` give Qwen2.5-VL its 3D M-RoPE positions, as verl's actor computes them), the response's
+    tokens appended as text, log-softmax at each response position."""
+    ids = processed["input_ids"][0].tolist()
+    inputs = {key: value for key, value in processed.items() if key not in ("input_ids", "attention_mask")}
+    inputs["mm_token_type_ids"] = torch.cat([processed["mm_token_type_ids"], torch.zeros(1, len(tokens), dtype=int)], 1)
     full = torch.tensor([ids + tokens])
     with torch.no_grad():
         logits = model(input_ids=full, attention_mask=torch.ones_like(full), **inputs).logits[0].float()
@@ -54,12 +61,12 @@ def _forward_log_probs(model, processor, ids: list[int], tokens: list[int], imag
 
 
 def test_sampled_tokens_come_with_the_models_log_probs(tiny_qwen_path, prompt):
-    ids, images = prompt
+    ids, images, processed = prompt
     server = _server(tiny_qwen_path, _config())
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
     out = asyncio.run(server.generate(ids, dict(params), "request-1", image_data=images))
     assert 1 <= len(out.token_ids) <= 12 and len(out.log_probs) == len(out.token_ids)
-    expected = _forward_log_probs(server.model, server.processor, ids, out.token_ids, images)
+    expected = _forward_log_probs(server.model, processed, out.token_ids)
     torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=2e-4, rtol=1e-4)
     again = asyncio.run(server.generate(ids, dict(params), "request-1", image_data=images))
     assert again.token_ids == out.token_ids  # the request id seeds the sampler
@@ -67,10 +74,33 @@ def test_sampled_tokens_come_with_the_models_log_probs(tiny_qwen_path, prompt):
     assert without.log_probs is None
 
 
+def test_the_server_sees_what_the_processor_gives_the_actor(tiny_qwen_path):
+    """A two-image conversation (the workflow's overlay turn): the server's inputs are the processor's whole output,
+    image for image and token for token, the ones verl's agent loop computes the actor's inputs and positions from."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen_path)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (840, 600, 3), dtype=np.uint8)) for _ in range(2)]
+    turn = [{"type": "image"}, {"type": "text", "text": "the dog"}]
+    messages = [
+        {"role": "user", "content": turn},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": turn},
+    ]
+    chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    expected = processor(text=[chat], images=images, return_tensors="pt")
+    got = _server(tiny_qwen_path, _config())._model_inputs(expected["input_ids"][0].tolist(), images)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    assert int((got["mm_token_type_ids"] == 1).sum()) == int(expected["image_grid_thw"].prod(-1).sum()) // 4
+
+
 def test_scripted_answers_are_scored_by_the_model(tiny_qwen_path, prompt):
     from recipe.common.answer import parse_response
 
-    ids, images = prompt
+    ids, images, processed = prompt
     # The per-turn cap binds the sampled answer only: a scripted answer cut short would not parse.
     server = _server(tiny_qwen_path, _config(scripted_every=2, response_length=64, max_new_tokens=6))
     params = {"temperature": 0.7, "logprobs": True}
@@ -78,7 +108,7 @@ def test_scripted_answers_are_scored_by_the_model(tiny_qwen_path, prompt):
     assert server.counters == {"requests": 2, "scripted": 1, "weight_updates": 0}
     text = server.tokenizer.decode(second.token_ids, skip_special_tokens=True)
     assert parse_response(text).bbox_2d().ok and second.token_ids[-1] == server.tokenizer.eos_token_id
-    expected = _forward_log_probs(server.model, server.processor, ids, second.token_ids, images, temperature=0.7)
+    expected = _forward_log_probs(server.model, processed, second.token_ids, temperature=0.7)
     torch.testing.assert_close(torch.tensor(second.log_probs), expected, atol=2e-4, rtol=1e-4)
     assert not parse_response(server.tokenizer.decode(first.token_ids)).format_ok  # the random model's own answer
     assert len(first.token_ids) <= 6 < len(second.token_ids)
@@ -97,7 +127,7 @@ def test_weight_sync_loads_the_actors_weights(tiny_qwen_path, prompt, tmp_path):
     assert counters["weight_updates"] == 1 and server.global_steps == 3
     for name, tensor in other.state_dict().items():
         torch.testing.assert_close(server.model.state_dict()[name], tensor)
-    ids, images = prompt
+    ids, images, _ = prompt
     out = asyncio.run(server.generate(ids, {"temperature": 1.0}, "r", image_data=images))
     assert out.extra_fields["global_steps"] == 3
     missing = dict(list(sent.items())[1:])

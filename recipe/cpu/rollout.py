@@ -104,8 +104,22 @@ class HFServer:
         inputs = {"input_ids": torch.tensor([prompt_ids])}
         if image_data:
             inputs.update(self.processor.image_processor(images=image_data, return_tensors="pt"))
+            inputs.update(self._token_types(inputs["input_ids"]))
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         return inputs
+
+    def _token_types(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``mm_token_type_ids`` of ``ids`` (1 at image tokens, 2 at video tokens), where the processor has them.
+
+        transformers >= 5.3 gives Qwen2.5-VL its 3D M-RoPE positions only when they are passed (else plain 1D
+        positions); verl's actor always computes the 3D ones, so without them the rollout samples from another policy.
+        """
+        if "mm_token_type_ids" not in self.processor.model_input_names:
+            return {}
+        types = torch.zeros_like(ids)
+        types[ids == self.model.config.image_token_id] = 1
+        types[ids == self.model.config.video_token_id] = 2
+        return {"mm_token_type_ids": types}
 
     def _sample(self, inputs: dict[str, torch.Tensor], sampling_params: dict, budget: int) -> tuple[list[int], Any]:
         temperature = float(sampling_params.get("temperature", 1.0))
@@ -127,6 +141,8 @@ class HFServer:
     def _teacher_forced(self, inputs: dict[str, torch.Tensor], tokens: list[int], temperature: float) -> list[float]:
         ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], 1)
         extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+        if "mm_token_type_ids" in extra:
+            extra.update(self._token_types(ids))
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0]
         start = inputs["input_ids"].shape[1] - 1  # the logit at position i predicts token i + 1
