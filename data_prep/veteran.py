@@ -49,6 +49,7 @@ from recipe.common.dataset_rows import (
 )
 from recipe.common.prompts import build_messages
 from recipe.common.stored_logits import encode_logits
+from reward_server.box_engine import build_engine
 from reward_server.config import load_preset
 from reward_server.engine import SamEngine
 from reward_server.masks import decode_rle, encode_rle, region_center
@@ -338,7 +339,7 @@ def run_veteran(args: argparse.Namespace) -> Report:
     overrides = {"engine.device": args.sam_device}
     if args.sam_checkpoint:
         overrides["engine.checkpoint"] = args.sam_checkpoint
-    engine = SamEngine(load_preset(args.sam, overrides).engine)
+    engine = build_engine(load_preset(args.sam, overrides).engine)
     mask = build_mask_comprehension(
         args.grounding, args.out_mask, engine, args.seed, args.max_per_case, case_mix=args.case_mix
     )

@@ -19,8 +19,9 @@ import ray
 from ray.util import metrics
 
 from reward_server.batching import Batch, MicroBatcher
+from reward_server.box_engine import build_engine
 from reward_server.config import ActorConfig, EngineConfig
-from reward_server.engine import EngineStats, SamEngine
+from reward_server.engine import EngineStats
 from reward_server.images import ImageData
 from reward_server.protocol import ErrorCode, SegRequest, SegResult
 
@@ -86,7 +87,7 @@ class SamActor:
     def __init__(self, engine_config: EngineConfig, actor_config: ActorConfig, name: str):
         self.name = name
         self.config = actor_config
-        self.engine = SamEngine(engine_config)
+        self.engine = build_engine(engine_config)
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-device")
         self._metrics = _Metrics(name)
         self._batcher = MicroBatcher(self._run_batch, actor_config.batch_window_ms, actor_config.max_batch_prompts)

@@ -28,7 +28,8 @@ class EngineConfig:
     """How one process loads and runs SAM2.
 
     Attributes:
-        model: Packaged SAM2 config name (``sam2.1_hiera_l``) or a YAML path.
+        model: Packaged SAM2 config name (``sam2.1_hiera_l``) or a YAML path; ``box`` serves the filled box with no
+            SAM2 (:mod:`reward_server.box_engine`).
         checkpoint: Checkpoint path, or a Hugging Face id such as ``facebook/sam2.1-hiera-large`` where online.
         allow_random_weights: Permit ``checkpoint=None`` (tests and smoke runs); otherwise a missing checkpoint is an
             error, so a training run never rewards against random SAM2 weights by accident.

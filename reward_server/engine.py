@@ -65,7 +65,7 @@ class EngineStats:
 
 
 @dataclass
-class _Job:
+class Job:
     index: int
     request: SegRequest
     prompt: PreparedPrompt
@@ -155,11 +155,7 @@ class SamEngine:
         from sam2.utils.transforms import SAM2Transforms
 
         self.transforms = SAM2Transforms(resolution=size, mask_threshold=0.0)
-        self.features: ByteLRU[str, ImageFeatures] = ByteLRU(config.cache_bytes, lambda f: f.nbytes)
-        self.ground_truths: ByteLRU[str, GroundTruth] = ByteLRU(config.gt_cache_bytes, lambda g: g.nbytes)
-        self.stats = EngineStats()
-        self._encoder_sizes = sorted(config.encoder_batch_sizes)
-        self._logits_dtype = getattr(torch, config.logits_dtype)
+        self._init_serving()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -167,6 +163,14 @@ class SamEngine:
             self.model.image_encoder = torch.compile(
                 self.model.image_encoder, dynamic=False, backend=config.compile_backend
             )
+
+    def _init_serving(self) -> None:
+        """The caches, counters and batching settings every segmenter of this interface serves with."""
+        self.features: ByteLRU[str, ImageFeatures] = ByteLRU(self.config.cache_bytes, lambda f: f.nbytes)
+        self.ground_truths: ByteLRU[str, GroundTruth] = ByteLRU(self.config.gt_cache_bytes, lambda g: g.nbytes)
+        self.stats = EngineStats()
+        self._encoder_sizes = sorted(self.config.encoder_batch_sizes)
+        self._logits_dtype = getattr(torch, self.config.logits_dtype)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda" and self.config.dtype != "float32":
@@ -219,7 +223,7 @@ class SamEngine:
         return out
 
     @torch.inference_mode()
-    def decode(self, jobs: list[_Job]) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits ``(B, 1, S, S)`` (unclamped, float32) and predicted IoUs ``(B,)`` for same-shape prompts."""
         # SAM2's own coordinate transform (pixels -> model input frame), so rounding matches its predictor.
         coords = torch.stack(
@@ -276,7 +280,7 @@ class SamEngine:
         results: list[SegResult | None] = [None] * len(requests)
         bad_gts = self._register_ground_truths(ground_truths or {})
         features = self._features_for(requests, images or {}, results)
-        groups: dict[tuple[int, bool], list[_Job]] = defaultdict(list)
+        groups: dict[tuple[int, bool], list[Job]] = defaultdict(list)
         for index, request in enumerate(requests):
             if results[index] is not None:
                 continue
@@ -342,7 +346,7 @@ class SamEngine:
 
     def _job(
         self, index: int, request: SegRequest, features: ImageFeatures, bad_gts: dict[str, str]
-    ) -> _Job | SegResult:
+    ) -> Job | SegResult:
         gt = None
         if request.gt_key is not None:
             if request.gt_key in bad_gts:
@@ -357,15 +361,23 @@ class SamEngine:
         prompt = prepare_prompt(request.prompt, features.orig_hw, self.mask_input_size)
         if isinstance(prompt, str):
             return SegResult.failure(ErrorCode.BAD_PROMPT, prompt)
-        return _Job(index, request, prompt, features, gt)
+        return Job(index, request, prompt, features, gt)
 
-    def _run_chunk(self, jobs: list[_Job]) -> list[SegResult]:
+    def predict(self, jobs: list[Job]) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
+        """Masks at each image's size, low-res logits ``(B, 1, S, S)`` and predicted IoUs ``(B,)`` of same-shape jobs.
+
+        The one step a segmenter other than SAM2 replaces (``reward_server.box_engine``); caching, validation and
+        scoring stay the engine's.
+        """
+        low_res, scores = self.decode(jobs)
+        return self._upsample(low_res, [job.features.orig_hw for job in jobs]), low_res, scores
+
+    def _run_chunk(self, jobs: list[Job]) -> list[SegResult]:
         try:
-            low_res, scores = self.decode(jobs)
+            masks, low_res, scores = self.predict(jobs)
         except Exception as err:  # a failing decode answers its own requests; the engine keeps serving
             logger.exception("SAM2 decode failed for %d prompts", len(jobs))
             return [SegResult.failure(ErrorCode.INTERNAL, f"decode failed: {err!r:.300}") for _ in jobs]
-        masks = self._upsample(low_res, [job.features.orig_hw for job in jobs])
         results = []
         for row, (job, mask) in enumerate(zip(jobs, masks, strict=True)):
             result = SegResult(mask=encode_rle(mask), score=float(scores[row]))

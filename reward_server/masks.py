@@ -149,6 +149,18 @@ def mask_to_box(mask: np.ndarray) -> list[float] | None:
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
+def box_to_mask(box: Sequence[float], image_hw: tuple[int, int]) -> np.ndarray:
+    """The filled xyxy box in pixel-edge coordinates: the pixels whose centres lie in ``[x1, x2) x [y1, y2)``.
+
+    The inverse of :func:`mask_to_box` on integer boxes; a box outside the image or degenerate gives an empty mask.
+    """
+    height, width = image_hw
+    x1, y1, x2, y2 = (float(v) for v in box)
+    xs = np.arange(width) + 0.5
+    ys = np.arange(height) + 0.5
+    return ((ys >= y1) & (ys < y2))[:, None] & ((xs >= x1) & (xs < x2))[None, :]
+
+
 def clip_box(box: Sequence[float], image_hw: tuple[int, int]) -> list[float]:
     """Clips an xyxy box to the image ``[0, W] x [0, H]``; the result may be degenerate."""
     height, width = float(image_hw[0]), float(image_hw[1])

@@ -211,11 +211,11 @@ class Inferencer:
         if cfg.mode not in MODES:
             raise InferError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
         from recipe.evaluate.policies import build_policy
-        from reward_server.engine import SamEngine
+        from reward_server.box_engine import build_engine
 
         self.cfg = cfg
         # SAM2 first: a missing checkpoint fails before minutes of model loading.
-        self.segmenter = BatchedSegmenter(engine if engine is not None else SamEngine(cfg.sam))
+        self.segmenter = BatchedSegmenter(engine if engine is not None else build_engine(cfg.sam))
         self.policy = policy if policy is not None else build_policy(cfg, get_mode(cfg.mode))
 
     def segment(

@@ -127,10 +127,10 @@ def run_worker(
     if not todo:
         return 0
     from recipe.evaluate.policies import build_policy
-    from reward_server.engine import SamEngine
+    from reward_server.box_engine import build_engine
 
     policy = policy if policy is not None else build_policy(cfg, get_mode(cfg.mode))
-    segmenter = BatchedSegmenter(engine if engine is not None else SamEngine(cfg.sam))
+    segmenter = BatchedSegmenter(engine if engine is not None else build_engine(cfg.sam))
     done = 0
     with RecordWriter(output_dir / RECORDS_DIR / f"worker-{worker:03d}.jsonl") as writer:
         for batch in _batches(iter_samples(files, todo.__contains__, cfg.data.limit), cfg.generation.batch_size):
