@@ -14,10 +14,15 @@ pytestmark = pytest.mark.slow
 
 
 def _config(
-    scripted_every: int = 0, response_length: int = 12, prompt_length: int = 1400, max_new_tokens: int = 0
+    scripted_every: int = 0,
+    response_length: int = 12,
+    prompt_length: int = 1400,
+    max_new_tokens: int = 0,
+    sync_weights: bool = True,
 ) -> SimpleNamespace:
+    options = {"scripted_every": scripted_every, "max_new_tokens": max_new_tokens, "sync_weights": sync_weights}
     return SimpleNamespace(
-        engine_kwargs={"hf_cpu": {"scripted_every": scripted_every, "max_new_tokens": max_new_tokens}},
+        engine_kwargs={"hf_cpu": options},
         response_length=response_length,
         prompt_length=prompt_length,
     )
@@ -68,8 +73,6 @@ def test_sampled_tokens_come_with_the_models_log_probs(tiny_qwen_path, prompt):
     assert 1 <= len(out.token_ids) <= 12 and len(out.log_probs) == len(out.token_ids)
     expected = _forward_log_probs(server.model, processed, out.token_ids)
     torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=2e-4, rtol=1e-4)
-    again = asyncio.run(server.generate(ids, dict(params), "request-1", image_data=images))
-    assert again.token_ids == out.token_ids  # the request id seeds the sampler
     without = asyncio.run(server.generate(ids, {**params, "logprobs": False}, "request-1", image_data=images))
     assert without.log_probs is None
 
@@ -105,7 +108,7 @@ def test_scripted_answers_are_scored_by_the_model(tiny_qwen_path, prompt):
     server = _server(tiny_qwen_path, _config(scripted_every=2, response_length=64, max_new_tokens=6))
     params = {"temperature": 0.7, "logprobs": True}
     first, second = (asyncio.run(server.generate(ids, dict(params), f"r{i}", image_data=images)) for i in range(2))
-    assert server.counters == {"requests": 2, "scripted": 1, "weight_updates": 0}
+    assert server.counters == {"requests": 2, "scripted": 1, "weight_updates": 0, "weight_updates_skipped": 0}
     text = server.tokenizer.decode(second.token_ids, skip_special_tokens=True)
     assert parse_response(text).bbox_2d().ok and second.token_ids[-1] == server.tokenizer.eos_token_id
     expected = _forward_log_probs(server.model, processed, second.token_ids, temperature=0.7)
@@ -133,6 +136,39 @@ def test_weight_sync_loads_the_actors_weights(tiny_qwen_path, prompt, tmp_path):
     missing = dict(list(sent.items())[1:])
     with pytest.raises(RuntimeError, match="weight sync mismatch"):
         asyncio.run(server.update_weights(missing))
+
+
+def test_samples_are_reproducible_and_distinct_under_one_request_id(tiny_qwen_path, prompt):
+    """verl's full_determinism sends one request id (``det-0``) for every sample: the samples of a prompt still differ,
+    and a fresh server (a resumed run) draws the same ones at the same step; another step draws others."""
+    ids, images, _ = prompt
+    params = {"temperature": 1.0, "logprobs": False}
+
+    def draw(server, count: int) -> list[tuple[int, ...]]:
+        runs = [asyncio.run(server.generate(ids, dict(params), "det-0", image_data=images)) for _ in range(count)]
+        return [tuple(out.token_ids) for out in runs]
+
+    first = _server(tiny_qwen_path, _config(sync_weights=False))
+    samples = draw(first, 4)
+    assert len(set(samples)) == 4
+    again = _server(tiny_qwen_path, _config(sync_weights=False))
+    assert draw(again, 4) == samples
+    asyncio.run(again.update_weights({}, global_steps=1))  # sync off: only the step moves
+    assert not set(draw(again, 4)) & set(samples)
+
+
+def test_without_weight_sync_the_server_keeps_its_weights(tiny_qwen_path, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+
+    server = _server(tiny_qwen_path, _config(sync_weights=False))
+    before = {name: tensor.clone() for name, tensor in server.model.state_dict().items()}
+    other = AutoModelForImageTextToText.from_pretrained(build_tiny_qwen2_5_vl(tmp_path / "other", seed=1))
+    counters = asyncio.run(server.update_weights(dict(other.state_dict()), global_steps=2))
+    assert counters["weight_updates"] == 0 and counters["weight_updates_skipped"] == 1 and server.global_steps == 2
+    for name, tensor in server.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
 
 
 def test_token_budget_follows_vllms_rule():

@@ -57,6 +57,7 @@ def test_every_tier_boundary(iou, tier):
     assert result["tiered"] == tier == tiered_iou_reward(iou)
     assert result["score"] == tier + 1 + 1
     assert (result["reasoning_format"], result["segmentation_format"], result["sam_called"]) == (1, 1, 1)
+    assert result["well_formed"] == 1
     (prompt,) = sam.prompts
     assert prompt.box == (100.0, 100.0, 600.0, 300.0) and prompt.points == ((350.0, 200.0),) and prompt.labels == (1,)
 
@@ -90,6 +91,7 @@ def test_answers_without_a_valid_box_and_point_score_the_penalty_without_calling
     assert result["failure"] == failure and result["failure_detail"]
     assert result["segmentation_format"] == -1 and result["reasoning_format"] == reasoning
     assert result["score"] == reasoning - 1 and result["sam_called"] == 0 and result["tiered"] == 0
+    assert result["well_formed"] == 0
 
 
 @pytest.mark.parametrize(
@@ -117,6 +119,7 @@ def test_the_label_decides_only_the_segmentation_format(label, reasoning, tags):
     assert (result["tiered"], result["reasoning_format"], result["segmentation_format"]) == (4, tags, -1)
     assert result["score"] == 4 + tags - 1 and result["iou"] == 1.0 and result["sam_called"] == 1
     assert result["failure"] == "label" and "label" in result["failure_detail"]
+    assert result["well_formed"] == 0  # one broken format rule is enough
 
 
 def test_a_sam_error_outranks_a_missing_label():
@@ -135,6 +138,7 @@ def test_reasoning_format_is_independent_of_the_answer():
     outside = ANSWER + " trailing words"
     result = score(outside, FakeSam(mask_with_iou(0.9), truth=GT))
     assert (result["reasoning_format"], result["segmentation_format"], result["tiered"]) == (-1, 1, 4)
+    assert result["well_formed"] == 0
 
 
 def test_sam_errors_are_scored_not_raised():

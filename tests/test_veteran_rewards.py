@@ -237,6 +237,11 @@ def test_each_single_turn_total_is_formatting_plus_its_tasks_rewards():
         score_grounding(box_answer([100, 100, 500, 300]), truth, None, FakeSam(edge_iou=0.7), PAPER)
     )
     assert grounding["score"] == pytest.approx(1 + 1 + 2 + 0.7)  # tags + answer + box (IoU 1, L1 0) + R_SAM
+    assert grounding["well_formed"] == 1
+    untagged = asyncio.run(
+        score_grounding(box_answer([100, 100, 500, 300], think=False), truth, None, FakeSam(edge_iou=0.7), PAPER)
+    )
+    assert untagged["well_formed"] == 0
 
     sam = FakeSam(edge_iou=0.8)
     shown = np.full((256, 256), -3.0, np.float32)
@@ -332,3 +337,6 @@ def test_a_workflow_scores_the_mean_of_its_turns_rewards(steps, termination, con
     assert info["score"] == pytest.approx(score, rel=1e-12) and info["turns"] == len(steps)
     assert info["final_edge_iou"] == final_iou and info["stopped"] == (termination == "stop")
     assert info["failure"] == ("" if termination == "stop" else termination)
+    # Well formed: every turn kept its tag rule and gave a valid answer.
+    well_formed = {"need_refinement", "good_enough_stopped", "without_r_sam"}
+    assert info["well_formed"] == any(steps is WORKFLOW_CASES[name][0] for name in well_formed)

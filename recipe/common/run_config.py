@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recipe.common.gallery import GalleryConfig
+from recipe.common.rollout_check import RolloutCheckConfig
 from reward_server.config import SERVER_SCHEMAS, store_schemas
 from reward_server.ray_setup import RayConfig
 
@@ -25,11 +26,14 @@ class RunConfig:
         ray: The cluster to join, or the local Ray's dashboard (:class:`reward_server.ray_setup.RayConfig`); verl
             starts the local Ray, with the resources in ``ray_kwargs.ray_init``.
         gallery: Pictures of training (:class:`recipe.common.gallery.GalleryConfig`).
+        rollout_check: When a step warns that the rollout and the actor disagree
+            (:class:`recipe.common.rollout_check.RolloutCheckConfig`).
     """
 
     output_dir: str = "outputs/${trainer.project_name}/${trainer.experiment_name}"
     ray: RayConfig = field(default_factory=RayConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    rollout_check: RolloutCheckConfig = field(default_factory=RolloutCheckConfig)
 
 
 SCHEMAS: dict[str, str] = {

@@ -28,6 +28,7 @@ from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, ro
 from recipe.common.pool_meter import PoolMeter
 from recipe.common.prompts import first_image
 from recipe.common.registration import trainer
+from recipe.common.rollout_check import RolloutCheckConfig, mismatch
 from reward_server.config import to_dataclass
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class RewardMetricsTrainer(PPOTrainerSync):
         self._pool_unreachable = 0
         self._gallery = to_dataclass(OmegaConf.select(config, "samrl.gallery", default=None), GalleryConfig)
         self._gallery_errors = 0
+        self._rollout_check = to_dataclass(OmegaConf.select(config, "samrl.rollout_check"), RolloutCheckConfig)
+        self._mismatch_steps = 0
 
     def init(self):
         super().init()
@@ -109,8 +112,17 @@ class RewardMetricsTrainer(PPOTrainerSync):
             data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
             metrics.update(reward_component_metrics(data.pop("extra_fields").tolist()))
         metrics.update(self._pool_metrics())
+        metrics.update(self._check_rollout(metrics, global_steps))
         if self._gallery.due(global_steps):
             metrics.update(self._draw_gallery(batch.partition_id, keys, global_steps))
+
+    def _check_rollout(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        """Warns when the step's rollout and actor disagree (:mod:`recipe.common.rollout_check`); counts such steps."""
+        reason = mismatch(metrics, self._rollout_check)
+        if reason is not None:
+            self._mismatch_steps += 1
+            logger.warning("step %d: %s", step, reason)
+        return {"training/rollout_mismatch_steps": float(self._mismatch_steps)}
 
     def _draw_gallery(self, partition_id: str, keys: list[str], step: int) -> dict[str, float]:
         """Draws the step's gallery to its HTML page and TensorBoard; every failure is logged and counted."""

@@ -46,12 +46,16 @@ class HFRolloutOptions:
             scripted and generated answers in every group of ``rollout.n >= n`` samples, so a random model's
             rewards vary within each group and GRPO's advantages are non-zero. 0 (the default) generates every
             answer; preflight refuses any other value off the CPU platform.
+        sync_weights: Load the actor's weights after every update (the default). False keeps the weights the server
+            started with: a control run whose policy never reaches the rollout, which must not learn
+            (``make bench-learn``); the skipped loads are counted (``weight_updates_skipped``).
         max_new_tokens: At most this many sampled tokens per request (0: the response budget alone; scripted answers
             are never cut). A random model
             rarely samples its end token, so without a cap every turn of a long response budget runs to the end.
     """
 
     scripted_every: int = 0
+    sync_weights: bool = True
     max_new_tokens: int = 0
 
     @classmethod
@@ -65,6 +69,19 @@ class HFRolloutOptions:
 
 def server_name(replica_rank: int) -> str:
     return f"{ROLLOUT_NAME}_server_{replica_rank}"
+
+
+def sampling_seed(request_id: str, global_steps: int | None, prompt_key: int, occurrence: int) -> int:
+    """The sampler's seed of one request: its id, the weights' step, its prompt and how often this step asked it.
+
+    A random request id (verl's default) makes every sample random. Under ``rollout.full_determinism`` verl 0.9.1's V1
+    agent loops send the same id for every request (``det-0``: the V1 manager never sets the ``priority`` the id is
+    built from), so the id alone would give all ``rollout.n`` samples of a prompt one seed and GRPO no advantage;
+    the prompt and its occurrence within the step tell them apart, and the step moves the seeds on. The k-th
+    request for a prompt gets the same seed whichever sample sends it, so a step's samples are the same multiset in
+    every run, and a resumed run's (which restarts the server) too.
+    """
+    return zlib.crc32(f"{request_id}/{global_steps}/{prompt_key}/{occurrence}".encode())  # hash() is salted
 
 
 def max_new_tokens(config: Any, sampling_params: dict[str, Any], prompt_length: int) -> int:
@@ -97,8 +114,8 @@ class HFServer:
         ).eval()
         self.lock = asyncio.Lock()
         self.global_steps: int | None = None
-        self.counters = {"requests": 0, "scripted": 0, "weight_updates": 0}
-        self.prompt_requests: Counter[int] = Counter()
+        self.counters = {"requests": 0, "scripted": 0, "weight_updates": 0, "weight_updates_skipped": 0}
+        self.prompt_requests: Counter[tuple[int | None, int]] = Counter()  # by (weights' step, prompt)
 
     def _model_inputs(self, prompt_ids: list[int], image_data: list | None) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": torch.tensor([prompt_ids])}
@@ -150,16 +167,18 @@ class HFServer:
         return predictive.gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
 
     def _generate(self, request_id: str, prompt_ids: list[int], sampling_params: dict, image_data) -> TokenOutput:
-        torch.manual_seed(zlib.crc32(request_id.encode()))  # str hash() is salted per process
         inputs = self._model_inputs(prompt_ids, image_data)
         budget = max_new_tokens(self.config, sampling_params, len(prompt_ids))
         self.counters["requests"] += 1
         prompt_key = zlib.crc32(np.asarray(prompt_ids, dtype=np.int64).tobytes())
-        self.prompt_requests[prompt_key] += 1
+        self.prompt_requests[self.global_steps, prompt_key] += 1
+        occurrence = self.prompt_requests[self.global_steps, prompt_key]
+        seed = sampling_seed(request_id, self.global_steps, prompt_key, occurrence)
+        torch.manual_seed(seed)
         every = self.options.scripted_every
         text = None
-        if every and self.prompt_requests[prompt_key] % every == 0:
-            rng = np.random.default_rng(zlib.crc32(request_id.encode()))
+        if every and occurrence % every == 0:
+            rng = np.random.default_rng(seed)
             text = scripted_answer(self.tokenizer.decode(prompt_ids), rng)
         if text is None:
             # The cap is for the random model, which rarely ends an answer; a scripted answer is never cut short.
@@ -191,14 +210,20 @@ class HFServer:
             return await asyncio.to_thread(self._generate, request_id, list(prompt_ids), sampling_params, image_data)
 
     async def update_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None) -> dict:
-        """Loads the actor's weights; every parameter of the policy must be among them, under the same names."""
+        """Loads the actor's weights; every parameter of the policy must be among them, under the same names.
+
+        With ``sync_weights`` off it only notes the step, and counts the load it skipped.
+        """
         async with self.lock:
+            self.global_steps = global_steps
+            if not self.options.sync_weights:
+                self.counters["weight_updates_skipped"] += 1
+                return dict(self.counters)
             missing, unexpected = self.model.load_state_dict(named_tensors, strict=False)
             missing = [name for name in missing if name not in self._tied_names()]
             if missing or unexpected:
                 raise RuntimeError(f"weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
             self.counters["weight_updates"] += 1
-            self.global_steps = global_steps
         return dict(self.counters)
 
     def _tied_names(self) -> set[str]:

@@ -44,6 +44,7 @@ class RewardBreakdown:
     segmentation_format: float = 0.0
     iou: float = 0.0
     sam_called: int = 0
+    well_formed: float = 0.0  # 1 when both format rules hold: the share a learning run must raise first
     failure: str = ""  # category: no_answer, bbox, point, label, no_image, sam_<code>; "" when nothing lost
     failure_detail: str = ""
     sam_steps: str = "[]"  # the SAM2 call as recipe.common.sam_steps records it, for the training gallery
@@ -98,6 +99,7 @@ async def compute_score(
     scored = RewardBreakdown(
         reasoning_format=reasoning,
         segmentation_format=format_penalty if failure else format_reward,
+        well_formed=float(parsed.format_ok and not failure),
         failure=failure,
         failure_detail=detail[:200],
     )

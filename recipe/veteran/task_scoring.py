@@ -53,8 +53,8 @@ def _breakdown(
     sam_called: int = 0,
     **summed,
 ) -> dict:
-    """Every component (0 when not applicable), the total ``score``, the task, a failure category and the SAM2
-    ``steps`` (:mod:`recipe.common.sam_steps` records).
+    """Every component (0 when not applicable), ``well_formed``, the total ``score``, the task, a failure category
+    and the SAM2 ``steps`` (:mod:`recipe.common.sam_steps` records).
 
     ``iou_gain`` (part of ``case`` already) and ``sam_called`` are logged only; ``summed`` are the task components
     of ``formulas.turn_reward``.
@@ -65,6 +65,7 @@ def _breakdown(
     }
     score = formulas.turn_reward(config, **formatting, **summed)
     info = dict.fromkeys(COMPONENTS, 0.0) | formatting | summed | {"iou_gain": iou_gain, "sam_called": sam_called}
+    info["well_formed"] = parsed.format_ok and answer_ok
     failure = "" if answer_ok else ("no_answer" if parsed.answer is None else "invalid_answer")
     components = {k: float(v) for k, v in info.items()}
     return {"score": float(score), **components, "task": task, "failure": failure, SAM_STEPS: encode_steps(steps)}
@@ -200,11 +201,13 @@ def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranR
         config: Reward knobs.
     """
     truth = GroundTruth.of(truth)
-    turns, before = [], 0.0
+    turns, before, well_formed = [], 0.0, bool(steps)
     for step in steps:
         tags = config.format_reward * step.parsed.format_ok
+        well_formed &= step.parsed.format_ok
         if step.kind == "grounding":
             box = step.parsed.bbox_2d()
+            well_formed &= box.ok
             if not box.ok:
                 turns.append(formulas.turn_reward(config, format_tags=tags, format_answer=0.0))
                 continue
@@ -217,6 +220,7 @@ def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranR
             )
             continue
         clicks = step.parsed.clicks()
+        well_formed &= clicks is not None
         if clicks is None:
             turns.append(formulas.turn_reward(config, format_tags=tags, format_answer=0.0))
             continue
@@ -234,6 +238,7 @@ def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranR
         "turns": float(len(turns)),
         "final_edge_iou": float(before),
         "stopped": float(termination == "stop"),
+        "well_formed": float(well_formed),  # every turn kept both format rules
         "task": WORKFLOW,
         "failure": "" if termination in ("stop", "max_steps") else termination,
         SAM_STEPS: encode_steps(
