@@ -20,13 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from reward_server.config import EngineConfig
+from reward_server.config import BOX_MODEL, EngineConfig
 from reward_server.engine import LOGIT_CLAMP, ImageFeatures, Job, SamEngine
 from reward_server.masks import box_to_mask, resize_mask
 from reward_server.requests import BOX_CORNER_LABELS
 
-BOX_MODEL = "box"
-"""``reward_server.engine.model`` of this segmenter."""
 MASK_INPUT_SIZE = 256
 """Side of the low-res logits it returns and accepts as ``mask_input``: SAM2's at its default 1024 input, so stored
 logits and refinement prompts keep one shape whichever segmenter made them."""

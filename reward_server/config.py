@@ -19,6 +19,8 @@ from reward_server.masks import DEFAULT_IGNORE_EDGE
 from reward_server.ray_setup import LocalRayConfig
 
 GiB = 1 << 30
+BOX_MODEL = "box"
+"""``engine.model`` of the box-only segmenter (:mod:`reward_server.box_engine`), which needs no checkpoint."""
 
 T = TypeVar("T")
 

@@ -446,6 +446,10 @@ def test_a_hub_id_offline_needs_the_local_cache(machine, monkeypatch):
     assert "reward_server.engine.checkpoint" in check_sam_checkpoint(sam)[0]
     cache_snapshot(machine / "hub", "facebook/sam2.1-hiera-large", "sam2.1_hiera_large.pt")
     assert check_sam_checkpoint(sam) == []
+    # The box-only segmenter loads nothing: no checkpoint is asked for, not even a missing one.
+    missing = "reward_server.engine.checkpoint=null"
+    assert "no SAM2 checkpoint" in check_sam_checkpoint(good(machine, "samr1", missing))[0]
+    assert check_sam_checkpoint(good(machine, "samr1", "reward_server=box", missing)) == []
 
 
 def test_scripted_answers_are_for_the_cpu_smoke_run_only(machine):

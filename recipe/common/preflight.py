@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from recipe.common.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW, GroundTruth, RewardModel, Row
 from recipe.common.gallery import GalleryConfig
 from recipe.common.run_config import schemas
-from reward_server.config import server_config, to_dataclass
+from reward_server.config import BOX_MODEL, server_config, to_dataclass
 from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
 
@@ -134,6 +134,8 @@ def check_model(config: DictConfig) -> list[str]:
 @_never_raises
 def check_sam_checkpoint(config: DictConfig) -> list[str]:
     engine = server_config(config.reward_server).engine
+    if engine.model == BOX_MODEL:  # the box-only segmenter loads nothing
+        return []
     if engine.checkpoint is None:
         if engine.allow_random_weights:
             return []

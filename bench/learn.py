@@ -1,0 +1,167 @@
+"""``make bench-learn``: does training improve the policy? Each recipe through verl's real trainer on a CPU.
+
+For each recipe it builds the smoke inputs (``data_prep.smoke``), warm-starts the tiny Qwen2.5-VL so that its own
+answers to the run's prompts are sometimes right and sometimes wrong (:mod:`bench.warm_start`), trains it with the
+recipe's own entry point (``python -m recipe.<recipe>.main +smoke=cpu``, scripting off, the box-only segmenter
+``reward_server=box`` so the IoU reward follows the answer), and runs the same training again with the rollout's
+weight sync off (``engine_kwargs.hf_cpu.sync_weights=false``): a control whose policy never reaches the rollout.
+It ends with one line per recipe:
+
+    bench-learn: recipe=samr1 steps=14 early=0.61 late=4.02 frozen_late=0.55 s_per_step=21.3
+
+``early`` and ``late`` are verl's ``critic/score/mean`` averaged over the first and the last 3 steps of the learning
+run, ``frozen_late`` the same over the control's last 3 steps, ``s_per_step`` the learning run's mean
+``timing_s/step``. A run learns when ``late`` exceeds both ``early`` and ``frozen_late`` by :data:`MARGIN`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.warm_start import Answer, PromptInputs, fit_answers, rollout_prompts
+from data_prep.smoke import SmokeInputs, build_smoke_inputs
+from recipe.common.dataset_rows import GroundTruth, Row
+from recipe.smoke import Launch, command, launch
+from reward_server.masks import box_iou, box_to_mask, decode_rle, mask_iou
+
+RECIPES = ("samr1",)
+STEPS = 14
+WINDOW = 3
+MARGIN = 1.5
+"""Score points by which ``late`` must exceed ``early`` and ``frozen_late``. SAM-R1's warm start scores -2 (no
+answer), 2 (a wrong box) or 2 + tier (the right box) with probabilities 0.5, 0.35 and 0.15: a per-sample standard
+deviation of 2.9, so the mean of a 3-step window (48 samples) varies by 0.42 and the difference of two windows of a
+policy that does not change by 0.6; 1.5 is 2.5 of those, and the runs measured move by 3 or more."""
+
+PROMPTS = 1
+"""One row: its answers are the same whichever prompt is drawn, which makes the warm start a minute's fit instead of
+the many minutes that prompt-dependent boxes take; the check is that the loop learns, not that the model generalises."""
+SAMR1_ANSWER = '<think>ok</think><answer>{{"bbox_2d": {box}, "point_2d": {point}, "label": "it"}}</answer>'
+SAMR1_MIX = {"right": 0.15, "wrong": 0.35, "none": 0.5}
+"""The warm start's answers and their probabilities: the target's box, a box elsewhere, the end token alone."""
+
+TRAINING = [
+    "actor_rollout_ref.rollout.engine_kwargs.hf_cpu.scripted_every=0",
+    "data.train_batch_size=1",
+    "actor_rollout_ref.rollout.n=16",
+    # 5e-4 moves the warm-started model's answer shares within a few steps; 1e-3 and above broke the answers.
+    "actor_rollout_ref.actor.optim.lr=5e-4",
+    "reward_server=box",
+]
+FROZEN = ["actor_rollout_ref.rollout.engine_kwargs.hf_cpu.sync_weights=false"]
+NEGATED = [
+    f"reward.custom_reward_function.path={Path(__file__).with_name('negated_reward.py')}",
+    "reward.custom_reward_function.name=negated_compute_score",
+]
+"""The flipped-advantage control (tests only): the reward's score negated."""
+
+
+def _int_box(box) -> list[int]:
+    return [round(float(v)) for v in box]
+
+
+def samr1_answers(prompt: PromptInputs) -> list[Answer]:
+    """The right box (the target's), a wrong one (the image corner box farthest from the target) and no answer."""
+    truth = GroundTruth.of(Row.of(prompt.row).reward_model.ground_truth)
+    mask = decode_rle(truth.mask)
+    right = _int_box(truth.box)
+    height, width = mask.shape
+    side = min(height, width) // 6
+    corners = [[0, 0, side, side], [width - side, 0, width, side], [0, height - side, side, height]]
+    corners.append([width - side, height - side, width, height])
+    wrong = min(corners, key=lambda box: mask_iou(box_to_mask(box, mask.shape), mask))
+    assert box_iou([right], [wrong])[0, 0] == 0.0
+
+    def text(box: list[int]) -> str:
+        return SAMR1_ANSWER.format(box=box, point=[(box[0] + box[2]) // 2, (box[1] + box[3]) // 2])
+
+    return [
+        Answer(text(right), SAMR1_MIX["right"]),
+        Answer(text(wrong), SAMR1_MIX["wrong"]),
+        Answer("", SAMR1_MIX["none"]),
+    ]
+
+
+@dataclass
+class LearnSetup:
+    """A recipe's learning-check inputs: the smoke rows, the warm-started model and the overrides of every run."""
+
+    recipe: str
+    inputs: SmokeInputs
+    model: Path
+    overrides: list[str] = field(default_factory=list)
+
+
+def prepare(recipe: str, out_dir: Path) -> LearnSetup:
+    """Builds ``recipe``'s smoke inputs under ``out_dir`` and warm-starts the tiny model on the run's prompts."""
+    inputs = build_smoke_inputs(out_dir / "inputs", recipe, PROMPTS)
+    prompts = rollout_prompts(recipe, inputs.model, inputs.train_files)
+    for prompt in prompts:
+        prompt.answers = samr1_answers(prompt)
+    model = out_dir / "warm_model"
+    fit_answers(inputs.model, prompts, model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    longest = max(len(tokenizer.encode(answer.text)) for prompt in prompts for answer in prompt.answers) + 1
+    budget = longest + 8  # room past the longest answer: a sample that runs on shows as a malformed answer
+    overrides = [*TRAINING, f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.max_new_tokens={budget}"]
+    overrides.append(f"data.max_response_length={budget}")
+    return LearnSetup(recipe, inputs, model, overrides)
+
+
+def train(setup: LearnSetup, run_dir: Path, steps: int, extra: list[str] = ()) -> Launch:
+    """One launch of the recipe's entry point on the warm-started model; raises when it fails."""
+    argv = command(setup.recipe, setup.inputs.train_files, setup.model, run_dir, steps, [*setup.overrides, *extra])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = launch(argv, run_dir / "train.log", {**os.environ, "VERL_PLATFORM": "cpu"})
+    if done.returncode != 0:
+        raise SystemExit(f"bench-learn: {setup.recipe} failed (exit {done.returncode}); log in {run_dir / 'train.log'}")
+    return done
+
+
+def window_mean(steps: list[dict], key: str, last: bool) -> float:
+    """Mean of ``key`` over the first (or last) :data:`WINDOW` logged steps."""
+    ordered = sorted(steps, key=lambda step: step["step"])
+    chosen = ordered[-WINDOW:] if last else ordered[:WINDOW]
+    return statistics.fmean(step["data"][key] for step in chosen)
+
+
+def learn_line(recipe: str, learned: Launch, frozen: Launch) -> str:
+    early = window_mean(learned.steps, "critic/score/mean", last=False)
+    late = window_mean(learned.steps, "critic/score/mean", last=True)
+    frozen_late = window_mean(frozen.steps, "critic/score/mean", last=True)
+    seconds = np.mean([step["data"]["timing_s/step"] for step in learned.steps])
+    return (
+        f"bench-learn: recipe={recipe} steps={len(learned.steps)} early={early:.2f} late={late:.2f} "
+        f"frozen_late={frozen_late:.2f} s_per_step={seconds:.1f}"
+    )
+
+
+def run_recipe(recipe: str, out_dir: Path, steps: int) -> str:
+    setup = prepare(recipe, out_dir)
+    learned = train(setup, out_dir / "learn", steps, ["trainer.save_freq=-1"])
+    frozen = train(setup, out_dir / "frozen", steps, ["trainer.save_freq=-1", *FROZEN])
+    line = learn_line(recipe, learned, frozen)
+    print(line, flush=True)
+    return line
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="*", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--out", default="outputs/bench_learn", help="inputs, models and runs go to <out>/<recipe>/")
+    parser.add_argument("--steps", type=int, default=STEPS)
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    return [run_recipe(recipe, out / recipe, args.steps) for recipe in args.recipes]
+
+
+if __name__ == "__main__":
+    main()
