@@ -11,7 +11,8 @@ It ends with one line per recipe:
 
 ``early`` and ``late`` are verl's ``critic/score/mean`` averaged over the first and the last 3 steps of the learning
 run, ``frozen_late`` the same over the control's last 3 steps, ``s_per_step`` the learning run's mean
-``timing_s/step``. A run learns when ``late`` exceeds both ``early`` and ``frozen_late`` by :data:`MARGIN`.
+``timing_s/step``. A run learns when ``late`` exceeds both ``early`` and ``frozen_late`` by its recipe's margin
+(:attr:`RecipeCheck.margin`, why each is out of chance's reach beside it in :data:`CHECKS`).
 """
 
 from __future__ import annotations
@@ -30,26 +31,58 @@ from recipe.common.dataset_rows import GroundTruth, Row
 from recipe.smoke import Launch, command, launch
 from reward_server.masks import box_iou, box_to_mask, decode_rle, mask_iou
 
-RECIPES = ("samr1",)
 STEPS = 14
 WINDOW = 3
-MARGIN = 1.5
-"""Score points by which ``late`` must exceed ``early`` and ``frozen_late``. SAM-R1's warm start scores -2 (no
-answer), 2 (a wrong box) or 2 + tier (the right box) with probabilities 0.5, 0.35 and 0.15: a per-sample standard
-deviation of 2.9, so the mean of a 3-step window (48 samples) varies by 0.42 and the difference of two windows of a
-policy that does not change by 0.6; 1.5 is 2.5 of those, and the runs measured move by 3 or more."""
-
 PROMPTS = 1
-"""One row: its answers are the same whichever prompt is drawn, which makes the warm start a minute's fit instead of
-the many minutes that prompt-dependent boxes take; the check is that the loop learns, not that the model generalises."""
-SAMR1_ANSWER = '<think>ok</think><answer>{{"bbox_2d": {box}, "point_2d": {point}, "label": "it"}}</answer>'
-SAMR1_MIX = {"right": 0.15, "wrong": 0.35, "none": 0.5}
+"""One grounding row: its answers are the same whichever prompt is drawn, which makes the warm start a minute's fit
+instead of the many minutes that prompt-dependent boxes take; the check is that the loop learns, not that the model
+generalises."""
+MIX = {"right": 0.15, "wrong": 0.35, "none": 0.5}
 """The warm start's answers and their probabilities: the target's box, a box elsewhere, the end token alone."""
+
+
+@dataclass(frozen=True)
+class RecipeCheck:
+    """What the learning check of one recipe trains on and how it judges the run.
+
+    Attributes:
+        answer: The well-formed answer, a format string of ``box`` and ``point``.
+        tasks: Which of the smoke inputs' files the run trains on (their position in ``SmokeInputs.train_files``).
+        overrides: The recipe's own training overrides.
+        margin: Score points by which ``late`` must exceed ``early`` and ``frozen_late`` (see :data:`CHECKS`).
+    """
+
+    answer: str
+    tasks: tuple[int, ...]
+    overrides: tuple[str, ...]
+    margin: float
+
+
+CHECKS = {
+    # Scores -2 (no answer), 2 (a wrong box) or 2 + tier (the right box: tier 3 or 4) with the mix's probabilities:
+    # a per-sample standard deviation of 2.9, so a 3-step window's mean (48 samples) varies by 0.42 and the difference
+    # of two windows of a policy that does not change by 0.6; 1.5 is 2.5 of those.
+    "samr1": RecipeCheck(
+        answer='<think>ok</think><answer>{{"bbox_2d": {box}, "point_2d": {point}, "label": "it"}}</answer>',
+        tasks=(0,),
+        overrides=("data.train_batch_size=1", "actor_rollout_ref.rollout.n=16"),
+        margin=1.5,
+    ),
+    # The grounding task (single turn, dynamic sampling's box diversity) and the multi-turn workflow from the same
+    # row: grounding scores 0, 2 or about 4.8 (format 2, box 2, R_SAM the box mask's edge IoU), the workflow the mean
+    # of its turns (its first is the same grounding answer). Per-sample deviation about 1.5, a window of 48 samples
+    # varies by 0.22, two by 0.31; 1.0 is 3 of those.
+    "veteran": RecipeCheck(
+        answer='<think>ok</think><answer>{{"bbox_2d": {box}}}</answer>',
+        tasks=(0, 3),
+        overrides=("data.train_batch_size=2", "actor_rollout_ref.rollout.n=8"),
+        margin=1.0,
+    ),
+}
+RECIPES = tuple(CHECKS)
 
 TRAINING = [
     "actor_rollout_ref.rollout.engine_kwargs.hf_cpu.scripted_every=0",
-    "data.train_batch_size=1",
-    "actor_rollout_ref.rollout.n=16",
     # 5e-4 moves the warm-started model's answer shares within a few steps; 1e-3 and above broke the answers.
     "actor_rollout_ref.actor.optim.lr=5e-4",
     "reward_server=box",
@@ -59,14 +92,14 @@ NEGATED = [
     f"reward.custom_reward_function.path={Path(__file__).with_name('negated_reward.py')}",
     "reward.custom_reward_function.name=negated_compute_score",
 ]
-"""The flipped-advantage control (tests only): the reward's score negated."""
+"""The flipped-advantage control of SAM-R1 (tests only): the reward's score negated."""
 
 
 def _int_box(box) -> list[int]:
     return [round(float(v)) for v in box]
 
 
-def samr1_answers(prompt: PromptInputs) -> list[Answer]:
+def mixed_answers(template: str, prompt: PromptInputs) -> list[Answer]:
     """The right box (the target's), a wrong one (the image corner box farthest from the target) and no answer."""
     truth = GroundTruth.of(Row.of(prompt.row).reward_model.ground_truth)
     mask = decode_rle(truth.mask)
@@ -76,16 +109,12 @@ def samr1_answers(prompt: PromptInputs) -> list[Answer]:
     corners = [[0, 0, side, side], [width - side, 0, width, side], [0, height - side, side, height]]
     corners.append([width - side, height - side, width, height])
     wrong = min(corners, key=lambda box: mask_iou(box_to_mask(box, mask.shape), mask))
-    assert box_iou([right], [wrong])[0, 0] == 0.0
+    assert box_iou([right], [wrong])[0, 0] < 0.1, (right, wrong)
 
     def text(box: list[int]) -> str:
-        return SAMR1_ANSWER.format(box=box, point=[(box[0] + box[2]) // 2, (box[1] + box[3]) // 2])
+        return template.format(box=box, point=[(box[0] + box[2]) // 2, (box[1] + box[3]) // 2])
 
-    return [
-        Answer(text(right), SAMR1_MIX["right"]),
-        Answer(text(wrong), SAMR1_MIX["wrong"]),
-        Answer("", SAMR1_MIX["none"]),
-    ]
+    return [Answer(text(right), MIX["right"]), Answer(text(wrong), MIX["wrong"]), Answer("", MIX["none"])]
 
 
 @dataclass
@@ -100,10 +129,14 @@ class LearnSetup:
 
 def prepare(recipe: str, out_dir: Path) -> LearnSetup:
     """Builds ``recipe``'s smoke inputs under ``out_dir`` and warm-starts the tiny model on the run's prompts."""
-    inputs = build_smoke_inputs(out_dir / "inputs", recipe, PROMPTS)
-    prompts = rollout_prompts(recipe, inputs.model, inputs.train_files)
+    check = CHECKS[recipe]
+    built = build_smoke_inputs(out_dir / "inputs", recipe, PROMPTS)
+    inputs = SmokeInputs([built.train_files[task] for task in check.tasks], built.model)
+    # The workflow's first turn asks the grounding question of the same row and image: the grounding row's prompt
+    # is its prompt too (tests/test_tokenisation_parity.py), so the first file's rows are the prompts to fit.
+    prompts = rollout_prompts(recipe, inputs.model, inputs.train_files[:1])
     for prompt in prompts:
-        prompt.answers = samr1_answers(prompt)
+        prompt.answers = mixed_answers(check.answer, prompt)
     model = out_dir / "warm_model"
     fit_answers(inputs.model, prompts, model)
     from transformers import AutoTokenizer
@@ -111,8 +144,9 @@ def prepare(recipe: str, out_dir: Path) -> LearnSetup:
     tokenizer = AutoTokenizer.from_pretrained(model)
     longest = max(len(tokenizer.encode(answer.text)) for prompt in prompts for answer in prompt.answers) + 1
     budget = longest + 8  # room past the longest answer: a sample that runs on shows as a malformed answer
-    overrides = [*TRAINING, f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.max_new_tokens={budget}"]
-    overrides.append(f"data.max_response_length={budget}")
+    overrides = [*TRAINING, *check.overrides, f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.max_new_tokens={budget}"]
+    if recipe == "samr1":  # the workflow's response budget holds its overlay turns: the smoke run's stays
+        overrides.append(f"data.max_response_length={budget}")
     return LearnSetup(recipe, inputs, model, overrides)
 
 
