@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format bench bench-reward bench-step bench-eval gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
+.PHONY: setup test lint format bench bench-reward bench-step bench-eval bench-learn gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
 	train-veteran eval eval-checkpoints eval-smoke infer demo lock clean-venv flash-attn
 
 setup: $(STAMP)
@@ -54,6 +54,11 @@ bench-step: $(STAMP)
 # The evaluator's batched path against a per-sample generate + SAM2 predictor loop, tiny models on a CPU (README).
 bench-eval: $(STAMP)
 	$(BIN)/python -m bench.eval $(ARGS)
+
+# Does training improve the policy? Each recipe's warm-started tiny model through verl's real trainer on a CPU, and a
+# control whose rollout never receives the new weights; one line per recipe (README, "Is it learning?").
+bench-learn: $(STAMP)
+	VERL_PLATFORM=cpu $(BIN)/python -m bench.learn $(ARGS)
 
 # One GPU in at most 8 minutes: device info, the GPU tests, SAM2-Large throughput (ARGS="--quick" on a CPU).
 gpu-check: $(STAMP)
