@@ -7,7 +7,7 @@ recipe's own entry point (``python -m recipe.<recipe>.main +smoke=cpu``, scripti
 weight sync off (``engine_kwargs.hf_cpu.sync_weights=false``): a control whose policy never reaches the rollout.
 It ends with one line per recipe:
 
-    bench-learn: recipe=samr1 steps=14 early=0.61 late=4.02 frozen_late=0.55 s_per_step=21.3
+    bench-learn: recipe=samr1 steps=14 early=0.52 late=2.21 frozen_late=0.46 s_per_step=64.4
 
 ``early`` and ``late`` are verl's ``critic/score/mean`` averaged over the first and the last 3 steps of the learning
 run, ``frozen_late`` the same over the control's last 3 steps, ``s_per_step`` the learning run's mean
