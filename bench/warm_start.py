@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from recipe.cpu.rollout import token_types
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -116,9 +118,7 @@ class _Sequence:
         self.inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if prompt.images:
             self.inputs.update(processor.image_processor(images=prompt.images, return_tensors="pt"))
-            types = torch.zeros_like(ids)  # the actor's 3D M-RoPE positions (transformers >= 5.3 needs these)
-            types[ids == model.config.image_token_id] = 1
-            self.inputs["mm_token_type_ids"] = types
+            self.inputs.update(token_types(ids, processor, model.config))  # the actor's 3D M-RoPE positions
         self.answer = torch.tensor(answer_ids)
 
     def log_probs(self, model: Any) -> torch.Tensor:

@@ -84,6 +84,20 @@ def sampling_seed(request_id: str, global_steps: int | None, prompt_key: int, oc
     return zlib.crc32(f"{request_id}/{global_steps}/{prompt_key}/{occurrence}".encode())  # hash() is salted
 
 
+def token_types(ids: torch.Tensor, processor: Any, model_config: Any) -> dict[str, torch.Tensor]:
+    """``mm_token_type_ids`` of ``ids`` (1 at image tokens, 2 at video tokens), where the processor has them.
+
+    transformers >= 5.3 gives Qwen2.5-VL its 3D M-RoPE positions only when they are passed (else plain 1D
+    positions); verl's actor always computes the 3D ones, so without them a forward pass is another policy's.
+    """
+    if "mm_token_type_ids" not in processor.model_input_names:
+        return {}
+    types = torch.zeros_like(ids)
+    types[ids == model_config.image_token_id] = 1
+    types[ids == model_config.video_token_id] = 2
+    return {"mm_token_type_ids": types}
+
+
 def max_new_tokens(config: Any, sampling_params: dict[str, Any], prompt_length: int) -> int:
     """vLLM's rule: an explicit ``max_tokens``, else the response budget left after the prompt; at least 1."""
     requested = sampling_params.get("max_tokens") or sampling_params.get("max_new_tokens")
@@ -126,17 +140,7 @@ class HFServer:
         return inputs
 
     def _token_types(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``mm_token_type_ids`` of ``ids`` (1 at image tokens, 2 at video tokens), where the processor has them.
-
-        transformers >= 5.3 gives Qwen2.5-VL its 3D M-RoPE positions only when they are passed (else plain 1D
-        positions); verl's actor always computes the 3D ones, so without them the rollout samples from another policy.
-        """
-        if "mm_token_type_ids" not in self.processor.model_input_names:
-            return {}
-        types = torch.zeros_like(ids)
-        types[ids == self.model.config.image_token_id] = 1
-        types[ids == self.model.config.video_token_id] = 2
-        return {"mm_token_type_ids": types}
+        return token_types(ids, self.processor, self.model.config)
 
     def _sample(self, inputs: dict[str, torch.Tensor], sampling_params: dict, budget: int) -> tuple[list[int], Any]:
         temperature = float(sampling_params.get("temperature", 1.0))
