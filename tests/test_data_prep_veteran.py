@@ -84,7 +84,7 @@ def test_exact_balance_and_every_row_are_flags(grounding, tmp_path, case_mix, ex
 def test_case_mix_is_a_cli_flag(grounding, tmp_path, monkeypatch):
     from data_prep import veteran
 
-    monkeypatch.setattr(veteran, "SamEngine", lambda config: GoodEveryNth(4))
+    monkeypatch.setattr(veteran, "build_engine", lambda config: GoodEveryNth(4))
     outs = {name: tmp_path / f"{name}.parquet" for name in ("mask", "aux")}
     args = ["veteran", "--grounding", str(grounding), "--out-mask", str(outs["mask"]), "--out-aux", str(outs["aux"])]
     assert cli.main([*args, "--sam", "tiny_cpu", "--case-mix", "equal"]) == 0

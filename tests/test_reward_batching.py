@@ -243,7 +243,7 @@ def test_one_batcher_serves_one_event_loop_after_another_even_after_one_closed_m
 
 
 class DeviceEngine:
-    """A fake SamEngine for the actor: blocks on ``release`` while answering, records its thread and batches."""
+    """A fake engine for the actor (what build_engine returns): blocks on ``release`` while answering, records its thread and batches."""
 
     def __init__(self, config: EngineConfig):
         self.stats = EngineStats()
@@ -268,7 +268,7 @@ class DeviceEngine:
 
 @pytest.fixture
 def actor(monkeypatch):
-    monkeypatch.setattr(actor_module, "SamEngine", DeviceEngine)
+    monkeypatch.setattr(actor_module, "build_engine", DeviceEngine)
     monkeypatch.setattr(
         actor_module.ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "node")
     )
