@@ -67,19 +67,10 @@ def rollout_prompts(
     """
     from verl.utils import hf_processor, hf_tokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
-    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
-    from recipe.common.compose import compose_recipe
-
-    config = compose_recipe(recipe, [f"actor_rollout_ref.model.path={model}", "+smoke=cpu", *overrides])
+    config = _compose(recipe, model, overrides)
     tokenizer, processor = hf_tokenizer(str(model)), hf_processor(str(model))
-    builder = create_continuous_token_builder(
-        tokenizer,
-        hf_model_type=_model_type(model),
-        chat_template_kwargs=config.data.get("apply_chat_template_kwargs", {}),
-        mm_processor_kwargs=config.data.get("mm_processor_kwargs", {}),
-        processor=processor,
-    )
+    builder = _token_builder(model, config, tokenizer, processor)
     patch_size = getattr(processor.image_processor, "patch_size", 14)
     prompts = []
     for path in files:
@@ -91,6 +82,85 @@ def rollout_prompts(
             ids = builder.build_initial_tokens(messages, images=images)
             prompts.append(PromptInputs(list(ids), list(images or []), row, []))
     return prompts
+
+
+def workflow_second_turn(
+    model: Path, first: PromptInputs, answer: str, overrides: Sequence[str] = ()
+) -> PromptInputs | None:
+    """The SAM-Veteran workflow's second prompt after ``answer`` to its first (``first``), as its loop builds it.
+
+    ``recipe.veteran.workflow_loop.WorkflowLoop``'s steps: the episode parses the answer, the run's segmenter
+    (``reward_server`` of the composed config) masks its box, and verl's Continuous Token builder appends the answer's
+    tokens and then the overlay turn (the mask drawn on the image, the refinement question).
+
+    Returns:
+        The prompt with both images, or None when the answer ends the episode (no box, or no refinement turn).
+    """
+    from verl.utils import hf_processor, hf_tokenizer
+
+    from recipe.common.dataset_rows import Row
+    from recipe.common.episodes import Episode
+    from recipe.common.prompts import first_image
+    from recipe.veteran.config import veteran_config
+    from reward_server.box_engine import build_engine
+    from reward_server.config import server_config
+    from reward_server.images import to_rgb
+    from reward_server.protocol import GroundTruthRef, ImageRef, SegRequest
+
+    config = _compose("veteran", model, overrides)
+    tokenizer, processor = hf_tokenizer(str(model)), hf_processor(str(model))
+    builder = _token_builder(model, config, tokenizer, processor)
+    veteran = veteran_config(config)
+    row = Row.of(first.row)
+    image, truth = ImageRef.of(first_image(first.row["raw_prompt"])), GroundTruthRef.of(dict(row.ground_truth.mask))
+    episode = Episode(
+        row.extra_info.question,
+        to_rgb(image.data),
+        truth.rle,
+        max_steps=veteran.workflow.max_steps,
+        resend_points=veteran.workflow.resend_points,
+        grounding_cot=veteran.reward.grounding_cot,
+        mask_cot=veteran.reward.mask_cot,
+    )
+    messages = episode.next_messages()
+    answer_ids = _answer_ids(tokenizer, answer, tokenizer.eos_token_id)
+    text = tokenizer.decode(answer_ids, skip_special_tokens=True)
+    prompt = episode.observe_response(text)
+    if prompt is None:
+        return None
+    engine = build_engine(server_config(config.reward_server).engine)
+    request = SegRequest(image.key, prompt, gt_key=truth.key, return_logits=True, return_edge_iou=True)
+    (result,) = engine.segment([request], {image.key: image.data}, {truth.key: truth.rle})
+    episode.observe_mask(result)
+    if episode.done:
+        return None
+    answered = [*messages, {"role": "assistant", "content": text}]
+    turn = episode.next_messages()
+    merged = builder.merge_assistant_tokens(first.ids, answer_ids)
+    merged = builder.merge_context_tokens(answered, answered + turn, merged.token_ids)
+    return PromptInputs(list(merged.token_ids), [*first.images, turn[0]["content"][0]["image"]], first.row, [])
+
+
+def _compose(recipe: str, model: Path, overrides: Sequence[str]) -> Any:
+    from recipe.common.compose import compose_recipe
+
+    # No length filter: the trainer applies its own, and datasets' filter forks a worker, which deadlocks in a
+    # process whose torch threads already ran (data_prep's SAM2 pass before a SAM-Veteran warm start).
+    settings = [f"actor_rollout_ref.model.path={model}", "+smoke=cpu", "data.filter_overlong_prompts=false"]
+    return compose_recipe(recipe, [*settings, *overrides])
+
+
+def _token_builder(model: Path, config: Any, tokenizer: Any, processor: Any) -> Any:
+    """verl's Continuous Token builder as the agent loops create it (their only tokenisation path)."""
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    return create_continuous_token_builder(
+        tokenizer,
+        hf_model_type=_model_type(model),
+        chat_template_kwargs=config.data.get("apply_chat_template_kwargs", {}),
+        mm_processor_kwargs=config.data.get("mm_processor_kwargs", {}),
+        processor=processor,
+    )
 
 
 def _model_type(model: Path) -> str:

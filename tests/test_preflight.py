@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from recipe.common import preflight as pf
+from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
 from recipe.common.compose import compose_recipe
 from recipe.common.preflight import (
     ANSWER_TOKENS,
@@ -396,7 +397,8 @@ def save_checkpoint(root: Path, step: int, world: int) -> None:
     actor.mkdir(parents=True)
     for rank in range(world):
         (actor / f"model_world_size_{world}_rank_{rank}.pt").touch()
-    (root / pf.CHECKPOINT_TRACKER).write_text(str(step))
+    (actor.parent / COMPLETE_MARKER).touch()
+    (root / TRACKER).write_text(str(step))
 
 
 def test_resuming_a_checkpoint_of_another_layout_is_reported(machine):
@@ -416,7 +418,7 @@ def test_checkpoint_names_are_verls():
     from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
     from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
 
-    assert Path(get_checkpoint_tracker_filename("/ckpt")).name == pf.CHECKPOINT_TRACKER
+    assert Path(get_checkpoint_tracker_filename("/ckpt")).name == TRACKER
     assert 'f"model_world_size_{self.world_size}_rank_{self.rank}.pt"' in inspect.getsource(FSDPCheckpointManager)
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from recipe.common.checkpoints import resume_step, step_folder
 from recipe.common.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW, GroundTruth, RewardModel, Row
 from recipe.common.gallery import GalleryConfig
 from recipe.common.run_config import schemas
@@ -51,8 +52,6 @@ _FLASH_OFF = (
 _FLASH_ONLY_REMOVE_PADDING = {"qwen2_vl", "qwen2_5_vl"}
 # CPUs in each GPU bundle of verl's resource pools (ResourcePoolManager.max_colocate_count: one per colocated group).
 CPUS_PER_VERL_GPU = 3
-# verl's checkpoint tracker (verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename).
-CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 _SHARD = re.compile(r"^model_world_size_(\d+)_rank_\d+\.pt$")
 WORKFLOW_AGENT = TASK_AGENTS[WORKFLOW]
 # Qwen2.5-VL turns each 28x28 pixel block (2x2 patches of 14) into one token: 900 for the 840x840 model image
@@ -490,16 +489,15 @@ def check_workflow_budget(config: DictConfig) -> list[str]:
 
 
 def _resume_folder(config: DictConfig) -> Path | None:
-    """The ``global_step_*`` folder verl will load (verl/trainer/ppo/v1/trainer_base.py ``_load_checkpoint``)."""
+    """The ``global_step_*`` folder the run loads (verl's ``_load_checkpoint`` after the trainer's tracker repair)."""
     mode = config.trainer.get("resume_mode", "auto")
     if mode == "resume_path":
         return Path(str(config.trainer.resume_from_path)).expanduser()
     if mode != "auto":
         return None
-    tracker = Path(str(config.trainer.default_local_dir)).expanduser() / CHECKPOINT_TRACKER
-    if not tracker.is_file():
-        return None
-    return tracker.parent / f"global_step_{int(tracker.read_text().strip())}"
+    root = Path(str(config.trainer.default_local_dir)).expanduser()
+    step = resume_step(root)
+    return None if step is None else step_folder(root, step)
 
 
 @_never_raises

@@ -7,7 +7,8 @@ metrics, so they move on the console and in TensorBoard. It also logs the SAM2 p
 (``sam/requests``, ``sam/encodes``, ``sam/cache_hits``, ``sam/served_s``, ``sam/restarts``; see
 :mod:`recipe.common.pool_meter`); an unreachable pool is logged and counted, never a failed step. Every
 ``samrl.gallery.every_n_steps`` steps it draws a gallery of rollouts (:mod:`recipe.common.gallery`); a rollout that
-cannot be drawn is logged and counted (``gallery/errors``), never a failed step.
+cannot be drawn is logged and counted (``gallery/errors``), never a failed step. Before verl resumes, a
+checkpoint tracker that a killed job left unusable is repaired (:mod:`recipe.common.checkpoints`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import numbers
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from recipe.common.checkpoints import repair_tracker
 from recipe.common.dataset_rows import Row
 from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
 from recipe.common.pool_meter import PoolMeter
@@ -80,6 +83,14 @@ class RewardMetricsTrainer(PPOTrainerSync):
         self._gallery_errors = 0
         self._rollout_check = to_dataclass(OmegaConf.select(config, "samrl.rollout_check"), RolloutCheckConfig)
         self._mismatch_steps = 0
+
+    def _load_checkpoint(self):
+        # verl reads only the tracker, which a kill can leave empty or naming an unfinished folder.
+        if self.config.trainer.resume_mode == "auto":
+            repaired = repair_tracker(Path(self.config.trainer.default_local_dir).absolute())
+            if repaired:
+                logger.warning("checkpoint tracker: %s", repaired)
+        super()._load_checkpoint()
 
     def init(self):
         super().init()
