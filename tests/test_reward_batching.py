@@ -243,7 +243,7 @@ def test_one_batcher_serves_one_event_loop_after_another_even_after_one_closed_m
 
 
 class DeviceEngine:
-    """A fake engine for the actor (what build_engine returns): blocks on ``release`` while answering, records its thread and batches."""
+    """A fake engine for the actor (what build_engine returns): blocks on ``release``, records threads and batches."""
 
     def __init__(self, config: EngineConfig):
         self.stats = EngineStats()
