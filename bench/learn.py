@@ -7,7 +7,7 @@ recipe's own entry point (``python -m recipe.<recipe>.main +smoke=cpu``, scripti
 weight sync off (``engine_kwargs.hf_cpu.sync_weights=false``): a control whose policy never reaches the rollout.
 It ends with one line per recipe:
 
-    bench-learn: recipe=samr1 steps=14 early=0.52 late=2.21 frozen_late=0.46 s_per_step=64.4
+    bench-learn: recipe=samr1 steps=14 early=0.69 late=2.52 frozen_late=0.00 s_per_step=40.9
 
 ``early`` and ``late`` are verl's ``critic/score/mean`` averaged over the first and the last 3 steps of the learning
 run, ``frozen_late`` the same over the control's last 3 steps, ``s_per_step`` the learning run's mean
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.warm_start import Answer, PromptInputs, fit_answers, rollout_prompts
+from bench.warm_start import Answer, PromptInputs, fit_answers, rollout_prompts, workflow_second_turn
 from data_prep.smoke import SmokeInputs, build_smoke_inputs
 from recipe.common.dataset_rows import GroundTruth, Row
-from recipe.smoke import Launch, command, launch
+from recipe.smoke import Launch, command, launch, recipe_overrides
 from reward_server.masks import box_iou, box_to_mask, decode_rle, mask_iou
 
 STEPS = 14
@@ -42,6 +42,8 @@ instead of the many minutes that prompt-dependent boxes take; the check is that 
 generalises."""
 MIX = {"right": 0.15, "wrong": 0.35, "none": 0.5}
 """The warm start's answers and their probabilities: the target's box, a box elsewhere, the end token alone."""
+STOP_MIX = {"stop": 0.5, "none": 0.5}
+"""SAM-Veteran's answers to the workflow's overlay turn (after either box): "no errors", or the end token alone."""
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,15 @@ class RecipeCheck:
 
     Attributes:
         answer: The well-formed answer, a format string of ``box`` and ``point``.
+        stop: SAM-Veteran's well-formed answer to the workflow's overlay turn ("no errors": both points null);
+            empty for a recipe without that turn.
         tasks: Which of the smoke inputs' files the run trains on (their position in ``SmokeInputs.train_files``).
         overrides: The recipe's own training overrides.
         margin: Score points by which ``late`` must exceed ``early`` and ``frozen_late`` (see :data:`CHECKS`).
     """
 
     answer: str
+    stop: str
     tasks: tuple[int, ...]
     overrides: tuple[str, ...]
     margin: float
@@ -67,16 +72,18 @@ CHECKS = {
     # of two windows of a policy that does not change by 0.6; 1.5 is 2.5 of those.
     "samr1": RecipeCheck(
         answer='<think>ok</think><answer>{{"bbox_2d": {box}, "point_2d": {point}, "label": "it"}}</answer>',
+        stop="",
         tasks=(0,),
         overrides=("data.train_batch_size=1", "actor_rollout_ref.rollout.n=16"),
         margin=1.5,
     ),
     # The grounding task (single turn, dynamic sampling's box diversity) and the multi-turn workflow from the same
     # row: grounding scores 0, 2 or about 4.8 (format 2, box 2, R_SAM the box mask's edge IoU), the workflow the mean
-    # of its turns (its first is the same grounding answer). Per-sample deviation about 1.5, a window of 48 samples
-    # varies by 0.22, two by 0.31; 1.0 is 3 of those.
+    # of its turns (its first is the same grounding answer, its second "no errors" or nothing: STOP_MIX). Per-sample
+    # deviation about 1.5, a window of 48 samples varies by 0.22, two by 0.31; 1.0 is 3 of those.
     "veteran": RecipeCheck(
         answer='<think>ok</think><answer>{{"bbox_2d": {box}}}</answer>',
+        stop='<think>ok</think><answer>{"pos_point": null, "neg_point": null}</answer>',
         tasks=(0, 3),
         overrides=("data.train_batch_size=2", "actor_rollout_ref.rollout.n=8"),
         margin=1.0,
@@ -89,6 +96,9 @@ TRAINING = [
     # 5e-4 moves the warm-started model's answer shares within a few steps; 1e-3 and above broke the answers.
     "actor_rollout_ref.actor.optim.lr=5e-4",
     "reward_server=box",
+    # Reproducible samples (the CPU rollout's seeds follow the step, the prompt and the sample): a rerun, or a run
+    # resumed from a checkpoint, draws what the first run drew (tests/test_learning.py).
+    "actor_rollout_ref.rollout.full_determinism=true",
 ]
 FROZEN = ["+actor_rollout_ref.rollout.engine_kwargs.hf_cpu.sync_weights=false"]
 NEGATED = [
@@ -137,9 +147,21 @@ def prepare(recipe: str, out_dir: Path) -> LearnSetup:
     inputs = SmokeInputs([built.train_files[task] for task in check.tasks], built.model)
     # The workflow's first turn asks the grounding question of the same row and image: the grounding row's prompt
     # is its prompt too (tests/test_tokenisation_parity.py), so the first file's rows are the prompts to fit.
-    prompts = rollout_prompts(recipe, inputs.model, inputs.train_files[:1])
+    run_overrides = [*recipe_overrides(recipe, inputs.model), *TRAINING, *check.overrides]
+    prompts = rollout_prompts(recipe, inputs.model, inputs.train_files[:1], run_overrides)
     for prompt in prompts:
         prompt.answers = mixed_answers(check.answer, prompt)
+    if check.stop:  # the workflow's overlay turn after each box, so that its answers can be well formed too
+        followups = [
+            workflow_second_turn(inputs.model, prompt, answer.text, run_overrides)
+            for prompt in prompts
+            for answer in prompt.answers
+            if answer.text
+        ]
+        for followup in followups:
+            assert followup is not None, "a warm-start box ended the workflow before its overlay turn"
+            followup.answers = [Answer(check.stop, STOP_MIX["stop"]), Answer("", STOP_MIX["none"])]
+        prompts += followups
     model = out_dir / "warm_model"
     fit_answers(inputs.model, prompts, model)
     from transformers import AutoTokenizer

@@ -22,12 +22,17 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--learning", action="store_true", help="run the learning checks (make test-learn)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _has_cuda():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_learning = pytest.mark.skip(reason="a learning check: make test-learn (pytest --learning) runs it")
+    skip_gpu = None if _has_cuda() else pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if "learning" in item.keywords and not config.getoption("--learning"):
+            item.add_marker(skip_learning)
+        if "gpu" in item.keywords and skip_gpu is not None:
             item.add_marker(skip_gpu)
 
 

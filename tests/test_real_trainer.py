@@ -117,13 +117,13 @@ def test_every_step_trains_on_varying_rewards(real_run, recipe):
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_the_rollout_server_samples_with_the_updated_weights(real_run, recipe):
+def test_every_update_moves_the_policy(real_run, recipe):
+    """lr 1e-3 moves the policy visibly: KL to the reference > 0 after each update. Whether the rollout samples the
+    moved policy cannot be told on the random model (every token is about 1e-5 likely, so a rollout that never
+    receives the weights is as close to the actor); tests/test_learning.py tells it on a warm-started one."""
     run = real_run(recipe)
     for step in (2, 3):
-        # lr 1e-3 moves the policy visibly (KL to the reference > 0), yet the rollout's log-probs still equal the
-        # actor's: the server received the weights after each update.
         assert run.steps[step]["actor/kl_loss"] > 1e-4
-        assert run.steps[step]["training/rollout_probs_diff_max"] < 1e-3
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

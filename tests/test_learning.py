@@ -1,0 +1,246 @@
+"""Training improves the policy, controls that must not learn do not, and a resumed or killed run is the same run.
+
+Each recipe's warm-started tiny model (``bench.warm_start``) is trained with the recipe's own entry point on the CPU
+(``bench.learn``): its score must rise by the recipe's margin over its first steps and over a control run whose
+rollout never receives the new weights. SAM-R1 also runs with its reward negated, which flips every GRPO advantage:
+that run must unlearn. Every run samples under ``rollout.full_determinism``, so SAM-R1's learning run is also the
+uninterrupted reference of a run killed twice (while it writes its step-2 checkpoint, then in the middle of step 3)
+and resumed: its steps and samples must be the reference's, none lost and none repeated. Each launch is one
+``python -m recipe.<recipe>.main``; the runs are shared by the tests that read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.learn import CHECKS, FROZEN, NEGATED, STEPS, LearnSetup, learn_line, prepare, train, window_mean
+from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
+from recipe.smoke import Launch, command
+
+pytestmark = [pytest.mark.slow, pytest.mark.learning, pytest.mark.timeout(3600)]
+
+CONTROL_STEPS = 6
+"""The controls' length: a frozen rollout's drift passes the mismatch bound by step 4 and a flipped advantage has
+driven the well-formed answers out by then (bench-learn's runs); their windows are their last 3 steps."""
+VARIANTS = {"learn": (STEPS, []), "frozen": (CONTROL_STEPS, FROZEN), "negated": (CONTROL_STEPS, NEGATED)}
+SCORE = "critic/score/mean"
+ROLLOUTS = "rollouts"
+"""verl's per-step dump of every sample (``trainer.rollout_data_dir``), under each run's folder."""
+
+_SETUPS: dict[str, LearnSetup] = {}
+_RUNS: dict[tuple[str, str], Launch] = {}
+
+
+def dump_rollouts(run_dir: Path) -> str:
+    return f"trainer.rollout_data_dir={run_dir / ROLLOUTS}"
+
+
+def setup_of(recipe: str, tmp_path_factory) -> LearnSetup:
+    if recipe not in _SETUPS:
+        _SETUPS[recipe] = prepare(recipe, tmp_path_factory.mktemp(f"learn_{recipe}"))
+    return _SETUPS[recipe]
+
+
+@pytest.fixture(scope="session")
+def learning(tmp_path_factory):
+    """``learning(recipe, variant)``: the launch of ``variant`` of ``recipe``'s learning check, run once."""
+
+    def run(recipe: str, variant: str) -> Launch:
+        if (recipe, variant) not in _RUNS:
+            setup = setup_of(recipe, tmp_path_factory)
+            run_dir = setup.model.parent / variant
+            steps, extra = VARIANTS[variant]
+            _RUNS[recipe, variant] = train(
+                setup, run_dir, steps, ["trainer.save_freq=-1", dump_rollouts(run_dir), *extra]
+            )
+        return _RUNS[recipe, variant]
+
+    return run
+
+
+def series(launch: Launch, key: str) -> list[float]:
+    return [step["data"][key] for step in sorted(launch.steps, key=lambda step: step["step"])]
+
+
+@pytest.mark.parametrize("recipe", list(CHECKS))
+def test_training_raises_the_score_past_chance_and_past_a_frozen_rollout(learning, recipe):
+    learned, frozen = learning(recipe, "learn"), learning(recipe, "frozen")
+    print(learn_line(recipe, learned, frozen))
+    assert [step["step"] for step in learned.steps] == list(range(1, STEPS + 1))
+    early = window_mean(learned.steps, SCORE, last=False)
+    late = window_mean(learned.steps, SCORE, last=True)
+    frozen_late = window_mean(frozen.steps, SCORE, last=True)
+    margin = CHECKS[recipe].margin
+    assert late - early > margin, series(learned, SCORE)
+    assert late - frozen_late > margin, (series(learned, SCORE), series(frozen, SCORE))
+    # What rose is the share of the model's well-formed answers, not only the score.
+    well_formed = "reward/well_formed/mean"
+    assert window_mean(learned.steps, well_formed, last=True) > window_mean(learned.steps, well_formed, last=False)
+
+
+def test_samr1_learns_the_tiered_iou_reward(learning):
+    """The box-only segmenter makes the IoU follow the answer: the right box's tier is learned, not only the format."""
+    learned = learning("samr1", "learn")
+    tiered = "reward/tiered/mean"
+    assert window_mean(learned.steps, tiered, last=True) > window_mean(learned.steps, tiered, last=False) + 1.0
+
+
+@pytest.mark.parametrize("recipe", list(CHECKS))
+def test_the_rollout_samples_the_policy_being_trained(learning, recipe):
+    """With weight sync the rollout's token probabilities are the actor's (fp32 both: float noise); without it they
+    drift apart as the actor trains, and every step past the bound is warned about and counted."""
+    learned, frozen = learning(recipe, "learn"), learning(recipe, "frozen")
+    assert max(series(learned, "training/rollout_probs_diff_max")) < 0.05
+    assert series(learned, "training/rollout_mismatch_steps")[-1] == 0
+    assert "rollout and actor disagree" not in learned.output
+    drift = series(frozen, "training/rollout_probs_diff_max")
+    # Step 1 samples the weights both sides start from; after the first update the actor has moved away.
+    assert drift[0] < 0.05 and max(drift[1:]) > 0.5, drift
+    assert series(frozen, "training/rollout_mismatch_steps")[-1] > 0
+    assert "rollout and actor disagree" in frozen.output
+
+
+def test_a_flipped_advantage_unlearns(learning):
+    """SAM-R1's reward negated flips every GRPO advantage: the run drives the well-formed answers out."""
+    negated = learning("samr1", "negated")
+    # verl trains on the negated sum of the reward's components.
+    components = ("reward/tiered/mean", "reward/reasoning_format/mean", "reward/segmentation_format/mean")
+    for step in negated.steps:
+        assert step["data"][SCORE] == pytest.approx(-sum(step["data"][key] for key in components), abs=1e-6)
+    well_formed = "reward/well_formed/mean"
+    early = window_mean(negated.steps, well_formed, last=False)
+    late = window_mean(negated.steps, well_formed, last=True)
+    assert late < early - 0.2 and late < 0.2, series(negated, well_formed)
+
+
+# ------------------------------------------------------------------ a run killed twice is the uninterrupted run
+
+KILLED_STEPS = 3
+
+
+def logged_steps(run_dir: Path, since: set[Path]) -> list[dict]:
+    """The step records of the metrics files that appeared after ``since``."""
+    new = sorted(set((run_dir / "metrics").glob("*.jsonl")) - since)
+    return [json.loads(line) for path in new for line in path.read_text().splitlines() if line.strip()]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILLs ``pid`` and every process below it at once (Ray's workers start their own sessions, so a process
+    group kill would leave the trainer running long enough to finish what it was writing) and waits until all are
+    gone."""
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    _, alive = psutil.wait_procs(processes, timeout=60)
+    assert not alive, f"processes of the killed launch survive: {alive}"
+
+
+def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callable[[list[dict]], bool]) -> Launch:
+    """Runs ``argv`` and SIGKILLs it with every process it started (driver, Ray, workers) as soon as
+    ``kill_when(steps logged so far)`` holds; fails if the launch ends first."""
+    before = set((run_dir / "metrics").glob("*.jsonl"))
+    env = {**os.environ, "VERL_PLATFORM": "cpu"}
+    with log.open("w") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 1200
+        while not kill_when(logged_steps(run_dir, before)):
+            assert process.poll() is None, f"ended (exit {process.returncode}) before the kill; log in {log}"
+            assert time.monotonic() < deadline, f"no kill point within 1200 s; log in {log}"
+            time.sleep(0.01)
+        kill_tree(process.pid)
+        process.wait()
+    return Launch(argv, process.returncode, log.read_text(), logged_steps(run_dir, before))
+
+
+@pytest.fixture(scope="session")
+def killed_twice(tmp_path_factory):
+    """SAM-R1's learning run, 3 steps with a checkpoint after each: killed while it writes global_step_2, relaunched
+    (resumes from step 1), killed 5 s into step 3, relaunched (resumes from step 2) to the end."""
+    setup = setup_of("samr1", tmp_path_factory)
+    run_dir = setup.model.parent / "killed"
+    run_dir.mkdir()
+    checkpoints = run_dir / "checkpoints"
+    argv = command(
+        "samr1",
+        setup.inputs.train_files,
+        setup.model,
+        run_dir,
+        KILLED_STEPS,
+        [*setup.overrides, "trainer.save_freq=1", dump_rollouts(run_dir)],
+    )
+    writing = launch_and_kill(argv, run_dir, run_dir / "1.log", lambda _: (checkpoints / "global_step_2").is_dir())
+    after_first = {
+        "tracker": (checkpoints / TRACKER).read_text(),
+        "partial": not (checkpoints / "global_step_2" / COMPLETE_MARKER).exists(),
+    }
+    seen: dict[str, float] = {}
+
+    def into_step_3(steps: list[dict]) -> bool:
+        if any(step["step"] == 2 for step in steps):
+            seen.setdefault("at", time.monotonic())
+        return "at" in seen and time.monotonic() - seen["at"] > 5
+
+    stepping = launch_and_kill(argv, run_dir, run_dir / "2.log", into_step_3)
+    after_second = {"tracker": (checkpoints / TRACKER).read_text()}
+    finished = train(setup, run_dir, KILLED_STEPS, ["trainer.save_freq=1", dump_rollouts(run_dir)])
+    return {
+        "run_dir": run_dir,
+        "launches": {"writing": writing, "stepping": stepping, "finished": finished},
+        "after_first": after_first,
+        "after_second": after_second,
+    }
+
+
+def test_a_kill_while_writing_a_checkpoint_resumes_from_the_one_before(killed_twice):
+    writing, stepping = killed_twice["launches"]["writing"], killed_twice["launches"]["stepping"]
+    assert [step["step"] for step in writing.steps] == [1]
+    # The kill came while step 2 was written (verl logs a step after its checkpoint): its folder is partial.
+    assert killed_twice["after_first"] == {"tracker": "1", "partial": True}
+    assert "Resuming from" not in writing.output
+    assert "Resuming from" in stepping.output and "global_step_1, setting global step to 1" in stepping.output
+    assert [step["step"] for step in stepping.steps] == [2]
+
+
+def test_a_kill_in_the_middle_of_a_step_resumes_from_the_last_checkpoint(killed_twice):
+    finished = killed_twice["launches"]["finished"]
+    assert killed_twice["after_second"] == {"tracker": "2"}
+    assert "global_step_2, setting global step to 2" in finished.output
+    assert [step["step"] for step in finished.steps] == [3]
+
+
+def test_the_killed_run_saw_every_sample_once_and_the_same_as_the_uninterrupted_run(killed_twice, learning):
+    """Each step is logged once, its dumped samples are the batch's (1 prompt x n), and they, their scores and the
+    step's losses are the uninterrupted run's: full determinism makes a resume the same run."""
+    reference = learning("samr1", "learn")
+    killed_dir = killed_twice["run_dir"]
+    reference_dir = killed_dir.parent / "learn"
+    steps = [step for launch in killed_twice["launches"].values() for step in launch.steps]
+    assert sorted(step["step"] for step in steps) == [1, 2, 3]
+    n = int(next(o for o in CHECKS["samr1"].overrides if o.startswith("actor_rollout_ref.rollout.n=")).split("=")[1])
+    by_step = {step["step"]: step["data"] for step in reference.steps}
+    for step in steps:
+        number = step["step"]
+        samples = [json.loads(line) for line in (killed_dir / ROLLOUTS / f"{number}.jsonl").read_text().splitlines()]
+        expected = [
+            json.loads(line) for line in (reference_dir / ROLLOUTS / f"{number}.jsonl").read_text().splitlines()
+        ]
+        assert len(samples) == n
+        assert sorted((s["output"], s["score"]) for s in samples) == sorted((s["output"], s["score"]) for s in expected)
+        for key in (SCORE, "reward/well_formed/mean", "reward/tiered/mean"):
+            assert step["data"][key] == by_step[number][key], (number, key)
+        # The update itself may sum in another order after a restart: fp32 rounding, measured 3e-7 relative at most
+        # (grad norm, KL); a wrong weight, optimizer state or sample would move them by far more than 1e-5.
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss"):
+            assert step["data"][key] == pytest.approx(by_step[number][key], rel=1e-5, abs=1e-8), (number, key)
+    assert (killed_dir / "checkpoints" / "global_step_3" / COMPLETE_MARKER).is_file()
