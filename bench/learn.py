@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,10 @@ class LearnSetup:
     model: Path
     overrides: list[str] = field(default_factory=list)
 
+    def command(self, run_dir: Path, steps: int, extra: Sequence[str] = ()) -> list[str]:
+        """The recipe's entry point for ``steps`` steps on the warm-started model, with ``extra`` overrides."""
+        return command(self.recipe, self.inputs.train_files, self.model, run_dir, steps, [*self.overrides, *extra])
+
 
 def prepare(recipe: str, out_dir: Path) -> LearnSetup:
     """Builds ``recipe``'s smoke inputs under ``out_dir`` and warm-starts the tiny model on the run's prompts."""
@@ -177,7 +182,7 @@ def prepare(recipe: str, out_dir: Path) -> LearnSetup:
 
 def train(setup: LearnSetup, run_dir: Path, steps: int, extra: list[str] = ()) -> Launch:
     """One launch of the recipe's entry point on the warm-started model; raises when it fails."""
-    argv = command(setup.recipe, setup.inputs.train_files, setup.model, run_dir, steps, [*setup.overrides, *extra])
+    argv = setup.command(run_dir, steps, extra)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = launch(argv, run_dir / "train.log", {**os.environ, "VERL_PLATFORM": "cpu"})
     if done.returncode != 0:

@@ -75,7 +75,7 @@ def launch(argv: list[str], log: Path, env: dict[str, str]) -> Launch:
     """Runs ``argv``, echoing and saving its output; returns it with the steps its metrics file gained."""
     print(f"smoke: running {shlex.join(argv)}", flush=True)
     run_dir = Path(next(arg.split("=", 1)[1] for arg in argv if arg.startswith("samrl.output_dir=")))
-    before = set((run_dir / "metrics").glob("*.jsonl"))
+    before = metrics_files(run_dir)
     lines = []
     pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "env": env}
     with subprocess.Popen(argv, **pipe) as process, log.open("a") as sink:
@@ -83,9 +83,18 @@ def launch(argv: list[str], log: Path, env: dict[str, str]) -> Launch:
             sys.stdout.write(line)
             sink.write(line)
             lines.append(line)
-    new = sorted(set((run_dir / "metrics").glob("*.jsonl")) - before)
-    steps = [json.loads(line) for path in new for line in path.read_text().splitlines() if line.strip()]
-    return Launch(argv, process.returncode, "".join(lines), steps)
+    return Launch(argv, process.returncode, "".join(lines), logged_steps(run_dir, before))
+
+
+def metrics_files(run_dir: Path) -> set[Path]:
+    """verl's metrics files of a run (one per launch, ``trainer.logger`` ``file``)."""
+    return set((run_dir / "metrics").glob("*.jsonl"))
+
+
+def logged_steps(run_dir: Path, since: set[Path]) -> list[dict]:
+    """The step records of the run's metrics files that are not in ``since`` (the launches after it was taken)."""
+    new = sorted(metrics_files(run_dir) - since)
+    return [json.loads(line) for path in new for line in path.read_text().splitlines() if line.strip()]
 
 
 def summary(recipe: str, launches: list[Launch], run_dir: Path) -> str:

@@ -24,7 +24,7 @@ import pytest
 
 from bench.learn import CHECKS, FROZEN, NEGATED, STEPS, LearnSetup, learn_line, prepare, train, window_mean
 from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
-from recipe.smoke import Launch, command
+from recipe.smoke import Launch, logged_steps, metrics_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.learning, pytest.mark.timeout(3600)]
 
@@ -127,12 +127,6 @@ def test_a_flipped_advantage_unlearns(learning):
 KILLED_STEPS = 3
 
 
-def logged_steps(run_dir: Path, since: set[Path]) -> list[dict]:
-    """The step records of the metrics files that appeared after ``since``."""
-    new = sorted(set((run_dir / "metrics").glob("*.jsonl")) - since)
-    return [json.loads(line) for path in new for line in path.read_text().splitlines() if line.strip()]
-
-
 def kill_tree(pid: int) -> None:
     """SIGKILLs ``pid`` and every process below it at once (Ray's workers start their own sessions, so a process
     group kill would leave the trainer running long enough to finish what it was writing) and waits until all are
@@ -149,7 +143,7 @@ def kill_tree(pid: int) -> None:
 def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callable[[list[dict]], bool]) -> Launch:
     """Runs ``argv`` and SIGKILLs it with every process it started (driver, Ray, workers) as soon as
     ``kill_when(steps logged so far)`` holds; fails if the launch ends first."""
-    before = set((run_dir / "metrics").glob("*.jsonl"))
+    before = metrics_files(run_dir)
     env = {**os.environ, "VERL_PLATFORM": "cpu"}
     with log.open("w") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
@@ -171,14 +165,8 @@ def killed_twice(tmp_path_factory):
     run_dir = setup.model.parent / "killed"
     run_dir.mkdir()
     checkpoints = run_dir / "checkpoints"
-    argv = command(
-        "samr1",
-        setup.inputs.train_files,
-        setup.model,
-        run_dir,
-        KILLED_STEPS,
-        [*setup.overrides, "trainer.save_freq=1", dump_rollouts(run_dir)],
-    )
+    saving = ["trainer.save_freq=1", dump_rollouts(run_dir)]
+    argv = setup.command(run_dir, KILLED_STEPS, saving)
     writing = launch_and_kill(argv, run_dir, run_dir / "1.log", lambda _: (checkpoints / "global_step_2").is_dir())
     after_first = {
         "tracker": (checkpoints / TRACKER).read_text(),
@@ -193,7 +181,7 @@ def killed_twice(tmp_path_factory):
 
     stepping = launch_and_kill(argv, run_dir, run_dir / "2.log", into_step_3)
     after_second = {"tracker": (checkpoints / TRACKER).read_text()}
-    finished = train(setup, run_dir, KILLED_STEPS, ["trainer.save_freq=1", dump_rollouts(run_dir)])
+    finished = train(setup, run_dir, KILLED_STEPS, saving)
     return {
         "run_dir": run_dir,
         "launches": {"writing": writing, "stepping": stepping, "finished": finished},

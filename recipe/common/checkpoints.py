@@ -27,12 +27,16 @@ def step_folder(root: Path, step: int) -> Path:
     return root / f"global_step_{step}"
 
 
-def complete_steps(root: Path) -> list[int]:
-    """The steps under ``root`` whose folder holds every part of the checkpoint, ascending."""
+def step_folders(root: Path) -> list[tuple[int, Path]]:
+    """The ``(step, folder)`` of every ``global_step_<N>`` under ``root``, complete or not, by step."""
     if not root.is_dir():
         return []
-    steps = [int(m.group(1)) for path in root.iterdir() if (m := STEP_FOLDER.fullmatch(path.name))]
-    return sorted(step for step in steps if (step_folder(root, step) / COMPLETE_MARKER).is_file())
+    return sorted((int(m.group(1)), path) for path in root.iterdir() if (m := STEP_FOLDER.fullmatch(path.name)))
+
+
+def complete_steps(root: Path) -> list[int]:
+    """The steps under ``root`` whose folder holds every part of the checkpoint, ascending."""
+    return [step for step, folder in step_folders(root) if (folder / COMPLETE_MARKER).is_file()]
 
 
 def tracked_step(root: Path) -> int | None:

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,12 +27,12 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from recipe.common.checkpoints import step_folders
 from recipe.common.compose import compose_recipe
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.runner import RUN_FILE, run_fingerprint
 from recipe.evaluate.summary import DATASET_LABELS, dataset_order, markdown_table
 
-STEP_DIR = re.compile(r"global_step_(\d+)")
 METRICS = ("gIoU", "cIoU")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
@@ -45,8 +44,7 @@ class CheckpointError(Exception):
 def find_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """The ``(step, directory)`` of every ``global_step_*`` under ``run/checkpoints`` (or ``run`` itself), by step."""
     root = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    found = [(int(m.group(1)), path) for path in root.glob("global_step_*") if (m := STEP_DIR.fullmatch(path.name))]
-    return sorted(found)
+    return step_folders(root)
 
 
 def _last_line(text: str) -> str:
