@@ -1,12 +1,17 @@
-"""Training improves the policy, controls that must not learn do not, and a resumed or killed run is the same run.
+"""Training improves the policy, controls that must not learn do not, and a killed run is the uninterrupted run.
 
 Each recipe's warm-started tiny model (``bench.warm_start``) is trained with the recipe's own entry point on the CPU
-(``bench.learn``): its score must rise by the recipe's margin over its first steps and over a control run whose
-rollout never receives the new weights. SAM-R1 also runs with its reward negated, which flips every GRPO advantage:
-that run must unlearn. Every run samples under ``rollout.full_determinism``, so SAM-R1's learning run is also the
-uninterrupted reference of a run killed twice (while it writes its step-2 checkpoint, then in the middle of step 3)
-and resumed: its steps and samples must be the reference's, none lost and none repeated. Each launch is one
-``python -m recipe.<recipe>.main``; the runs are shared by the tests that read them.
+(``bench.learn``), every run sampling under ``rollout.full_determinism``, so runs that share a step share its random
+draws. Two tiers:
+
+- In ``make test`` (CI): SAM-R1's first 3 steps, the same 3 steps with the rollout's weight sync off and with the
+  reward negated (the controls), and the run killed twice (while it writes its step-2 checkpoint, then in the
+  middle of step 3) and resumed, which must be the uninterrupted run sample for sample. The killed run is also the
+  project's SAM-R1 smoke run through verl's trainer: checkpoints, resume, gallery, ``make eval-checkpoints``.
+- With ``pytest --learning`` (``make test-learn``, about 40 more minutes): both recipes' 14-step learning runs, whose
+  score must rise by the recipe's margin over their first steps and over a frozen-rollout control.
+
+Each launch is one ``python -m recipe.<recipe>.main``; the runs are shared by the tests that read them.
 """
 
 from __future__ import annotations
@@ -26,13 +31,30 @@ from bench.learn import CHECKS, FROZEN, NEGATED, STEPS, LearnSetup, learn_line, 
 from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
 from recipe.smoke import Launch, logged_steps, metrics_files
 
-pytestmark = [pytest.mark.slow, pytest.mark.learning, pytest.mark.timeout(3600)]
+from support.trainer_runs import (
+    assert_checkpoints_hold_model_optimizer_and_data_state,
+    assert_eval_checkpoints_evaluates_every_step,
+    assert_gallery_shows_what_the_reward_computed,
+    printed_steps,
+)
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+learning_tier = pytest.mark.learning
+
+START_STEPS = 3
+"""The CI runs' length: without weight sync the rollout has drifted past the mismatch bound by step 3, and with the
+advantage flipped the well-formed answers are gone by then (bench-learn's runs)."""
 CONTROL_STEPS = 6
-"""The controls' length: a frozen rollout's drift passes the mismatch bound by step 4 and a flipped advantage has
-driven the well-formed answers out by then (bench-learn's runs); their windows are their last 3 steps."""
-VARIANTS = {"learn": (STEPS, []), "frozen": (CONTROL_STEPS, FROZEN), "negated": (CONTROL_STEPS, NEGATED)}
+"""The learning tier's frozen control: its window is its last 3 steps."""
+VARIANTS = {
+    "start": (START_STEPS, []),
+    "frozen_start": (START_STEPS, FROZEN),
+    "negated_start": (START_STEPS, NEGATED),
+    "learn": (STEPS, []),
+    "frozen": (CONTROL_STEPS, FROZEN),
+}
 SCORE = "critic/score/mean"
+WELL_FORMED = "reward/well_formed/mean"
 ROLLOUTS = "rollouts"
 """verl's per-step dump of every sample (``trainer.rollout_data_dir``), under each run's folder."""
 
@@ -71,6 +93,7 @@ def series(launch: Launch, key: str) -> list[float]:
     return [step["data"][key] for step in sorted(launch.steps, key=lambda step: step["step"])]
 
 
+@learning_tier
 @pytest.mark.parametrize("recipe", list(CHECKS))
 def test_training_raises_the_score_past_chance_and_past_a_frozen_rollout(learning, recipe):
     learned, frozen = learning(recipe, "learn"), learning(recipe, "frozen")
@@ -83,10 +106,10 @@ def test_training_raises_the_score_past_chance_and_past_a_frozen_rollout(learnin
     assert late - early > margin, series(learned, SCORE)
     assert late - frozen_late > margin, (series(learned, SCORE), series(frozen, SCORE))
     # What rose is the share of the model's well-formed answers, not only the score.
-    well_formed = "reward/well_formed/mean"
-    assert window_mean(learned.steps, well_formed, last=True) > window_mean(learned.steps, well_formed, last=False)
+    assert window_mean(learned.steps, WELL_FORMED, last=True) > window_mean(learned.steps, WELL_FORMED, last=False)
 
 
+@learning_tier
 def test_samr1_learns_the_tiered_iou_reward(learning):
     """The box-only segmenter makes the IoU follow the answer: the right box's tier is learned, not only the format."""
     learned = learning("samr1", "learn")
@@ -94,14 +117,12 @@ def test_samr1_learns_the_tiered_iou_reward(learning):
     assert window_mean(learned.steps, tiered, last=True) > window_mean(learned.steps, tiered, last=False) + 1.0
 
 
-@pytest.mark.parametrize("recipe", list(CHECKS))
-def test_the_rollout_samples_the_policy_being_trained(learning, recipe):
+def assert_rollout_follows_the_actor(synced: Launch, frozen: Launch) -> None:
     """With weight sync the rollout's token probabilities are the actor's (fp32 both: float noise); without it they
     drift apart as the actor trains, and every step past the bound is warned about and counted."""
-    learned, frozen = learning(recipe, "learn"), learning(recipe, "frozen")
-    assert max(series(learned, "training/rollout_probs_diff_max")) < 0.05
-    assert series(learned, "training/rollout_mismatch_steps")[-1] == 0
-    assert "rollout and actor disagree" not in learned.output
+    assert max(series(synced, "training/rollout_probs_diff_max")) < 0.05
+    assert series(synced, "training/rollout_mismatch_steps")[-1] == 0
+    assert "rollout and actor disagree" not in synced.output
     drift = series(frozen, "training/rollout_probs_diff_max")
     # Step 1 samples the weights both sides start from; after the first update the actor has moved away.
     assert drift[0] < 0.05 and max(drift[1:]) > 0.5, drift
@@ -109,22 +130,34 @@ def test_the_rollout_samples_the_policy_being_trained(learning, recipe):
     assert "rollout and actor disagree" in frozen.output
 
 
+def test_samr1_rollout_samples_the_policy_being_trained(learning):
+    assert_rollout_follows_the_actor(learning("samr1", "start"), learning("samr1", "frozen_start"))
+
+
+@learning_tier
+def test_veteran_rollout_samples_the_policy_being_trained(learning):
+    assert_rollout_follows_the_actor(learning("veteran", "learn"), learning("veteran", "frozen"))
+
+
 def test_a_flipped_advantage_unlearns(learning):
-    """SAM-R1's reward negated flips every GRPO advantage: the run drives the well-formed answers out."""
-    negated = learning("samr1", "negated")
+    """SAM-R1's reward negated flips every GRPO advantage: within 3 steps the run drives the well-formed answers out,
+    while the same 3 steps with the reward's sign kept (the same random draws) keep them."""
+    negated, kept = learning("samr1", "negated_start"), learning("samr1", "start")
     # verl trains on the negated sum of the reward's components.
     components = ("reward/tiered/mean", "reward/reasoning_format/mean", "reward/segmentation_format/mean")
     for step in negated.steps:
         assert step["data"][SCORE] == pytest.approx(-sum(step["data"][key] for key in components), abs=1e-6)
-    well_formed = "reward/well_formed/mean"
-    early = window_mean(negated.steps, well_formed, last=False)
-    late = window_mean(negated.steps, well_formed, last=True)
-    assert late < early - 0.2 and late < 0.2, series(negated, well_formed)
+    flipped, same = series(negated, WELL_FORMED), series(kept, WELL_FORMED)
+    # Step 1 samples the warm start in both runs with the same seeds: the same answers.
+    assert flipped[0] == same[0], (flipped, same)
+    assert flipped[-1] < 0.2 and flipped[-1] < same[-1] - 0.3, (flipped, same)
 
 
 # ------------------------------------------------------------------ a run killed twice is the uninterrupted run
 
-KILLED_STEPS = 3
+KILLED_STEPS = START_STEPS
+GALLERY = ["samrl.gallery.every_n_steps=1", "trainer.logger=[console,file,tensorboard]"]
+"""The killed run also draws a gallery every step, with TensorBoard beside verl's metrics file."""
 
 
 def kill_tree(pid: int) -> None:
@@ -159,13 +192,13 @@ def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callab
 
 @pytest.fixture(scope="session")
 def killed_twice(tmp_path_factory):
-    """SAM-R1's learning run, 3 steps with a checkpoint after each: killed while it writes global_step_2, relaunched
-    (resumes from step 1), killed 5 s into step 3, relaunched (resumes from step 2) to the end."""
+    """SAM-R1's first 3 steps with a checkpoint after each: killed while it writes global_step_2, relaunched (resumes
+    from step 1), killed 5 s into step 3, relaunched (resumes from step 2) to the end."""
     setup = setup_of("samr1", tmp_path_factory)
     run_dir = setup.model.parent / "killed"
     run_dir.mkdir()
     checkpoints = run_dir / "checkpoints"
-    saving = ["trainer.save_freq=1", dump_rollouts(run_dir)]
+    saving = ["trainer.save_freq=1", dump_rollouts(run_dir), *GALLERY]
     argv = setup.command(run_dir, KILLED_STEPS, saving)
     writing = launch_and_kill(argv, run_dir, run_dir / "1.log", lambda _: (checkpoints / "global_step_2").is_dir())
     after_first = {
@@ -210,9 +243,9 @@ def test_a_kill_in_the_middle_of_a_step_resumes_from_the_last_checkpoint(killed_
 def test_the_killed_run_saw_every_sample_once_and_the_same_as_the_uninterrupted_run(killed_twice, learning):
     """Each step is logged once, its dumped samples are the batch's (1 prompt x n), and they, their scores and the
     step's losses are the uninterrupted run's: full determinism makes a resume the same run."""
-    reference = learning("samr1", "learn")
+    reference = learning("samr1", "start")
     killed_dir = killed_twice["run_dir"]
-    reference_dir = killed_dir.parent / "learn"
+    reference_dir = killed_dir.parent / "start"
     steps = [step for launch in killed_twice["launches"].values() for step in launch.steps]
     assert sorted(step["step"] for step in steps) == [1, 2, 3]
     n = int(next(o for o in CHECKS["samr1"].overrides if o.startswith("actor_rollout_ref.rollout.n=")).split("=")[1])
@@ -232,3 +265,47 @@ def test_the_killed_run_saw_every_sample_once_and_the_same_as_the_uninterrupted_
         for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss"):
             assert step["data"][key] == pytest.approx(by_step[number][key], rel=1e-5, abs=1e-8), (number, key)
     assert (killed_dir / "checkpoints" / "global_step_3" / COMPLETE_MARKER).is_file()
+
+
+# ------------------------------------------------------------------ the killed run is also SAM-R1's smoke run
+
+
+def killed_steps(killed_twice) -> dict[int, dict]:
+    return {step["step"]: step["data"] for launch in killed_twice["launches"].values() for step in launch.steps}
+
+
+def test_verl_prints_every_step_from_the_task_runner(killed_twice):
+    launches = killed_twice["launches"]
+    assert [printed_steps(launches[name].output) for name in ("writing", "stepping", "finished")] == [[1], [2], [3]]
+
+
+def test_checkpoints_hold_model_optimizer_and_data_state(killed_twice):
+    assert_checkpoints_hold_model_optimizer_and_data_state(killed_twice["run_dir"], [1, 2, 3])
+
+
+def test_a_resumed_launch_carries_the_trained_policy_and_the_data_state(killed_twice):
+    finished = killed_twice["launches"]["finished"].output
+    assert "No dataloader state found" not in finished and "Training from scratch" not in finished
+    steps = killed_steps(killed_twice)
+    # A fresh actor equals the reference (KL 0, as at step 1); a resumed one carries the steps trained before.
+    assert steps[1]["actor/kl_loss"] == 0.0
+    assert steps[2]["actor/kl_loss"] > 0.0 and steps[3]["actor/kl_loss"] > 0.0
+
+
+def test_every_step_trains_on_the_papers_reward_components(killed_twice):
+    for step, metrics in killed_steps(killed_twice).items():
+        rewards = {key.removeprefix("reward/").removesuffix("/mean") for key in metrics if key.startswith("reward/")}
+        components = {"score", "iou", "tiered", "reasoning_format", "segmentation_format", "sam_called"}
+        assert components <= rewards and "failure/none" in rewards, (step, sorted(rewards))
+        assert metrics["actor/grad_norm"] > 0.0 and metrics["actor/pg_loss"] != 0.0, step
+        assert metrics["critic/score/max"] > metrics["critic/score/min"], step
+        # One update per step (policy_updates=on_policy): old log-probs are the current policy's, the ratio is 1.
+        assert metrics["actor/pg_clipfrac"] == 0.0, step
+
+
+def test_every_step_draws_a_gallery_of_what_the_reward_computed(killed_twice):
+    assert_gallery_shows_what_the_reward_computed("samr1", killed_twice["run_dir"], killed_steps(killed_twice))
+
+
+def test_eval_checkpoints_evaluates_every_step_of_the_run(killed_twice, tmp_path):
+    assert_eval_checkpoints_evaluates_every_step(killed_twice["run_dir"], [1, 2, 3], tmp_path)

@@ -1,7 +1,9 @@
-"""Both recipes through verl's real trainer on the CPU: ``python -m recipe.smoke``, run once per recipe and shared.
+"""SAM-Veteran through verl's real trainer on the CPU: ``python -m recipe.smoke veteran``, run once and shared.
 
-Each run is the README's ``make smoke`` for one recipe: the recipe's entry point with ``+smoke=cpu`` for 2 steps
-(a checkpoint after each), then again to step 3, resumed by verl from step 2.
+The run is the README's ``make smoke`` for SAM-Veteran: the recipe's entry point with ``+smoke=cpu`` for 2 steps
+(a checkpoint after each), then again to step 3, resumed by verl from step 2: every task loop, dynamic sampling and
+the tiny SAM2 in the reward. SAM-R1's run through the trainer is its killed-and-resumed run in test_learning.py,
+which also carries what the smoke run of SAM-R1 checked (checkpoints, resume, gallery, ``make eval-checkpoints``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
-# The first test of each recipe runs it: veteran's two launches took 540 s on 2 cores (samr1's fewer), near the default.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+from support.trainer_runs import (
+    ROOT,
+    assert_checkpoints_hold_model_optimizer_and_data_state,
+    assert_gallery_shows_what_the_reward_computed,
+    printed_steps,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-STEP_LINE = re.compile(r"^(?:\x1b\[\d+m)?\(SamTaskRunner pid=\d+\)(?:\x1b\[0m)? step:(\d+) - ", re.MULTILINE)
+# The first test runs it: its two launches took 540 s on 2 cores, near the default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @dataclass
@@ -59,7 +65,7 @@ def real_run(tmp_path_factory):
     return run
 
 
-RECIPES = ["samr1", "veteran"]
+RECIPES = ["veteran"]
 # The CPU preset draws no gallery; these runs draw one every step, with TensorBoard beside verl's metrics file.
 GALLERY = ["--override", "samrl.gallery.every_n_steps=1", "--override", "trainer.logger=[console,file,tensorboard]"]
 
@@ -76,22 +82,14 @@ def test_smoke_line_ends_the_run(real_run, recipe):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_verl_prints_every_step_from_the_task_runner(real_run, recipe):
     run = real_run(recipe)
-    assert [int(s) for s in STEP_LINE.findall(run.launches[0])] == [1, 2]
-    assert [int(s) for s in STEP_LINE.findall(run.launches[1])] == [3]
+    assert printed_steps(run.launches[0]) == [1, 2]
+    assert printed_steps(run.launches[1]) == [3]
     assert sorted(run.steps) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_checkpoints_hold_model_optimizer_and_data_state(real_run, recipe):
-    run = real_run(recipe)
-    checkpoints = run.run_dir / "checkpoints"
-    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
-    for step in (1, 2, 3):
-        folder = checkpoints / f"global_step_{step}"
-        actor = folder / "actor"
-        for part in ("model", "optim", "extra_state"):
-            assert (actor / f"{part}_world_size_1_rank_0.pt").is_file(), (step, part)
-        assert (folder / "data.pt").is_file()
+    assert_checkpoints_hold_model_optimizer_and_data_state(real_run(recipe).run_dir, [1, 2, 3])
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -148,12 +146,6 @@ def test_several_policy_updates_make_the_clip_bounds_act(tmp_path):
     assert step["data"]["actor/pg_clipfrac"] > 0.0 and step["data"]["actor/ppo_kl"] != 0.0
 
 
-def test_samr1_rewards_carry_the_papers_components(real_run):
-    metrics = real_run("samr1").steps[1]
-    for component in ("iou", "tiered", "reasoning_format", "segmentation_format", "sam_called"):
-        assert f"reward/{component}/mean" in metrics
-
-
 def test_veteran_runs_every_task_loop_with_dynamic_sampling(real_run):
     run = real_run("veteran")
     for step, metrics in run.steps.items():
@@ -162,86 +154,7 @@ def test_veteran_runs_every_task_loop_with_dynamic_sampling(real_run):
         assert metrics["reward/ds_attempts/mean"] >= 1.0 and metrics["reward/ds_generated/mean"] >= 2.0, step
 
 
-def _coco(rle):
-    return {"size": rle["size"], "counts": rle["counts"].encode()}
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_step_draws_a_gallery_of_what_the_reward_computed(real_run, recipe):
-    """The gallery's masks are the reward's: SAM-R1's recorded mask has the reward's IoU by pycocotools, and each
-    SAM-Veteran task records what it was scored on; the pictures reach TensorBoard, read back by its own reader."""
-    from pycocotools import mask as mask_utils
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run = real_run(recipe)
-    drawn = 0
-    for step, metrics in run.steps.items():
-        assert metrics["gallery/errors"] == 0 and metrics["gallery/rollouts"] >= 1, step
-        page_dir = run.run_dir / "gallery" / f"step_{step:06d}"
-        pictures = re.findall(r'src="([^"]+\.png)"', (page_dir / "index.html").read_text())
-        assert len(pictures) == metrics["gallery/rollouts"] and all((page_dir / p).is_file() for p in pictures)
-        for line in (page_dir / "rollouts.jsonl").read_text().splitlines():
-            rollout = json.loads(line)
-            truth, reward, task = _coco(rollout["truth"]), rollout["reward"], rollout["labels"].get("task")
-            masks = [s for s in rollout["steps"] if s["mask"] is not None]
-            if recipe == "samr1":
-                assert len(rollout["steps"]) == reward["sam_called"]
-                for sam_step in masks:
-                    iou = mask_utils.iou([_coco(sam_step["mask"])], [truth], [0])[0][0]
-                    assert iou == pytest.approx(reward["iou"], abs=1e-6) == sam_step["iou"]
-            elif task == "workflow":
-                assert len(rollout["steps"]) == reward["turns"]
-                if masks and masks[-1] is rollout["steps"][-1]:  # ended on a mask: the one the reward kept
-                    assert masks[-1]["iou"] == pytest.approx(reward["final_edge_iou"])
-            elif task == "auxiliary":
-                assert not masks, "the auxiliary task never calls SAM2"
-            else:
-                assert len(masks) == reward["sam_called"]
-                assert all(s["iou"] == pytest.approx(reward["sam_iou"]) for s in masks)
-            drawn += 1
-    assert drawn >= len(run.steps)
-    (events,) = {path.parent for path in (run.run_dir / "tensorboard").rglob("events.out.tfevents.*")}
-    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
-    accumulator.Reload()
-    assert "gallery/0" in accumulator.Tags()["images"]
-    assert {event.step for event in accumulator.Images("gallery/0")} == set(run.steps)
-
-
-def test_eval_checkpoints_evaluates_every_step_of_the_run(real_run, tmp_path):
-    """``make eval-checkpoints`` on the real run's checkpoints: verl's merger, the evaluator (tiny SAM2), a plot."""
-    from PIL import Image
-
-    from data_prep.smoke import build_eval_sets
-
-    run = real_run("samr1")
-    eval_dir = build_eval_sets(tmp_path / "data")
-    out = tmp_path / "eval_checkpoints"
-    command = [sys.executable, "-m", "recipe.evaluate.checkpoints", "--run", str(run.run_dir), "--data", str(eval_dir)]
-    command += ["--mode", "samr1", "--out", str(out), "reward_server=tiny_cpu", "model.backend=transformers"]
-    command += ["data.limit=2", "generation.max_new_tokens=24", "generation.batch_size=4", "report=false"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    result = json.loads((out / "checkpoints.json").read_text())
-    assert result["failures"] == []
-    assert [point["step"] for point in result["points"]] == [1, 2, 3]
-    for point in result["points"]:
-        step_dir = out / f"global_step_{point['step']}"
-        assert Path(point["output_dir"]) == step_dir / "eval"
-        summary = json.loads((step_dir / "eval" / "summary.json").read_text())
-        # The evaluation is the one of this checkpoint's merged model.
-        assert json.loads((step_dir / "eval" / "run.json").read_text())["model"] == str((step_dir / "model").resolve())
-        assert summary["method"] == f"global_step_{point['step']}"
-        assert set(point["datasets"]) == set(summary["datasets"]) == {"refcocog_test", "reasonseg_val"}
-        for name, entry in point["datasets"].items():
-            assert {"gIoU", "cIoU", "box_acc"} <= entry.keys()
-            for key, value in entry.items():
-                assert value == pytest.approx(summary["datasets"][name][key], nan_ok=True), (point["step"], name, key)
-    with Image.open(out / "plot.png") as plot:
-        plot.load()
-        assert plot.width > 0 and plot.height > 0
-    table = (out / "table.md").read_text()
-    assert "| step 3 |" in table and "Best step per dataset" in table
-    # A rerun finds every evaluation finished: nothing is merged or evaluated again.
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
-    assert again.stdout.count("evaluated earlier") == 3 and "merging" not in again.stdout
+    assert_gallery_shows_what_the_reward_computed(recipe, run.run_dir, run.steps)
