@@ -32,8 +32,8 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The learning checks (tests/test_learning.py): both recipes learn, their controls do not, a killed run resumes as
-# the same run. About an hour on 2 cores, so not part of make test.
+# The learning checks of tests/test_learning.py, both tiers: make test's (SAM-R1's first steps, its two controls, a run
+# killed twice) and both recipes' 14-step learning runs with their frozen-rollout controls, which only this runs.
 test-learn: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m pytest --learning tests/test_learning.py $(PYTEST_ARGS)
 

@@ -177,7 +177,8 @@ def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callab
     """Runs ``argv`` and SIGKILLs it with every process it started (driver, Ray, workers) as soon as
     ``kill_when(steps logged so far)`` holds; fails if the launch ends first."""
     before = metrics_files(run_dir)
-    env = {**os.environ, "VERL_PLATFORM": "cpu"}
+    # Unbuffered, as on a terminal: the driver prints what Ray's workers print; a SIGKILL drops a file buffer's tail.
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1"}
     with log.open("w") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 1200
