@@ -38,24 +38,19 @@ OVERRIDES = [
     "actor_rollout_ref.actor.optim.lr=0.05",
 ]
 
-_RUN: dict[str, tuple[Launch, Path]] = {}
-
 
 @pytest.fixture(scope="session")
 def veteran_run(tmp_path_factory) -> tuple[Launch, dict[int, dict], Path]:
     """The launch, its steps by number and its output folder."""
-    if RECIPE not in _RUN:
-        from data_prep.smoke import build_smoke_inputs
+    from data_prep.smoke import build_smoke_inputs
 
-        out = tmp_path_factory.mktemp("smoke_veteran")
-        inputs = build_smoke_inputs(out, RECIPE, PROMPTS[RECIPE])
-        run_dir = out / "run"
-        run_dir.mkdir()
-        argv = command(RECIPE, inputs.train_files, inputs.model, run_dir, STEPS, OVERRIDES)
-        done = launch(argv, run_dir / "train.log", {**os.environ, "VERL_PLATFORM": "cpu"})
-        assert done.returncode == 0, done.output[-6000:]
-        _RUN[RECIPE] = (done, run_dir)
-    done, run_dir = _RUN[RECIPE]
+    out = tmp_path_factory.mktemp("smoke_veteran")
+    inputs = build_smoke_inputs(out, RECIPE, PROMPTS[RECIPE])
+    run_dir = out / "run"
+    run_dir.mkdir()
+    argv = command(RECIPE, inputs.train_files, inputs.model, run_dir, STEPS, OVERRIDES)
+    done = launch(argv, run_dir / "train.log", {**os.environ, "VERL_PLATFORM": "cpu"})
+    assert done.returncode == 0, done.output[-6000:]
     return done, {step["step"]: step["data"] for step in done.steps}, run_dir
 
 
