@@ -212,18 +212,23 @@ def test_a_cuda_run_needs_torch_to_reach_the_gpu(machine, monkeypatch):
     assert check_driver(good(machine, "samr1", "trainer.device=cpu")) == []
 
 
-def test_triton_needs_a_compiler_and_python_headers_when_compiling(machine, monkeypatch):
+def test_a_gpu_run_needs_a_compiler_and_python_headers_even_in_eager_mode(machine, monkeypatch):
+    """vLLM 0.24 runs Qwen2.5-VL's M-RoPE as a Triton kernel when eager mode switches its custom ops on
+    (``VllmConfig.__post_init__`` adds "all" without compilation; ``MRotaryEmbedding.forward_cuda``)."""
+    assert check_compiler(good(machine, "samr1")) == []
     monkeypatch.setattr(pf, "_c_compiler", lambda: None)
-    (error,) = check_compiler(good(machine, "samr1"))
-    assert "C compiler" in error and "apt-get install" in error
-    assert fixed_by(error) == [
+    every_switch_off = (
         "actor_rollout_ref.rollout.enforce_eager=true",
-        "actor_rollout_ref.actor.use_torch_compile=false",
-    ]
-    assert check_compiler(good(machine, "samr1", *fixed_by(error))) == []
+        "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
+        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=false",
+        "reward_server.engine.compile_encoder=false",
+    )
+    (error,) = check_compiler(good(machine, "samr1", *every_switch_off))
+    assert "C compiler" in error and "apt-get install gcc" in error and "eager" in error
+    assert fixed_by(error) == []  # nothing to set: install them
     monkeypatch.setattr(pf, "_python_header", lambda: machine / "absent" / "Python.h")
-    (error,) = check_compiler(good(machine, "samr1", "reward_server.engine.compile_encoder=true"))
-    assert "Python.h" in error and "reward_server.engine.compile_encoder=false" in error
+    (error,) = check_compiler(good(machine, "veteran"))
+    assert "C compiler" in error and f"Python.h ({machine / 'absent'})" in error
     assert check_compiler(good(machine, "samr1", "trainer.device=cpu")) == []
 
 

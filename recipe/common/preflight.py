@@ -284,30 +284,26 @@ def _python_header() -> Path:
 
 @_never_raises
 def check_compiler(config: DictConfig) -> list[str]:
-    """Triton compiles a C launcher at run time for vLLM's compiled graphs, verl's and SAM2's ``torch.compile``."""
+    """Triton builds a C launcher at run time for each kernel it compiles, and a GPU run always has one to compile.
+
+    vLLM 0.24 does in every mode: eager mode (``enforce_eager``) turns its compiled graphs off but its custom ops on,
+    and the op for Qwen2-VL's 3D rotary positions is a Triton kernel (``MRotaryEmbedding.forward_cuda``). Turning
+    verl's or SAM2's ``torch.compile`` off would only move the failure to the first rollout, so no switch is offered.
+    """
     if not _on_gpu(config):
         return []
-    actor_rollout_ref = config.actor_rollout_ref
-    use_compile = bool(actor_rollout_ref.actor.get("use_torch_compile", True))
-    switches = {
-        "actor_rollout_ref.rollout.enforce_eager=true": not actor_rollout_ref.rollout.get("enforce_eager", False),
-        "actor_rollout_ref.actor.use_torch_compile=false": use_compile,
-        "actor_rollout_ref.ref.use_torch_compile=false": not use_compile
-        and bool(actor_rollout_ref.ref.get("use_torch_compile", False)),
-        "reward_server.engine.compile_encoder=false": server_config(config.reward_server).engine.compile_encoder,
-    }
-    overrides = [override for override, on in switches.items() if on]
     missing = []
     if _c_compiler() is None:
         missing.append("a C compiler (gcc, clang or $CC)")
     if not _python_header().is_file():
         missing.append(f"Python.h ({_python_header().parent})")
-    if not overrides or not missing:
+    if not missing:
         return []
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     return [
-        f"no {' and no '.join(missing)}, which Triton needs to build its kernel launchers at run time: install them "
-        f"(apt-get install gcc python{version}-dev), or turn compilation off: {' '.join(overrides)}"
+        f"no {' and no '.join(missing)}, which Triton needs to build its kernels at run time: install them "
+        f"(apt-get install gcc python{version}-dev); vLLM's rollout compiles Triton kernels (M-RoPE) also in eager "
+        "mode, so no compile switch avoids them"
     ]
 
 
