@@ -63,3 +63,17 @@ def test_full_determinism_reaches_every_worker(monkeypatch, tmp_path, tiny_qwen_
         assert seen[where]["VERL_PLATFORM"] == "cpu"
         assert seen[where]["TENSORBOARD_DIR"] == str(tmp_path / "run" / "tensorboard")
     assert seen["gpus"] == 1  # the CPU platform's virtual GPU, one per verl worker
+
+
+@pytest.mark.parametrize(("recipe", "overrides"), [("samr1", []), ("veteran", ["data.max_response_length=5216"])])
+def test_vllm_is_sized_for_the_runs_longest_sequence_not_the_models_context(recipe, overrides):
+    """verl would hand vLLM Qwen2.5-VL's 128,000 positions; the run's sequences are prompt plus response."""
+    config = compose_recipe(recipe, overrides)
+    assert config.actor_rollout_ref.rollout.max_model_len is None  # what verl replaces by max_position_embeddings
+    launcher.size_rollout_context(config)
+    longest = config.data.max_prompt_length + config.data.max_response_length
+    assert config.actor_rollout_ref.rollout.max_model_len == longest
+
+    chosen = compose_recipe(recipe, [*overrides, "actor_rollout_ref.rollout.max_model_len=8192"])
+    launcher.size_rollout_context(chosen)
+    assert chosen.actor_rollout_ref.rollout.max_model_len == 8192  # a user's own value stays

@@ -105,9 +105,25 @@ def _dashboard_url() -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def size_rollout_context(config: DictConfig) -> None:
+    """Sets vLLM's context (``rollout.max_model_len``), where the run leaves it unset, to its longest sequence.
+
+    verl 0.9.1 then passes the model's ``max_position_embeddings`` (128,000 for Qwen2.5-VL): vLLM's start-up check
+    that one such sequence fits its KV cache (about 6.8 GiB at 57,344 B a token for the 7B) passes or fails on a
+    margin nobody sized, and its scheduler plans for sequences 50 times longer than ours. A sequence is at most the
+    prompt plus the response, every turn of the workflow loop included: the loop ends a conversation at
+    ``max_response_length``, and verl caps each turn's new tokens at what the context has left.
+    """
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.get("max_model_len") is None:
+        with open_dict(config):
+            rollout.max_model_len = int(config.data.max_prompt_length) + int(config.data.max_response_length)
+
+
 def launch(config: DictConfig) -> None:
     """Trains with ``config``; exits with status 2 and one line per problem when preflight fails."""
     absolute_paths(config)  # the TaskRunner may run on another node, in another working directory
+    size_rollout_context(config)
     from recipe.cpu import selected
 
     # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
