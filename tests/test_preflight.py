@@ -248,12 +248,25 @@ def test_veterans_paper_layout_gets_a_complete_override_that_fits(machine):
     validate_config(fixed, use_reference_policy=need_reference_policy(fixed), use_critic=need_critic(fixed))
 
 
+def test_the_gpu_advice_keeps_whole_rollout_replicas(machine):
+    """verl builds ``GPUs // (tensor x data x pipeline parallel)`` vLLM replicas and leaves the rest idle
+    (``LLMServerManager._initialize_llm_servers``): Table 9's 32B model shards vLLM over 4 GPUs."""
+    qwen_32b = "+veteran_ablation=qwen_32b"
+    (error,) = check_gpus(good(machine, "veteran", qwen_32b), 8)  # 8 for verl + 1 for SAM2 do not fit
+    assert fixed_by(error)[0] == "trainer.n_gpus_per_node=4"  # not 7: one replica and 3 idle GPUs
+    fixed = good(machine, "veteran", qwen_32b, *fixed_by(error))
+    assert check_gpus(fixed, 8) == [] and check_batch_sizes(fixed) == []
+    (error,) = check_batch_sizes(good(machine, "veteran", qwen_32b, "trainer.n_gpus_per_node=7"))
+    assert "rollout replicas of 4" in error and "build 1 and leave 3 idle" in error
+    assert "no room is left for one rollout replica of 4" in check_gpus(good(machine, "veteran", qwen_32b), 4)[0]
+
+
 def test_gpu_count_messages(machine):
     (error,) = check_gpus(compose("samr1", "trainer.n_gpus_per_node=8"), 8)
     assert "lower trainer.n_gpus_per_node" in error and fixed_by(error) == ["trainer.n_gpus_per_node=7"]
     two_nodes = compose("samr1", "trainer.nnodes=2", "trainer.n_gpus_per_node=8", "reward_server.pool.num_actors=2")
     assert fixed_by(check_gpus(two_nodes, 16)[0]) == ["trainer.n_gpus_per_node=7"]
-    assert "no GPU is left for verl" in check_gpus(compose("samr1"), 1)[0]
+    assert "no room is left for one rollout replica of 1 GPU " in check_gpus(compose("samr1"), 1)[0]
 
 
 @pytest.mark.parametrize(

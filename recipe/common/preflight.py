@@ -93,6 +93,14 @@ def _verl_gpus(config: DictConfig) -> int:
     return int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
 
 
+def _replica_gpus(config: DictConfig) -> int:
+    """GPUs of one rollout replica: verl builds ``verl GPUs // this`` replicas and leaves the rest idle
+    (``LLMServerManager._initialize_llm_servers``: tensor x data x pipeline parallel sizes)."""
+    rollout = config.actor_rollout_ref.rollout
+    sizes = ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")
+    return math.prod(int(rollout.get(size, 1) or 1) for size in sizes)
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
@@ -319,6 +327,7 @@ class _Layout:
     batch: int
     n: int
     world: int
+    replica: int
     sp: int
     mini: int | None
     mini_follows_batch: bool
@@ -338,6 +347,7 @@ class _Layout:
             batch=int(config.data.train_batch_size),
             n=int(rollout.n),
             world=_verl_gpus(config),
+            replica=_replica_gpus(config),
             sp=int(actor.get("ulysses_sequence_parallel_size", 1) or 1),
             mini=None if dynamic else int(actor.ppo_mini_batch_size),
             mini_follows_batch=raw_mini == "${data.train_batch_size}",
@@ -355,6 +365,12 @@ class _Layout:
         """One line per size verl would reject; ``suggest`` adds a value that works to each."""
         if self.world < 1:
             return [f"trainer.n_gpus_per_node x trainer.nnodes = {self.world}: verl needs at least one GPU"]
+        if self.world % self.replica:
+            return [
+                f"{self.world} GPUs (trainer.n_gpus_per_node x trainer.nnodes) do not divide into rollout replicas of "
+                f"{self.replica} (actor_rollout_ref.rollout's tensor x data x pipeline parallel sizes): verl would "
+                f"build {self.world // self.replica} and leave {self.world % self.replica} idle"
+            ]
         if self.world % self.sp:
             return [
                 f"{self.world} GPUs (trainer.n_gpus_per_node x trainer.nnodes) do not divide by "
@@ -568,10 +584,15 @@ def check_gpus(config: DictConfig, available: int) -> list[str]:
         f"{verl_gpus} GPUs for verl (trainer.n_gpus_per_node x trainer.nnodes) + {sam_gpus:g} for SAM2 "
         f"(reward_server.pool.num_actors x gpus_per_actor) > {available} available"
     )
-    nnodes = int(config.trainer.nnodes)
+    nnodes, replica = int(config.trainer.nnodes), _replica_gpus(config)
     per_node = (available - math.ceil(sam_gpus)) // nnodes  # a GPU SAM2 holds in part is no whole GPU for verl
+    # Whole rollout replicas only: verl leaves the GPUs past the last whole one idle.
+    per_node = next((count for count in range(per_node, 0, -1) if count * nnodes % replica == 0), 0)
     if per_node < 1:
-        return [f"{head}: no GPU is left for verl; lower reward_server.pool.num_actors or gpus_per_actor"]
+        return [
+            f"{head}: no room is left for one rollout replica of {replica} GPU{'s' * (replica > 1)} beside SAM2; lower "
+            "reward_server.pool.num_actors or gpus_per_actor"
+        ]
     layout = replace(_Layout.of(config), world=per_node * nnodes)
     override = f"trainer.n_gpus_per_node={per_node}"
     if layout.errors(suggest=False):
