@@ -343,10 +343,31 @@ def test_relative_paths_become_absolute_on_the_driver(tmp_path, monkeypatch):
 def test_workflow_rows_need_room_for_their_refinement_steps(machine):
     config = good(machine, "veteran", agent="veteran_workflow")
     (error,) = check_workflow_budget(config)
-    assert fixed_by(error) == ["data.max_response_length=5216", "veteran.workflow.max_steps=0"]
-    for fix in fixed_by(error):
-        assert check_workflow_budget(good(machine, "veteran", fix, agent="veteran_workflow")) == []
+    *longer, fewer_steps = fixed_by(error)
+    assert longer[0] == "data.max_response_length=5216" and fewer_steps == "veteran.workflow.max_steps=0"
+    for fix in (longer, [fewer_steps]):
+        fixed = good(machine, "veteran", *fix, agent="veteran_workflow")
+        assert check_workflow_budget(fixed) == [] and check_batch_sizes(fixed) == []
     assert check_workflow_budget(good(machine, "veteran")) == []  # single-turn task rows only
+
+
+def test_a_longer_workflow_budget_keeps_the_tokens_of_each_micro_batch(machine):
+    """Without remove-padding verl pads a micro-batch to its longest sequence: 1,300 + 5,216 tokens at micro-batch 2
+    would be 2.5 times the update's activations the layouts were sized for (design note, item 6)."""
+    before = good(machine, "veteran", agent="veteran_workflow")
+    (error,) = check_workflow_budget(before)
+    after = good(machine, "veteran", *fixed_by(error)[:-1], agent="veteran_workflow")
+    micro_keys = (
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+    )
+    for key in micro_keys:
+        micro = [OmegaConf.select(config, key) for config in (before, after)]
+        length = [config.data.max_prompt_length + config.data.max_response_length for config in (before, after)]
+        assert micro[1] * length[1] <= micro[0] * length[0] or micro[1] == 1 < micro[0], (key, micro, length)
+    dynamic = good(machine, "veteran", "actor_rollout_ref.actor.use_dynamic_bsz=true", agent="veteran_workflow")
+    assert "ppo_micro_batch_size_per_gpu" not in check_workflow_budget(dynamic)[0]  # verl counts tokens itself
 
 
 def test_the_overlay_turn_fits_the_budgets_token_estimate(tiny_qwen_path):

@@ -492,12 +492,33 @@ def check_workflow_budget(config: DictConfig) -> list[str]:
         return []
     step = workflow_response_tokens(1, image) - ANSWER_TOKENS
     fits = max(0, (budget - ANSWER_TOKENS) // step)
+    prompt = int(config.data.max_prompt_length)
+    micros = _micro_batches_for(config, prompt + budget, prompt + need)
+    memory = f" (micro-batches of no more tokens, down to one sequence: {prompt + budget} -> {prompt + need} each)"
     return [
         f"data.max_response_length={budget} cannot hold veteran.workflow.max_steps={steps} refinement steps of the "
         f"{WORKFLOW_AGENT} rows in {files[0]} (~{ANSWER_TOKENS} tokens for the grounding answer, then ~{step} per "
         f"step: {image} image + ~{OVERLAY_TEXT_TOKENS} prompt tokens + ~{ANSWER_TOKENS} for the answer): "
-        f"set data.max_response_length={need}, or veteran.workflow.max_steps={fits}"
+        f"set {' '.join([f'data.max_response_length={need}', *micros])}{memory if micros else ''}, "
+        f"or veteran.workflow.max_steps={fits}"
     ]
+
+
+def _micro_batches_for(config: DictConfig, length: int, longer: int) -> list[str]:
+    """Micro-batch sizes that hold no more tokens at ``longer`` tokens a sequence than the config's at ``length``, or
+    one sequence where even that holds more.
+
+    Without remove-padding verl pads each micro-batch to its longest sequence, and the update's activations grow with
+    its tokens, fp32 logits over the 152k vocabulary foremost (1.6 GB a 2,600-token sequence): the memory the
+    layouts were sized for holds only while the tokens per micro-batch stay.
+    """
+    layout = _Layout.of(config)
+    sizes = [("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", layout.update_micro), *layout.infer_micros]
+    overrides = []
+    for key, micro in sizes:
+        if micro and max(1, micro * length // longer) < micro:  # None: dynamic batch size, which counts tokens
+            overrides.append(f"{key}={max(1, micro * length // longer)}")
+    return overrides
 
 
 def _resume_folder(config: DictConfig) -> Path | None:
