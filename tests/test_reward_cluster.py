@@ -1,4 +1,5 @@
-"""Routing by image key across actors on two Ray nodes (a loopback cluster from ray.cluster_utils)."""
+"""Two Ray nodes (a loopback cluster from ray.cluster_utils), the second declaring one GPU: the SAM2 pool routes by
+image key across actors on both, and a run that joins the cluster checks the GPU node as its host."""
 
 import asyncio
 
@@ -7,6 +8,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from recipe.common.compose import compose_recipe
+from recipe.common.launcher import check_gpu_nodes
+from recipe.common.preflight import host_checks, preflight
 from reward_server.client import SamClient
 from reward_server.config import EngineConfig, PoolConfig, ServerConfig
 from reward_server.pool import actor_name, pool_health, shutdown_pool, start_pool
@@ -18,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def two_node_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
+    cluster.add_node(num_cpus=2, num_gpus=1)  # a GPU in name only: CUDA stays unavailable in its tasks
     ray.init(address=cluster.address, namespace="samrl", log_to_driver=False)
     cluster.wait_for_nodes()
     yield cluster
@@ -52,3 +56,15 @@ def test_requests_route_by_image_key_across_nodes(two_node_cluster):
         assert sum(h["encodes"] for h in health) == len(images)  # the second round hit each actor's cache
     finally:
         shutdown_pool(config.pool)
+
+
+def test_a_run_joining_a_cluster_checks_its_gpu_nodes_not_the_launching_machine(two_node_cluster):
+    """CUDA is unavailable on this machine: the task holding the GPU node's GPU finds it so and names the node, while
+    the launching machine's preflight leaves the host checks to the nodes."""
+    config = compose_recipe("samr1", [])
+    here = host_checks(config)
+    assert any("torch.cuda.is_available() is false" in error for error in here)
+    (gpu_node,) = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("GPU")]
+    errors = check_gpu_nodes(config)
+    assert errors == [f"node {gpu_node['NodeManagerAddress']}: {error}" for error in here]
+    assert set(here) <= set(preflight(config)) and not set(here) & set(preflight(config, host=False))

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recipe.common.preflight import absolute_paths, check_gpus, check_pool_devices, preflight
+from recipe.common.preflight import absolute_paths, check_gpus, check_pool_devices, host_checks, preflight
 from reward_server.config import to_dataclass
 from reward_server.ray_setup import RayConfig
 
@@ -81,7 +81,7 @@ def _task_runner_class() -> Any:
             from reward_server.pool import pool_health, start_pool
 
             if _ray_config(config).cluster:
-                errors = check_gpus(config, int(ray.cluster_resources().get("GPU", 0)))
+                errors = check_gpus(config, int(ray.cluster_resources().get("GPU", 0))) + check_gpu_nodes(config)
                 if errors:
                     raise RuntimeError("; ".join(errors))
             print(f"Ray dashboard: {_dashboard_url() or 'disabled'}", flush=True)
@@ -96,6 +96,34 @@ def _task_runner_class() -> Any:
             super().run(config)
 
     return SamTaskRunner
+
+
+NODE_CHECK_TIMEOUT_S = 300
+
+
+def check_gpu_nodes(config: DictConfig) -> list[str]:
+    """:func:`recipe.common.preflight.host_checks` on every GPU node of the cluster, as ``node <address>: ...`` lines.
+
+    Each runs in a task that holds one of the node's GPUs, before the SAM2 pool or verl take any: Ray hides the GPUs
+    from a task that holds none (an empty ``CUDA_VISIBLE_DEVICES``), and the driver, compiler and attention backend
+    that matter are those of the nodes that run the work, not of the machine that launched it.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("GPU", 0) >= 1]
+    check = ray.remote(num_cpus=0, num_gpus=1)(host_checks)
+    pending = {
+        check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+            config
+        ): node["NodeManagerAddress"]
+        for node in nodes
+    }
+    done, late = ray.wait(list(pending), num_returns=len(pending), timeout=NODE_CHECK_TIMEOUT_S)
+    errors = [f"node {pending[ref]}: {error}" for ref in done for error in ray.get(ref)]
+    for ref in late:
+        ray.cancel(ref, force=True)
+        errors.append(f"node {pending[ref]}: no GPU came free for the host checks within {NODE_CHECK_TIMEOUT_S} s")
+    return errors
 
 
 def _dashboard_url() -> str | None:
@@ -127,8 +155,9 @@ def launch(config: DictConfig) -> None:
     from recipe.cpu import selected
 
     # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
-    local_gpus = None if _ray_config(config).cluster or selected() else _local_gpu_count()
-    errors = preflight(config, available_gpus=local_gpus)
+    cluster = _ray_config(config).cluster
+    local_gpus = None if cluster or selected() else _local_gpu_count()
+    errors = preflight(config, available_gpus=local_gpus, host=cluster is None)
     if errors:
         _fail(errors)
     # verl is imported only after preflight: its import is slow and noisy, and a failing check should read cleanly.

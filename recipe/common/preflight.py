@@ -702,13 +702,13 @@ def absolute_paths(config: DictConfig) -> None:
             OmegaConf.update(config, key, _absolute(str(value)), merge=False)
 
 
+HOST_CHECKS: list[Callable[[DictConfig], list[str]]] = [check_attention, check_driver, check_compiler]
+"""Checks of the machine the work runs on: this one when the run starts its own Ray, each GPU node of a cluster it
+joins otherwise (``recipe.common.launcher.check_gpu_nodes``)."""
 CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_model,
     check_sam_checkpoint,
     check_datasets,
-    check_attention,
-    check_driver,
-    check_compiler,
     check_batch_sizes,
     check_workflow_budget,
     check_resume,
@@ -718,7 +718,12 @@ CHECKS: list[Callable[[DictConfig], list[str]]] = [
 ]
 
 
-def preflight(config: DictConfig, available_gpus: int | None = None) -> list[str]:
+def host_checks(config: DictConfig) -> list[str]:
+    """The problems :data:`HOST_CHECKS` find on the machine that calls this."""
+    return [error for check in HOST_CHECKS for error in check(config)]
+
+
+def preflight(config: DictConfig, available_gpus: int | None = None, host: bool = True) -> list[str]:
     """All problems found, one line each.
 
     Args:
@@ -726,8 +731,12 @@ def preflight(config: DictConfig, available_gpus: int | None = None) -> list[str
         available_gpus: GPUs of the machine when the run starts its own Ray there; None when it joins a cluster,
             whose resources :func:`check_gpus` checks once connected. A CPU run (``trainer.device=cpu``) skips the
             GPU and CPU counts: its GPUs are Ray's virtual ones.
+        host: Whether the work runs on this machine, so that :data:`HOST_CHECKS` apply to it; False when the run
+            joins a cluster, whose GPU nodes run them once connected.
     """
     errors = [error for check in CHECKS for error in check(config)]
+    if host:
+        errors += host_checks(config)
     if available_gpus is not None and _on_gpu(config):
         errors += check_gpus(config, available_gpus) + check_cpus(config)
     return errors
