@@ -53,6 +53,15 @@ def test_the_config_composes_and_takes_sam2_from_the_reward_server_group(tmp_pat
     assert "mode: baseline" in job.stdout and "checkpoint: null" in job.stdout
 
 
+def test_each_ray_worker_gets_the_gpus_its_tensor_parallel_vllm_shards_over():
+    tp2 = ["model.tensor_parallel_size=2", "parallel.workers=4"]
+    with pytest.raises(ValueError, match=r"set parallel\.gpus_per_worker=2"):
+        eval_config(compose_recipe("evaluate", tp2))
+    assert eval_config(compose_recipe("evaluate", [*tp2, "parallel.gpus_per_worker=2"])).parallel.gpus_per_worker == 2
+    # One worker runs in this process without Ray: vLLM sees every visible GPU.
+    assert eval_config(compose_recipe("evaluate", ["model.tensor_parallel_size=2"])).model.tensor_parallel_size == 2
+
+
 @pytest.mark.parametrize("mode", ["veteran", "samr1"])
 def test_the_answer_budget_covers_the_training_response_length(mode):
     """Evaluation decodes at least as many tokens per turn as the recipe trained its answers with."""

@@ -182,6 +182,13 @@ class EvalConfig:
     reward_server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
+        tp, gpus = self.model.tensor_parallel_size, self.parallel.gpus_per_worker
+        if self.parallel.workers > 1 and 0 < gpus < tp:
+            # Ray gives each worker gpus_per_worker GPUs; vLLM then finds fewer than it shards the model over.
+            raise ValueError(
+                f"model.tensor_parallel_size={tp} needs {tp} GPUs per worker, parallel.gpus_per_worker={gpus:g} "
+                f"gives each fewer: set parallel.gpus_per_worker={tp}"
+            )
         if self.generation.max_new_tokens is None:
             # Imported here: modes builds episodes from this config.
             from recipe.evaluate.modes import get_mode
