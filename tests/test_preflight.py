@@ -232,6 +232,19 @@ def test_a_gpu_run_needs_a_compiler_and_python_headers_even_in_eager_mode(machin
     assert check_compiler(good(machine, "samr1", "trainer.device=cpu")) == []
 
 
+def test_a_gpu_run_needs_more_shared_memory_than_a_containers_default(machine, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64 << 20, 0, 64 << 20))  # Docker's default
+    (error,) = pf.check_shared_memory(good(machine, "samr1"))
+    assert "/dev/shm holds 64 MiB" in error and "--ipc=host" in error
+    assert pf.check_shared_memory(good(machine, "samr1", "trainer.device=cpu")) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(16 << 30, 0, 16 << 30))
+    assert pf.check_shared_memory(good(machine, "samr1")) == []
+
+
 # GPU layout and batch divisibility (items 2 and 6).
 
 
@@ -472,16 +485,21 @@ def cache_snapshot(cache: Path, repo_id: str, filename: str) -> None:
     (repo / "snapshots" / "abc" / filename).write_text("{}")
 
 
-def test_a_hub_id_offline_needs_the_local_cache(machine, monkeypatch):
+def test_a_hub_id_needs_the_local_cache_online_or_not(machine, monkeypatch):
+    """Online, every worker would download an uncached hub id as it starts; offline none could."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(machine / "hub"))
     config = good(machine, "samr1", f"actor_rollout_ref.model.path={HUB_MODEL}")
-    assert check_model(config) == []  # online: verl downloads it
+    (online,) = check_model(config)
+    assert f"hf download {HUB_MODEL}" in online and "HF_HUB_OFFLINE" not in online
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (error,) = check_model(config)
-    assert f"hf download {HUB_MODEL}" in error and "actor_rollout_ref.model.path=" in error
+    assert f"hf download {HUB_MODEL}" in error and "HF_HUB_OFFLINE is set" in error
+    assert "actor_rollout_ref.model.path=" in error
     cache_snapshot(machine / "hub", HUB_MODEL, "config.json")
+    assert check_model(config) == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     assert check_model(config) == []
     sam = good(machine, "samr1", "reward_server.engine.checkpoint=facebook/sam2.1-hiera-large")
     assert "reward_server.engine.checkpoint" in check_sam_checkpoint(sam)[0]

@@ -119,12 +119,17 @@ def _cached(repo_id: str, filename: str) -> Path | None:
 
 
 def _hub_errors(repo_id: str, filename: str, key: str) -> list[str]:
-    """A hub id downloads where the machine is online; offline it must be in the cache already."""
-    if not _hub_offline() or _cached(repo_id, filename) is not None:
+    """A hub id must be in the local cache before the run: downloaded once, not by every worker as it starts.
+
+    Online, each worker process that loads it (every actor, rollout and SAM2 worker, on every node) would fetch it
+    at start; on a node without network and without ``HF_HUB_OFFLINE`` each would wait out its retries instead.
+    """
+    if _cached(repo_id, filename) is not None:
         return []
+    where = "HF_HUB_OFFLINE is set and " if _hub_offline() else ""
     return [
-        f"{key}={repo_id} is a hub id, HF_HUB_OFFLINE is set and the Hugging Face cache lacks it: "
-        f"run `hf download {repo_id}` where online (same HF_HOME), or set {key}=/local/path"
+        f"{key}={repo_id} is a hub id and {where}the Hugging Face cache lacks it: run `hf download {repo_id}` once "
+        f"before the run, where online and with the HF_HOME every node reads, or set {key}=/local/path"
     ]
 
 
@@ -312,6 +317,29 @@ def check_compiler(config: DictConfig) -> list[str]:
         f"no {' and no '.join(missing)}, which Triton needs to build its kernels at run time: install them "
         f"(apt-get install gcc python{version}-dev); vLLM's rollout compiles Triton kernels (M-RoPE) also in eager "
         "mode, so no compile switch avoids them"
+    ]
+
+
+SHM_MIN_BYTES = 1 << 30
+"""Less /dev/shm than this is a container's default (Docker gives 64 MiB), not a size anyone chose for a GPU job."""
+
+
+@_never_raises
+def check_shared_memory(config: DictConfig) -> list[str]:
+    """NCCL's same-node transport, vLLM's workers and Ray's object store pass tensors through ``/dev/shm``.
+
+    NCCL fails to create its segments when it runs out ("failed to extend /dev/shm"), and Ray moves its object store
+    to disk; a container's default size is the usual cause.
+    """
+    if not _on_gpu(config):
+        return []
+    shm = Path("/dev/shm")
+    size = shutil.disk_usage(shm).total if shm.is_dir() else 0
+    if size >= SHM_MIN_BYTES:
+        return []
+    return [
+        f"/dev/shm holds {size / 2**20:.0f} MiB, where NCCL, vLLM and Ray's object store pass tensors: give the "
+        "container the host's (docker run --ipc=host) or at least 1 GiB (docker run --shm-size=16g)"
     ]
 
 
@@ -702,7 +730,12 @@ def absolute_paths(config: DictConfig) -> None:
             OmegaConf.update(config, key, _absolute(str(value)), merge=False)
 
 
-HOST_CHECKS: list[Callable[[DictConfig], list[str]]] = [check_attention, check_driver, check_compiler]
+HOST_CHECKS: list[Callable[[DictConfig], list[str]]] = [
+    check_attention,
+    check_driver,
+    check_compiler,
+    check_shared_memory,
+]
 """Checks of the machine the work runs on: this one when the run starts its own Ray, each GPU node of a cluster it
 joins otherwise (``recipe.common.launcher.check_gpu_nodes``)."""
 CHECKS: list[Callable[[DictConfig], list[str]]] = [
