@@ -7,7 +7,8 @@ draws. Two tiers:
 - In ``make test`` (CI): SAM-R1's first 3 steps, the same 3 steps with the rollout's weight sync off and with the
   reward negated (the controls), and the run killed twice (while it writes its step-2 checkpoint, then in the
   middle of step 3) and resumed, which must be the uninterrupted run sample for sample. The killed run is also the
-  project's SAM-R1 smoke run through verl's trainer: checkpoints, resume, gallery, ``make eval-checkpoints``.
+  project's SAM-R1 smoke run through verl's trainer (checkpoints, resume, gallery, ``make eval-checkpoints``) and its
+  fault test: its last launch loses its SAM2 actor in the middle of a step.
 - With ``pytest --learning`` (``make test-learn``, about 40 more minutes): both recipes' 14-step learning runs, whose
   score must rise by the recipe's margin over their first steps and over a frozen-rollout control.
 
@@ -26,10 +27,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+import ray
 
 from bench.learn import CHECKS, FROZEN, NEGATED, STEPS, LearnSetup, learn_line, prepare, train, window_mean
 from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
 from recipe.smoke import Launch, logged_steps, metrics_files
+from reward_server.config import PoolConfig
+from reward_server.pool import actor_name
 
 from support.trainer_runs import (
     assert_checkpoints_hold_model_optimizer_and_data_state,
@@ -191,10 +195,41 @@ def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callab
     return Launch(argv, process.returncode, log.read_text(), logged_steps(run_dir, before))
 
 
+def launch_and_crash_sam(argv: list[str], log: Path) -> tuple[Launch, int | None]:
+    """Runs ``argv`` to its end, killing its SAM2 actor once the training loop has started, as a crash would (Ray
+    restarts it); returns the launch and the killed actor's pid (None when the loop never started)."""
+    before = metrics_files(log.parent)
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    killed = None
+    assert not ray.is_initialized()
+    with log.open("w") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        try:
+            while process.poll() is None:
+                if killed is None and "Training Progress" in log.read_text():  # the step began; no reward yet
+                    # This process joins the trainer's local Ray (the newest on this machine) to reach the actor.
+                    ray.init(address="auto", log_to_driver=False)
+                    actor = ray.get_actor(SAM_ACTOR, namespace="samrl")
+                    killed = ray.get(actor.health.remote())["pid"]
+                    ray.kill(actor, no_restart=False)
+                    ray.shutdown()
+                time.sleep(0.05)
+        finally:
+            ray.shutdown()
+            process.wait()
+    return Launch(argv, process.returncode, log.read_text(), logged_steps(log.parent, before)), killed
+
+
+SAM_ACTOR = actor_name(PoolConfig(), 0)
+"""The reward pool's first actor, its only one in these runs (the box segmenter)."""
+
+
 @pytest.fixture(scope="session")
 def killed_twice(tmp_path_factory):
     """SAM-R1's first 3 steps with a checkpoint after each: killed while it writes global_step_2, relaunched (resumes
-    from step 1), killed 5 s into step 3, relaunched (resumes from step 2) to the end."""
+    from step 1), killed 5 s into step 3, relaunched (resumes from step 2) to the end, losing its SAM2 actor once
+    step 3 has begun."""
     setup = setup_of("samr1", tmp_path_factory)
     run_dir = setup.model.parent / "killed"
     run_dir.mkdir()
@@ -215,12 +250,14 @@ def killed_twice(tmp_path_factory):
 
     stepping = launch_and_kill(argv, run_dir, run_dir / "2.log", into_step_3)
     after_second = {"tracker": (checkpoints / TRACKER).read_text()}
-    finished = train(setup, run_dir, KILLED_STEPS, saving)
+    finished, sam_pid = launch_and_crash_sam(argv, run_dir / "3.log")
+    assert finished.returncode == 0, finished.output[-6000:]
     return {
         "run_dir": run_dir,
         "launches": {"writing": writing, "stepping": stepping, "finished": finished},
         "after_first": after_first,
         "after_second": after_second,
+        "sam_pid": sam_pid,
     }
 
 
@@ -241,9 +278,21 @@ def test_a_kill_in_the_middle_of_a_step_resumes_from_the_last_checkpoint(killed_
     assert [step["step"] for step in finished.steps] == [3]
 
 
+def test_a_sam2_actor_killed_during_a_step_restarts_and_every_reward_is_scored(killed_twice, learning):
+    """The pool restarts the actor and the client resends what it was serving: step 3 scores every answer, and as the
+    uninterrupted run did (the box segmenter draws the same mask after a restart)."""
+    assert killed_twice["sam_pid"] is not None, "step 3 never started"
+    (step,) = killed_twice["launches"]["finished"].steps
+    reference = {record["step"]: record["data"] for record in learning("samr1", "start").steps}[3]
+    assert step["step"] == 3 and step["data"]["sam/restarts"] == 1.0
+    assert not [key for key in step["data"] if key.startswith("reward/failure/sam_")]
+    assert step["data"]["sam/requests"] >= 1
+    assert step["data"]["reward/sam_called/mean"] == reference["reward/sam_called/mean"] > 0
+
+
 def test_the_killed_run_saw_every_sample_once_and_the_same_as_the_uninterrupted_run(killed_twice, learning):
     """Each step is logged once, its dumped samples are the batch's (1 prompt x n), and they, their scores and the
-    step's losses are the uninterrupted run's: full determinism makes a resume the same run."""
+    step's losses are the uninterrupted run's: full determinism makes a resume the same run, a SAM2 crash included."""
     reference = learning("samr1", "start")
     killed_dir = killed_twice["run_dir"]
     reference_dir = killed_dir.parent / "start"
