@@ -544,8 +544,11 @@ def _micro_batches_for(config: DictConfig, length: int, longer: int) -> list[str
     sizes = [("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", layout.update_micro), *layout.infer_micros]
     overrides = []
     for key, micro in sizes:
-        if micro and max(1, micro * length // longer) < micro:  # None: dynamic batch size, which counts tokens
-            overrides.append(f"{key}={max(1, micro * length // longer)}")
+        if not micro:  # None: dynamic batch size, which counts tokens itself
+            continue
+        smaller = max(1, micro * length // longer)
+        if smaller < micro:
+            overrides.append(f"{key}={smaller}")
     return overrides
 
 
