@@ -177,14 +177,17 @@ def kill_tree(pid: int) -> None:
     assert not alive, f"processes of the killed launch survive: {alive}"
 
 
+# Unbuffered, as on a terminal: the driver prints what Ray's workers print; a SIGKILL drops a file buffer's tail.
+WATCHED_ENV = {"VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1"}
+"""What a launch that the test interferes with runs under, beside this process's environment."""
+
+
 def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callable[[list[dict]], bool]) -> Launch:
     """Runs ``argv`` and SIGKILLs it with every process it started (driver, Ray, workers) as soon as
     ``kill_when(steps logged so far)`` holds; fails if the launch ends first."""
     before = metrics_files(run_dir)
-    # Unbuffered, as on a terminal: the driver prints what Ray's workers print; a SIGKILL drops a file buffer's tail.
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1"}
     with log.open("w") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **WATCHED_ENV})
         deadline = time.monotonic() + 1200
         while not kill_when(logged_steps(run_dir, before)):
             assert process.poll() is None, f"ended (exit {process.returncode}) before the kill; log in {log}"
@@ -195,16 +198,18 @@ def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callab
     return Launch(argv, process.returncode, log.read_text(), logged_steps(run_dir, before))
 
 
+SAM_ACTOR = actor_name(PoolConfig(), 0)
+"""The reward pool's first actor, its only one in these runs (the box segmenter)."""
+
+
 def launch_and_crash_sam(argv: list[str], log: Path) -> tuple[Launch, int | None]:
     """Runs ``argv`` to its end, killing its SAM2 actor once the training loop has started, as a crash would (Ray
     restarts it); returns the launch and the killed actor's pid (None when the loop never started)."""
     before = metrics_files(log.parent)
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
     killed = None
     assert not ray.is_initialized()
     with log.open("w") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **WATCHED_ENV})
         try:
             while process.poll() is None:
                 if killed is None and "Training Progress" in log.read_text():  # the step began; no reward yet
@@ -219,10 +224,6 @@ def launch_and_crash_sam(argv: list[str], log: Path) -> tuple[Launch, int | None
             ray.shutdown()
             process.wait()
     return Launch(argv, process.returncode, log.read_text(), logged_steps(log.parent, before)), killed
-
-
-SAM_ACTOR = actor_name(PoolConfig(), 0)
-"""The reward pool's first actor, its only one in these runs (the box segmenter)."""
 
 
 @pytest.fixture(scope="session")
