@@ -67,7 +67,8 @@ bench-eval: $(STAMP)
 bench-learn: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m bench.learn $(ARGS)
 
-# One GPU in at most 8 minutes: device info, the GPU tests, SAM2-Large throughput (ARGS="--quick" on a CPU).
+# One GPU in at most 8 minutes: both recipes for 2 steps on vLLM, the GPU tests, parity checks, SAM2-Large throughput
+# (ARGS="--bare": PyTorch alone; ARGS="--quick": the CPU dry run). README, "Checking a GPU node".
 gpu-check: $(STAMP)
 	$(BIN)/python -m bench.gpu_check $(ARGS)
 

@@ -53,14 +53,17 @@ class Launch:
     steps: list[dict]
 
 
-def command(recipe: str, files: list[Path], model: Path, run_dir: Path, steps: int, extra: list[str]) -> list[str]:
-    """The entry point's command line for ``steps`` training steps of ``recipe`` on the smoke inputs."""
+def command(
+    recipe: str, files: list[Path], model: Path, run_dir: Path, steps: int, extra: list[str], preset: str = "cpu"
+) -> list[str]:
+    """The entry point's command line for ``steps`` training steps of ``recipe`` on the smoke inputs, with the
+    ``conf/smoke/<preset>.yaml`` preset (``gpu``: make gpu-check's training part)."""
     joined = ",".join(str(path) for path in files)
     return [
         sys.executable,
         "-m",
         f"recipe.{recipe}.main",
-        "+smoke=cpu",
+        f"+smoke={preset}",
         f"data.train_files=[{joined}]",
         f"data.val_files={files[0]}",
         f"actor_rollout_ref.model.path={model}",

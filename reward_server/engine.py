@@ -113,7 +113,7 @@ def resolve_device(
 
 def ray_gpu_ids() -> list[str] | None:
     """The GPU ids Ray assigned to this process when it is a Ray worker; None for a driver or without Ray."""
-    if "ray" not in sys.modules:  # nothing imported Ray, so this process is no Ray worker
+    if sys.modules.get("ray") is None:  # nothing imported Ray (or it is blocked), so this process is no Ray worker
         return None
     import ray
 

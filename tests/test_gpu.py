@@ -6,9 +6,7 @@ Tiny random models built at test time, as in the CPU tests; conftest skips these
 """
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +14,8 @@ import torch
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from bench.gpu_check import compile_unavailable
+from bench.sam2_parity import parity_cases, predictor_reference, random_image, tf32
+from bench.sam2_throughput import compile_unavailable
 from recipe.common.prompts import build_prompt
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.modes import MODES
@@ -27,7 +26,7 @@ from reward_server.engine import SamEngine
 from reward_server.masks import mask_iou
 from reward_server.protocol import Prompt, SegRequest, SegResult, content_key
 
-from support.sam_parity import assert_same_mask, parity_prompts, predictor_reference, random_image
+from support.sam_parity import assert_same_mask
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -83,8 +82,7 @@ def test_vllm_policy_generates_on_the_tiny_qwen(tiny_qwen_path: str) -> None:
 @pytest.fixture(scope="module")
 def cases() -> list[tuple[np.ndarray, Prompt]]:
     """Every parity prompt on two images of different sizes, sent to the engine in one call."""
-    images = [random_image(0), random_image(1, (480, 640))]
-    return [(image, prompt) for i, image in enumerate(images) for prompt in parity_prompts(image.shape[:2], i)]
+    return parity_cases()
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +96,6 @@ def engine_fp32() -> SamEngine:
 def engine_bf16() -> SamEngine:
     """The production settings (device ``auto``, bfloat16) on the tiny model; same seed, so same weights."""
     return SamEngine(EngineConfig(model=TINY_SAM2, allow_random_weights=True, logits_dtype="float32"))
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool) -> Iterator[None]:
-    """TF32 matmuls and convolutions on or off, restored afterwards (the engine switches them on when built)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def segment_afresh(engine: SamEngine, cases: list[tuple[np.ndarray, Prompt]]) -> list[SegResult]:

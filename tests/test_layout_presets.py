@@ -132,3 +132,13 @@ def test_the_lora_targets_leave_the_vision_tower_out(tiny_qwen_path):
     assert language_only and not any("visual" in name for name in language_only)
     assert any(name.endswith("self_attn.q_proj") for name in language_only)
     assert any(name.endswith("mlp.down_proj") for name in language_only)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_gpu_smoke_preset_passes_verl_and_preflight_on_one_gpu(vllm_helpers, machine, recipe):  # noqa: F811
+    """``+smoke=gpu`` (make gpu-check's training part): the tiny models on one GPU, SAM2 beside verl on it."""
+    config = good(machine, recipe, "+smoke=gpu")
+    validate(config)
+    assert preflight(config, available_gpus=1) == []
+    assert OmegaConf.select(config, "actor_rollout_ref.rollout.name") == "vllm"
+    assert OmegaConf.select(config, "actor_rollout_ref.rollout.load_format") == "dummy"

@@ -8,6 +8,7 @@ import torch
 from pycocotools import mask as mask_utils
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+from bench.sam2_parity import parity_cases, parity_prompts, predictor_reference, random_image
 from reward_server import engine as engine_module
 from reward_server import ground_truth as ground_truth_module
 from reward_server.config import EngineConfig
@@ -15,7 +16,7 @@ from reward_server.engine import SamEngine, ray_gpu_ids, resolve_device
 from reward_server.masks import edge_excluded_iou, encode_rle, mask_iou
 from reward_server.protocol import ErrorCode, Prompt, SegRequest, content_key
 
-from support.sam_parity import assert_same_mask, parity_prompts, predictor_reference, random_image
+from support.sam_parity import assert_same_mask
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,8 @@ def engine_512() -> SamEngine:
 
 def test_batched_cached_path_matches_sam2_predictor(engine_1024):
     """Box; box + points; box + points + mask_input; across two images of different sizes in one call."""
-    images = [random_image(0), random_image(1, (480, 640))]
-    cases = [(image, prompt) for i, image in enumerate(images) for prompt in parity_prompts(image.shape[:2], i)]
+    cases = parity_cases()
+    images = list({id(image): image for image, _ in cases}.values())
     requests = [SegRequest(content_key(image), prompt, return_logits=True) for image, prompt in cases]
     results = engine_1024.segment(requests, images={content_key(image): image for image in images})
     predictor = SAM2ImagePredictor(engine_1024.model)

@@ -16,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from bench.sam2_parity import random_image
 from reward_server import pool as pool_module
 from reward_server.client import SamClient
 from reward_server.config import PoolConfig, ServerConfig, server_config, store_schemas
@@ -23,8 +24,6 @@ from reward_server.engine import SamEngine, ray_gpu_ids, resolve_device
 from reward_server.masks import encode_rle, mask_iou
 from reward_server.pool import actor_name, connect_pool, pool_health, shutdown_pool, start_pool
 from reward_server.protocol import ErrorCode, ImageRef, Prompt, SegRequest, SegResult
-
-from support.sam_parity import random_image
 
 pytestmark = pytest.mark.slow
 

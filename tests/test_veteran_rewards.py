@@ -12,6 +12,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+from bench.sam2_parity import predictor_reference
 from recipe.common.answer import parse_response
 from recipe.common.episodes import Step
 from recipe.common.sam_steps import SAM_STEPS, decode_steps
@@ -33,7 +34,7 @@ from reward_server.masks import decode_rle, encode_rle
 from reward_server.protocol import ImageRef, Prompt, SegResult
 
 from support.fake_sam import EngineClient, FakeSam
-from support.sam_parity import assert_same_mask, predictor_reference
+from support.sam_parity import assert_same_mask
 
 # Table 1, boundaries included: (-1, 0] -> 0, (0, 0.1] -> 1, (0.1, 0.5] -> 2, (0.5, 1] -> 3.
 TABLE_1 = [(-1.0, 0), (-0.3, 0), (0.0, 0), (1e-9, 1), (0.05, 1), (0.1, 1), (0.1 + 1e-9, 2), (0.3, 2), (0.5, 2),
