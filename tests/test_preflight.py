@@ -245,6 +245,24 @@ def test_a_gpu_run_needs_more_shared_memory_than_a_containers_default(machine, m
     assert pf.check_shared_memory(good(machine, "samr1")) == []
 
 
+def test_several_nodes_with_rdma_need_unlimited_locked_memory(machine, monkeypatch):
+    import resource
+
+    devices = machine / "infiniband"
+    (devices / "mlx5_0").mkdir(parents=True)
+    monkeypatch.setattr(pf, "INFINIBAND", devices)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64 << 10, 64 << 10))  # a container's default
+    (error,) = pf.check_locked_memory(good(machine, "samr1", "trainer.nnodes=2"))
+    assert "limited to 64 KiB" in error and "memlock=-1" in error
+    assert pf.check_locked_memory(good(machine, "samr1")) == []  # one node: NCCL stays on the node
+    assert pf.check_locked_memory(good(machine, "samr1", "trainer.nnodes=2", "trainer.device=cpu")) == []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert pf.check_locked_memory(good(machine, "samr1", "trainer.nnodes=2")) == []
+    (devices / "mlx5_0").rmdir()  # no RDMA device: NCCL uses sockets, which pin nothing
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64 << 10, 64 << 10))
+    assert pf.check_locked_memory(good(machine, "samr1", "trainer.nnodes=2")) == []
+
+
 # GPU layout and batch divisibility (items 2 and 6).
 
 

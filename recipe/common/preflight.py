@@ -343,6 +343,29 @@ def check_shared_memory(config: DictConfig) -> list[str]:
     ]
 
 
+INFINIBAND = Path("/sys/class/infiniband")
+"""Where Linux lists the node's RDMA devices (InfiniBand and RoCE adapters)."""
+
+
+@_never_raises
+def check_locked_memory(config: DictConfig) -> list[str]:
+    """NCCL's InfiniBand/RoCE transport between nodes pins its buffers (``ibv_reg_mr``), which a bounded memlock
+    limit refuses: NCCL then fails or falls back to sockets. Containers start with 64 KiB."""
+    import resource
+
+    if not _on_gpu(config) or int(config.trainer.nnodes) < 2:
+        return []
+    if not (INFINIBAND.is_dir() and any(INFINIBAND.iterdir())):
+        return []
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY:
+        return []
+    return [
+        f"locked memory is limited to {soft >> 10} KiB on a node with RDMA devices ({INFINIBAND}); NCCL's transport "
+        "between nodes pins its buffers: ulimit -l unlimited (docker run --ulimit memlock=-1)"
+    ]
+
+
 @dataclass(frozen=True)
 class _Layout:
     """What verl's batch splitting depends on; a micro-batch size of None means dynamic batch size (no division).
@@ -738,6 +761,7 @@ HOST_CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_driver,
     check_compiler,
     check_shared_memory,
+    check_locked_memory,
 ]
 """Checks of the machine the work runs on: this one when the run starts its own Ray, each GPU node of a cluster it
 joins otherwise (``recipe.common.launcher.check_gpu_nodes``)."""
