@@ -19,8 +19,9 @@ Nothing this module imports needs more; ``tests/test_gpu_check.py`` runs the bar
    forward and backward; the token log-probs against a float32 eager pass of the same weights, every gradient
    finite, the vision tower's gradients non-zero only where there were images.
 
-``--quick`` runs both on the CPU: the tiny SAM2 at 1024 px (SAM2ImagePredictor assumes it) (the engine runs float32 on a CPU, so the bfloat16 row is
-not measured) and the tiny policy in bfloat16 on the CPU.
+``--quick`` runs both on the CPU: the tiny SAM2 at 1024 px (the size ``SAM2ImagePredictor`` assumes; the engine runs
+float32 on a CPU, so the bfloat16 autocast row is not measured) and the tiny policy in bfloat16 on the CPU, its
+processor shrinking each image to 16 tokens.
 """
 
 from __future__ import annotations

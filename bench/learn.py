@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.negated_agent_loops import write_negated_agent_loops
 from bench.warm_start import Answer, PromptInputs, fit_answers, rollout_prompts, workflow_second_turn
 from data_prep.smoke import SmokeInputs, build_smoke_inputs
 from recipe.common.dataset_rows import GroundTruth, Row
@@ -102,11 +103,20 @@ TRAINING = [
     "actor_rollout_ref.rollout.full_determinism=true",
 ]
 FROZEN = ["+actor_rollout_ref.rollout.engine_kwargs.hf_cpu.sync_weights=false"]
-NEGATED = [
-    f"reward.custom_reward_function.path={Path(__file__).with_name('negated_reward.py')}",
-    "reward.custom_reward_function.name=negated_compute_score",
-]
-"""The flipped-advantage control of SAM-R1 (tests only): the reward's score negated."""
+
+
+def negated(recipe: str, run_dir: Path) -> list[str]:
+    """The overrides of ``recipe``'s flipped-advantage control (tests only): every score negated, through verl's
+    reward-function hook for SAM-R1 (:mod:`bench.negated_reward`) and its agent-loop config file for SAM-Veteran
+    (:mod:`bench.negated_agent_loops`, written into ``run_dir``)."""
+    if recipe == "samr1":
+        return [
+            f"reward.custom_reward_function.path={Path(__file__).with_name('negated_reward.py')}",
+            "reward.custom_reward_function.name=negated_compute_score",
+        ]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loops = write_negated_agent_loops(run_dir / "negated_agent_loops.yaml")
+    return [f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}"]
 
 
 def _int_box(box) -> list[int]:
