@@ -83,23 +83,43 @@ def test_cpu_backend_is_registered_inside_a_ray_worker_on_the_cpu_platform():
         ray.shutdown()
 
 
+def _environment(**env: str) -> dict[str, str]:
+    return {**{key: value for key, value in os.environ.items() if key != "VERL_PLATFORM"}, **env}
+
+
+def _pythons(*runs: tuple[str, dict[str, str]]) -> list[subprocess.CompletedProcess]:
+    """Runs each ``(code, environment)`` in a fresh interpreter, all at once: each mostly waits on its imports."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for code, env in runs
+    ]
+    done = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return done
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items() if key != "VERL_PLATFORM"}
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**environment, **env}, timeout=300
-    )
+    (done,) = _pythons((code, _environment(**env)))
+    return done
 
 
 def test_the_cpu_platform_must_be_registered_before_verls_modules_resolve_it():
     # Without the plugin, importing the project's trainer resolves the platform before anything registered "cpu".
-    wrong_order = _python("import verl, recipe.common.trainer", VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none")
-    assert wrong_order.returncode != 0 and "Unknown platform 'cpu'" in wrong_order.stderr
     # Through the entry point, the plugin registers it first and every registration follows.
-    right_order = _python(
-        "import verl; from verl.utils.device import get_device_name; from verl.trainer.ppo.v1 import get_trainer_cls;"
-        "print(get_device_name(), get_trainer_cls('sync_reward_metrics').__module__)",
-        VERL_PLATFORM="cpu",
+    wrong_order, right_order = _pythons(
+        ("import verl, recipe.common.trainer", _environment(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none")),
+        (
+            "import verl; from verl.utils.device import get_device_name;"
+            "from verl.trainer.ppo.v1 import get_trainer_cls;"
+            "print(get_device_name(), get_trainer_cls('sync_reward_metrics').__module__)",
+            _environment(VERL_PLATFORM="cpu"),
+        ),
     )
+    assert wrong_order.returncode != 0 and "Unknown platform 'cpu'" in wrong_order.stderr
     assert right_order.returncode == 0, right_order.stderr[-2000:]
     assert right_order.stdout.split()[-2:] == ["cpu", "recipe.common.trainer"]
 
@@ -115,12 +135,12 @@ def test_the_cpu_platform_is_never_auto_detected():
 # The modules the plugin and its modules take names from: if importing one first started `import verl`, verl would
 # load the plugin while that module is half-initialised, and swallow the ImportError (a debug log line) - no
 # registry, no fix.
-@pytest.mark.parametrize(
-    "first", ["recipe.common.verl_workarounds", "recipe.cpu.platform", "recipe.common.registration"]
-)
-def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first(first):
+FIRST_IMPORTS = ("recipe.common.verl_workarounds", "recipe.cpu.platform", "recipe.common.registration")
+
+
+def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first():
     probe = (
-        f"import {first}, sys\n"
+        "import {first}, sys\n"
         "import verl\n"
         "from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager\n"
         "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
@@ -128,6 +148,7 @@ def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first(first
         "fixed = AsyncSimpleStorageManager.get_data is get_data_with_ragged_positions\n"
         "print(get_policy_loss_fn('samr1').__module__, fixed)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["recipe.samr1.loss", "True"]
+    runs = _pythons(*((probe.format(first=first), dict(os.environ)) for first in FIRST_IMPORTS))
+    for first, done in zip(FIRST_IMPORTS, runs, strict=True):
+        assert done.returncode == 0, (first, done.stderr[-3000:])
+        assert done.stdout.split() == ["recipe.samr1.loss", "True"], first
