@@ -70,21 +70,29 @@ print("REPORT " + json.dumps(report))
 """
 
 
-def _probe(platform: str | None) -> dict:
-    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    env = {**__import__("os").environ, **env}
-    env.pop("VERL_PLATFORM", None)
-    if platform:
-        env["VERL_PLATFORM"] = platform
-    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=300)
-    line = next((line for line in done.stdout.splitlines() if line.startswith("REPORT ")), None)
-    assert line, done.stderr[-3000:]
-    return json.loads(line.removeprefix("REPORT "))
+def _probes(*platforms: str | None) -> list[dict]:
+    """Each platform's report, probed in fresh interpreters at once (each mostly waits on importing verl)."""
+    processes = []
+    for platform in platforms:
+        env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        env = {**__import__("os").environ, **env}
+        env.pop("VERL_PLATFORM", None)
+        if platform:
+            env["VERL_PLATFORM"] = platform
+        command = [sys.executable, "-c", _PROBE]
+        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    reports = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        line = next((line for line in stdout.splitlines() if line.startswith("REPORT ")), None)
+        assert line, stderr[-3000:]
+        reports.append(json.loads(line.removeprefix("REPORT ")))
+    return reports
 
 
 @pytest.mark.slow
 def test_cpu_workarounds_are_active_on_the_cpu_platform_only():
-    cpu, default = _probe("cpu"), _probe(None)
+    cpu, default = _probes("cpu", None)
     assert cpu["adapter"] == "recipe.cpu.rollout.HFServerAdapter" and default["adapter"] is None
     assert cpu["pg_patched"] and not default["pg_patched"]
     assert cpu["pin_memory"] is False and default["pin_memory"] is True
