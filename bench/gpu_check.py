@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from importlib import metadata
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import torch
+
+from bench.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_TESTS = "tests/test_gpu.py"
@@ -68,14 +68,6 @@ def device_lines() -> list[str]:
             f"{free / GiB:.1f} of {total / GiB:.1f} GiB free | bus {props.pci_bus_id:02x} | uuid {props.uuid}"
         )
     return lines
-
-
-def stop_group(process: subprocess.Popen | BaseProcess) -> None:
-    """Kills a child that leads its own process group, together with what it started (vLLM, compile workers)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:  # the child has not made its group yet, or it is gone already
-        process.kill()
 
 
 def run_gpu_tests(timeout_s: float) -> tuple[str, str, bool]:

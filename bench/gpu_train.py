@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.gpu_check import stop_group
+from bench.processes import kill_tree
 from data_prep.smoke import build_smoke_inputs
 from recipe.smoke import PROMPTS, RECIPES, command, logged_steps, metrics_files
 
@@ -62,13 +62,11 @@ def launch_environment() -> dict[str, str]:
 def _launch(argv: list[str], log: Path, timeout_s: float) -> int | None:
     """Runs ``argv`` with its output in ``log``; its exit code, or None when it was stopped at ``timeout_s``."""
     with log.open("w") as sink:
-        process = subprocess.Popen(
-            argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=launch_environment()
-        )
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=launch_environment())
         try:
             return process.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
-            stop_group(process)
+            kill_tree(process.pid)
             process.wait()
             return None
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.gpu_check import stop_group
+from bench.processes import stop_group
 from bench.reward import _first_prompt, _images
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine

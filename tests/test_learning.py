@@ -18,7 +18,6 @@ Each launch is one ``python -m recipe.<recipe>.main``; the runs are shared by th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -26,11 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 import ray
 
 from bench.learn import CHECKS, FROZEN, STEPS, LearnSetup, learn_line, negated, prepare, train, window_mean
+from bench.processes import kill_tree
 from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
 from recipe.smoke import Launch, logged_steps, metrics_files
 from reward_server.config import PoolConfig
@@ -181,19 +180,6 @@ GALLERY = ["samrl.gallery.every_n_steps=1", "trainer.logger=[console,file,tensor
 """The killed run also draws a gallery every step, with TensorBoard beside verl's metrics file."""
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILLs ``pid`` and every process below it at once (Ray's workers start their own sessions, so a process
-    group kill would leave the trainer running long enough to finish what it was writing) and waits until all are
-    gone."""
-    root = psutil.Process(pid)
-    processes = [root, *root.children(recursive=True)]
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    _, alive = psutil.wait_procs(processes, timeout=60)
-    assert not alive, f"processes of the killed launch survive: {alive}"
-
-
 # Unbuffered, as on a terminal: the driver prints what Ray's workers print; a SIGKILL drops a file buffer's tail.
 WATCHED_ENV = {"VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1"}
 """What a launch that the test interferes with runs under, beside this process's environment."""
@@ -210,7 +196,8 @@ def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callab
             assert process.poll() is None, f"ended (exit {process.returncode}) before the kill; log in {log}"
             assert time.monotonic() < deadline, f"no kill point within 1200 s; log in {log}"
             time.sleep(0.01)
-        kill_tree(process.pid)
+        alive = kill_tree(process.pid)
+        assert not alive, f"processes of the killed launch survive: {alive}"
         process.wait()
     return Launch(argv, process.returncode, log.read_text(), logged_steps(run_dir, before))
 
