@@ -308,8 +308,9 @@ def check_compiler(config: DictConfig) -> list[str]:
     missing = []
     if _c_compiler() is None:
         missing.append("a C compiler (gcc, clang or $CC)")
-    if not _python_header().is_file():
-        missing.append(f"Python.h ({_python_header().parent})")
+    header = _python_header()
+    if not header.is_file():
+        missing.append(f"Python.h ({header.parent})")
     if not missing:
         return []
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
