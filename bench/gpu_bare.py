@@ -37,12 +37,18 @@ import torch
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from bench.sam2_parity import mask_disagreement, parity_cases, predictor_reference, random_image, tf32
-from reward_server.cache import ByteLRU
+from bench.sam2_parity import (
+    mask_disagreement,
+    parity_cases,
+    predictor_reference,
+    random_image,
+    segment_afresh,
+    tf32,
+)
 from reward_server.config import EngineConfig
 from reward_server.engine import LOGIT_CLAMP, ImageFeatures, SamEngine
 from reward_server.masks import mask_iou
-from reward_server.protocol import Prompt, SegRequest, SegResult, content_key
+from reward_server.protocol import SegResult, content_key
 
 LOGIT_BOUND = 1e-3
 """float32 against SAM2's predictor: the engine batches and caches, but computes the same operations."""
@@ -83,19 +89,6 @@ def checks_table(checks: list[Check]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------- SAM2
 
 
-def _segment(engine: SamEngine, cases: list[tuple[np.ndarray, Prompt]], encode: bool = True) -> list[SegResult]:
-    """The engine's answers; with ``encode``, every image encoded afresh in this call."""
-    if encode:
-        engine.features = ByteLRU(engine.features.capacity, lambda features: features.nbytes)
-    requests = [SegRequest(content_key(image), prompt, return_logits=True) for image, prompt in cases]
-    images = {content_key(image): image for image, _ in cases} if encode else None
-    results = engine.segment(requests, images=images)
-    failed = [result.error for result in results if not result.ok]
-    if failed:
-        raise RuntimeError(f"{len(failed)} parity prompts failed: {failed[0]}")
-    return results
-
-
 def _smallest_iou(first: list[SegResult], second: list[SegResult]) -> float:
     return min(mask_iou(a.mask_array(), b.mask_array()) for a, b in zip(first, second, strict=True))
 
@@ -104,22 +97,16 @@ def _iou_check(name: str, iou: float) -> Check:
     return Check(name, f"{iou:.4f}", f"> {MASK_IOU_BOUND}", iou > MASK_IOU_BOUND)
 
 
-def _cast(features: ImageFeatures, dtype: torch.dtype) -> ImageFeatures:
-    return ImageFeatures(
-        features.image_embed.to(dtype), tuple(t.to(dtype) for t in features.high_res), features.orig_hw
-    )
-
-
 def _stored_in_bf16(engine: SamEngine, keys: list[str]) -> tuple[int, int]:
     """Replaces the cached features of ``keys`` by their bfloat16 rounding, in the dtypes the decoder received
     before; returns the first image's bytes as cached and in bfloat16."""
     sizes = []
     for key in keys:
         features = engine.features.get(key)
-        rounded = _cast(features, torch.bfloat16)
-        sizes.append((features.nbytes, rounded.nbytes))
-        restored = [r.to(f.dtype) for r, f in zip(_tensors(rounded), _tensors(features), strict=True)]
-        engine.features.put(key, ImageFeatures(restored[-1], tuple(restored[:-1]), features.orig_hw))
+        tensors = _tensors(features)
+        sizes.append((features.nbytes, sum(tensor.numel() * 2 for tensor in tensors)))
+        rounded = [tensor.to(torch.bfloat16).to(tensor.dtype) for tensor in tensors]
+        engine.features.put(key, ImageFeatures(rounded[-1], tuple(rounded[:-1]), features.orig_hw))
     return sizes[0]
 
 
@@ -139,7 +126,7 @@ def sam2_checks(model: str, image_size: int | None, device: str) -> list[Check]:
     fp32 = SamEngine(EngineConfig(**engine, dtype="float32", logits_dtype="float32"))
     cases = parity_cases(fp32.mask_input_size)
     with tf32(False):
-        exact = _segment(fp32, cases)
+        exact = segment_afresh(fp32, cases)
         predictor = SAM2ImagePredictor(fp32.model)
         gap, differing = 0.0, 0
         for image in {id(image): image for image, _ in cases}.values():
@@ -166,7 +153,7 @@ def sam2_checks(model: str, image_size: int | None, device: str) -> list[Check]:
     if fp32.device.type == "cuda":
         bf16 = SamEngine(EngineConfig(**engine, dtype="bfloat16", logits_dtype="float32"))
         with tf32(True):
-            fast = _segment(bf16, cases)
+            fast = segment_afresh(bf16, cases)
         cached = bf16.features.get(content_key(cases[0][0]))
         checks.append(_iou_check("SAM2 bfloat16 autocast vs float32: smallest mask IoU", _smallest_iou(fast, exact)))
         checks.append(Check("SAM2 bfloat16 engine: cached feature dtypes (fine to coarse)", _dtypes(cached), "", True))
@@ -176,7 +163,7 @@ def sam2_checks(model: str, image_size: int | None, device: str) -> list[Check]:
     with tf32(False):
         keys = list({content_key(image): None for image, _ in cases})
         as_cached, in_bf16 = _stored_in_bf16(fp32, keys)
-        rounded = _segment(fp32, cases, encode=False)
+        rounded = segment_afresh(fp32, cases, encode=False)
     checks.append(
         _iou_check("SAM2 features cached in bfloat16 vs float32: smallest mask IoU", _smallest_iou(rounded, exact))
     )

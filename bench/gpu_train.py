@@ -43,12 +43,12 @@ def _overrides(argv: list[str]) -> list[str]:
 def dry_run(argvs: dict[str, list[str]]) -> list[str]:
     """One line per recipe: its command's config composed and checked as preflight checks it, nothing launched."""
     from recipe.common.compose import compose_recipe
-    from recipe.common.preflight import CHECKS
+    from recipe.common.preflight import preflight
 
     lines = []
     for recipe, argv in argvs.items():
-        config = compose_recipe(recipe, _overrides(argv))
-        errors = [error for check in CHECKS for error in check(config)]
+        # Without the host and GPU-count checks: this machine is not the GPU node the commands are for.
+        errors = preflight(compose_recipe(recipe, _overrides(argv)), available_gpus=None, host=False)
         verdict = "composes, preflight's config checks pass" if not errors else "; ".join(errors)
         lines.append(f"train {recipe}: not launched (--quick: vLLM needs a GPU); {verdict}")
     return lines

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from reward_server.protocol import Prompt
+from reward_server.cache import ByteLRU
+from reward_server.protocol import Prompt, SegRequest, SegResult, content_key
 
 
 def random_image(seed: int, hw: tuple[int, int] = (840, 840)) -> np.ndarray:
@@ -69,3 +70,21 @@ def tf32(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def segment_afresh(engine, cases: list[tuple[np.ndarray, Prompt]], encode: bool = True) -> list[SegResult]:
+    """The engine's answers to ``cases``; with ``encode``, its cache emptied first so that every image is encoded in
+    this call (without, the images must be cached).
+
+    Raises:
+        RuntimeError: When a prompt gets an error result.
+    """
+    if encode:
+        engine.features = ByteLRU(engine.features.capacity, lambda features: features.nbytes)
+    requests = [SegRequest(content_key(image), prompt, return_logits=True) for image, prompt in cases]
+    images = {content_key(image): image for image, _ in cases} if encode else None
+    results = engine.segment(requests, images=images)
+    failed = [result.error for result in results if not result.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} parity prompts failed: {failed[0]}")
+    return results

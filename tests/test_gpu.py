@@ -14,17 +14,16 @@ import torch
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from bench.sam2_parity import parity_cases, predictor_reference, random_image, tf32
+from bench.sam2_parity import parity_cases, predictor_reference, random_image, segment_afresh, tf32
 from bench.sam2_throughput import compile_unavailable
 from recipe.common.prompts import build_prompt
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.modes import MODES
 from recipe.evaluate.policies import VLLMPolicy, build_policy, vllm_prompts
-from reward_server.cache import ByteLRU
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
 from reward_server.masks import mask_iou
-from reward_server.protocol import Prompt, SegRequest, SegResult, content_key
+from reward_server.protocol import Prompt, SegResult
 
 from support.sam_parity import assert_same_mask
 
@@ -96,15 +95,6 @@ def engine_fp32() -> SamEngine:
 def engine_bf16() -> SamEngine:
     """The production settings (device ``auto``, bfloat16) on the tiny model; same seed, so same weights."""
     return SamEngine(EngineConfig(model=TINY_SAM2, allow_random_weights=True, logits_dtype="float32"))
-
-
-def segment_afresh(engine: SamEngine, cases: list[tuple[np.ndarray, Prompt]]) -> list[SegResult]:
-    """The engine's results with every image encoded in this call, under the caller's TF32 setting."""
-    engine.features = ByteLRU(engine.features.capacity, lambda features: features.nbytes)
-    requests = [SegRequest(content_key(image), prompt, return_logits=True) for image, prompt in cases]
-    results = engine.segment(requests, images={content_key(image): image for image, _ in cases})
-    assert all(result.ok for result in results), [result.error for result in results if not result.ok]
-    return results
 
 
 def mask_ious(first: list[SegResult], second: list[SegResult]) -> list[float]:
