@@ -2,10 +2,11 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 import ray
+
+from support.interpreters import run_at_once
 
 pytestmark = pytest.mark.slow
 
@@ -87,37 +88,24 @@ def _environment(**env: str) -> dict[str, str]:
     return {**{key: value for key, value in os.environ.items() if key != "VERL_PLATFORM"}, **env}
 
 
-def _pythons(*runs: tuple[str, dict[str, str]]) -> list[subprocess.CompletedProcess]:
-    """Runs each ``(code, environment)`` in a fresh interpreter, all at once: each mostly waits on its imports."""
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        for code, env in runs
-    ]
-    done = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    return done
-
-
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    (done,) = _pythons((code, _environment(**env)))
+    (done,) = run_at_once([(code, _environment(**env))])
     return done
 
 
 def test_the_cpu_platform_must_be_registered_before_verls_modules_resolve_it():
     # Without the plugin, importing the project's trainer resolves the platform before anything registered "cpu".
     # Through the entry point, the plugin registers it first and every registration follows.
-    wrong_order, right_order = _pythons(
-        ("import verl, recipe.common.trainer", _environment(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none")),
-        (
-            "import verl; from verl.utils.device import get_device_name;"
-            "from verl.trainer.ppo.v1 import get_trainer_cls;"
-            "print(get_device_name(), get_trainer_cls('sync_reward_metrics').__module__)",
-            _environment(VERL_PLATFORM="cpu"),
-        ),
+    wrong_order, right_order = run_at_once(
+        [
+            ("import verl, recipe.common.trainer", _environment(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none")),
+            (
+                "import verl; from verl.utils.device import get_device_name;"
+                "from verl.trainer.ppo.v1 import get_trainer_cls;"
+                "print(get_device_name(), get_trainer_cls('sync_reward_metrics').__module__)",
+                _environment(VERL_PLATFORM="cpu"),
+            ),
+        ]
     )
     assert wrong_order.returncode != 0 and "Unknown platform 'cpu'" in wrong_order.stderr
     assert right_order.returncode == 0, right_order.stderr[-2000:]
@@ -148,7 +136,7 @@ def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first():
         "fixed = AsyncSimpleStorageManager.get_data is get_data_with_ragged_positions\n"
         "print(get_policy_loss_fn('samr1').__module__, fixed)\n"
     )
-    runs = _pythons(*((probe.format(first=first), dict(os.environ)) for first in FIRST_IMPORTS))
+    runs = run_at_once((probe.format(first=first), dict(os.environ)) for first in FIRST_IMPORTS)
     for first, done in zip(FIRST_IMPORTS, runs, strict=True):
         assert done.returncode == 0, (first, done.stderr[-3000:])
         assert done.stdout.split() == ["recipe.samr1.loss", "True"], first

@@ -7,12 +7,12 @@ drop the workaround.
 
 import json
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from recipe.common import verl_workarounds
+
+from support.interpreters import run_at_once
 
 
 def test_versions_are_the_ones_pinned():
@@ -71,21 +71,19 @@ print("REPORT " + json.dumps(report))
 
 
 def _probes(*platforms: str | None) -> list[dict]:
-    """Each platform's report, probed in fresh interpreters at once (each mostly waits on importing verl)."""
-    processes = []
+    """Each platform's report, probed in fresh interpreters at once."""
+    runs = []
     for platform in platforms:
         env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
         env = {**__import__("os").environ, **env}
         env.pop("VERL_PLATFORM", None)
         if platform:
             env["VERL_PLATFORM"] = platform
-        command = [sys.executable, "-c", _PROBE]
-        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        runs.append((_PROBE, env))
     reports = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
-        line = next((line for line in stdout.splitlines() if line.startswith("REPORT ")), None)
-        assert line, stderr[-3000:]
+    for done in run_at_once(runs):
+        line = next((line for line in done.stdout.splitlines() if line.startswith("REPORT ")), None)
+        assert line, done.stderr[-3000:]
         reports.append(json.loads(line.removeprefix("REPORT ")))
     return reports
 
