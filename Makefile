@@ -34,9 +34,9 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The learning checks of tests/test_learning.py, both tiers: make test's (SAM-R1's first steps, its two controls, a run
-# killed twice) and both recipes' 14-step learning runs with their frozen-rollout controls, and SAM-Veteran's
-# negated-reward control, which only this runs.
+# The learning checks of tests/test_learning.py, both tiers: make test's (SAM-R1's first steps, its frozen-rollout
+# control, a run killed twice) and both recipes' 14-step learning runs with their frozen-rollout controls, and both
+# recipes' negated-reward controls, which only this runs.
 test-learn: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m pytest --learning tests/test_learning.py $(PYTEST_ARGS)
 

@@ -4,14 +4,14 @@ Each recipe's warm-started tiny model (``bench.warm_start``) is trained with the
 (``bench.learn``), every run sampling under ``rollout.full_determinism``, so runs that share a step share its random
 draws. Two tiers:
 
-- In ``make test`` (CI): SAM-R1's first 3 steps, the same 3 steps with the rollout's weight sync off and with the
-  reward negated (the controls), and the run killed twice (while it writes its step-2 checkpoint, then in the
+- In ``make test`` (CI): SAM-R1's first 3 steps, the same 3 steps with the rollout's weight sync off (the control
+  whose mismatch the trainer must warn about), and the run killed twice (while it writes its step-2 checkpoint, then in the
   middle of step 3) and resumed, which must be the uninterrupted run sample for sample. The killed run is also the
   project's SAM-R1 smoke run through verl's trainer (checkpoints, resume, gallery, ``make eval-checkpoints``) and its
   fault test: its last launch loses its SAM2 actor in the middle of a step.
 - With ``pytest --learning`` (``make test-learn``, about 45 more minutes): both recipes' 14-step learning runs, whose
-  score must rise by the recipe's margin over their first steps and over a frozen-rollout control, and
-  SAM-Veteran's controls (frozen rollout, negated reward).
+  score must rise by the recipe's margin over their first steps and over a frozen-rollout control, SAM-Veteran's
+  frozen-rollout control, and both recipes' negated-reward controls.
 
 Each launch is one ``python -m recipe.<recipe>.main``; the runs are shared by the tests that read them.
 """
@@ -152,13 +152,14 @@ COMPUTED = {
 """What each recipe's reward computed, as logged: SAM-R1's components (its negated function logs the negated score),
 SAM-Veteran's score (its negated loops negate only what verl trains on)."""
 KEPT = {"samr1": "start", "veteran": "learn"}
-"""The run with the reward's sign kept whose first steps a negated run repeats: CI runs only SAM-R1's ``start``."""
+"""The run with the reward's sign kept whose first steps a negated run repeats."""
 BIT_REPRODUCIBLE = {"samr1"}
 """Recipes whose runs draw the same samples at a step they share. SAM-Veteran's grounding and workflow requests share
 a prompt, and the order in which they reach the CPU rollout decides which seed each gets."""
 
 
-@pytest.mark.parametrize("recipe", ["samr1", pytest.param("veteran", marks=learning_tier)])
+@learning_tier
+@pytest.mark.parametrize("recipe", list(CHECKS))
 def test_a_flipped_advantage_unlearns(learning, recipe):
     """The reward negated flips every advantage: within 3 steps the run drives the well-formed answers out, while
     the same 3 steps with the reward's sign kept keep them (SAM-R1: from the same random draws)."""
