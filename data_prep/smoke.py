@@ -1,4 +1,5 @@
-"""The inputs of ``make smoke``: synthetic RefCOCOg rows converted for a recipe, and the tiny random Qwen2.5-VL.
+"""The inputs of ``make smoke``: synthetic RefCOCOg rows converted for a recipe, and a tiny random base model
+(Qwen2.5-VL, or Qwen3-VL: ``recipe.common.tiny_vlm``).
 
 SAM-Veteran's inputs hold one file per training task (grounding, mask comprehension, auxiliary, the multi-turn
 workflow), derived from the grounding rows exactly as ``make data-veteran`` derives them, with the tiny SAM2.
@@ -14,7 +15,7 @@ from pathlib import Path
 from data_prep import __main__ as data_prep_cli
 from data_prep.synthetic import synthetic_refer_parquet, write_reasonseg_split, write_refer_dataset
 from data_prep.veteran import build_auxiliary, build_mask_comprehension, build_workflow
-from recipe.common.tiny_vlm import SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
+from recipe.common.tiny_vlm import build_tiny_vlm
 from reward_server.config import load_preset
 from reward_server.engine import SamEngine
 
@@ -27,8 +28,11 @@ class SmokeInputs:
     model: Path
 
 
-def build_smoke_inputs(out_dir: Path, recipe: str, prompts: int, seed: int = 0) -> SmokeInputs:
-    """Writes ``recipe``'s smoke inputs under ``out_dir`` (``prompts`` grounding rows; every task derives from them)."""
+def build_smoke_inputs(
+    out_dir: Path, recipe: str, prompts: int, seed: int = 0, base: str = "qwen2_5_vl"
+) -> SmokeInputs:
+    """Writes ``recipe``'s smoke inputs under ``out_dir`` (``prompts`` grounding rows; every task derives from them),
+    with the tiny model of the ``base`` family (a key of ``recipe.common.tiny_vlm.TINY_BUILDERS``)."""
     # Images rotate through train, val and test; 3 per prompt leaves every prompt an image of its own.
     grounding = synthetic_refer_parquet(
         out_dir, out_dir / f"{recipe}_grounding.parquet", recipe, num_images=3 * prompts, limit=prompts, seed=seed
@@ -41,7 +45,7 @@ def build_smoke_inputs(out_dir: Path, recipe: str, prompts: int, seed: int = 0) 
         build_auxiliary(grounding, files[2], seed=seed)
         build_workflow(grounding, files[3])
     # Small images (16 tokens each, not 900): on a CPU the padded sequence length sets the cost of every step.
-    model = build_tiny_qwen2_5_vl(out_dir / "tiny_qwen2_5_vl", seed=seed, max_pixels=SMALL_IMAGE_MAX_PIXELS)
+    model = build_tiny_vlm(base, out_dir / f"tiny_{base}", seed=seed, small_images=True)
     return SmokeInputs(files, model)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from data_prep.smoke import build_smoke_inputs
 from recipe.common.preflight import image_tokens, workflow_response_tokens
+from recipe.common.tiny_vlm import TINY_BUILDERS
 
 RECIPES = ("samr1", "veteran")
 # The smoke model sees 112x112 images (16 tokens, data_prep.smoke): every smoke prompt fits in 256 tokens.
@@ -32,6 +33,8 @@ COMMON_OVERRIDES = ["data.max_prompt_length=256"]
 WORKFLOW_STEPS = 1
 VETERAN_OVERRIDES = ["data.train_batch_size=4", "data.shuffle=false", f"veteran.workflow.max_steps={WORKFLOW_STEPS}"]
 PROMPTS = {"samr1": 4, "veteran": 1}
+DEFAULT_BASE = "qwen2_5_vl"
+"""The papers' base model family; ``--base qwen3_vl`` runs the tiny Qwen3-VL instead."""
 
 
 def recipe_overrides(recipe: str, model: Path) -> list[str]:
@@ -113,11 +116,12 @@ def summary(recipe: str, launches: list[Launch], run_dir: Path) -> str:
     )
 
 
-def run_recipe(recipe: str, out_dir: Path, steps: int, extra: list[str]) -> str:
-    """Trains ``recipe`` for ``steps - 1`` steps, resumes to ``steps``, and returns its ``smoke:`` line."""
+def run_recipe(recipe: str, out_dir: Path, steps: int, extra: list[str], base: str = DEFAULT_BASE) -> str:
+    """Trains ``recipe`` on the tiny ``base`` model for ``steps - 1`` steps, resumes to ``steps``, and returns its
+    ``smoke:`` line."""
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = build_smoke_inputs(out_dir, recipe, PROMPTS[recipe])
+    inputs = build_smoke_inputs(out_dir, recipe, PROMPTS[recipe], base=base)
     run_dir = out_dir / "run"
     env = {**os.environ, "VERL_PLATFORM": "cpu"}
     log = out_dir / "smoke.log"
@@ -151,13 +155,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="outputs/smoke", help="inputs, runs and logs go to <out>/<recipe>/")
     parser.add_argument("--steps", type=int, default=3, help="the last step; the first run stops one before")
     parser.add_argument("--override", action="append", default=[], help="a Hydra override for both launches")
+    parser.add_argument(
+        "--base", choices=sorted(TINY_BUILDERS), default=DEFAULT_BASE, help="the tiny random base model's family"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    return [run_recipe(recipe, out / recipe, args.steps, args.override) for recipe in args.recipes]
+    return [run_recipe(recipe, out / recipe, args.steps, args.override, args.base) for recipe in args.recipes]
 
 
 if __name__ == "__main__":

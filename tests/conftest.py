@@ -45,6 +45,14 @@ def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a tiny random Qwen3-VL saved with `save_pretrained` (real Qwen3 vocabulary, 0-1000 coordinates)."""
+    from recipe.common.tiny_vlm import build_tiny_qwen3_vl
+
+    return str(build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl")))
+
+
+@pytest.fixture(scope="session")
 def tiny_sam2():
     """A tiny random SAM2 (``sam2.1_hiera_t``, no checkpoint) on CPU."""
     import torch

@@ -58,7 +58,9 @@ def test_the_model_sees_the_image_data_prep_stores(eval_sets):
 
 
 @pytest.mark.parametrize("mode", ["samr1", "veteran"])
-def test_the_written_mask_is_the_evaluators_for_the_same_sample(mode, row, tmp_path, monkeypatch, capsys):
+def test_the_written_mask_is_the_evaluators_for_the_same_sample(
+    mode, row, tmp_path, monkeypatch, capsys, tiny_qwen_path
+):
     path, stored = row
     script = scripts(stored)[mode]
     evaluator_policy = TurnPolicy(script)
@@ -74,7 +76,8 @@ def test_the_written_mask_is_the_evaluators_for_the_same_sample(mode, row, tmp_p
     infer_policy = TurnPolicy(script)
     monkeypatch.setattr(recipe.evaluate.policies, "build_policy", lambda cfg, mode: infer_policy)
     out_dir = tmp_path / "infer"
-    argv = ["--model", str(tmp_path), "--image", str(image_path), "--question", stored["extra_info"]["question"]]
+    # The scripted policy answers; the checkpoint's config names the convention its coordinates are read in.
+    argv = ["--model", tiny_qwen_path, "--image", str(image_path), "--question", stored["extra_info"]["question"]]
     assert main([*argv, "--mode", mode, "--out", str(out_dir), "--sam-preset", "tiny_cpu"]) == 0
 
     written = coco_decode(json.loads((out_dir / "mask.json").read_text()))

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 from omegaconf import OmegaConf
-from test_preflight import good, machine  # noqa: F401 (machine is the fixture good needs)
+from test_preflight import good, machine, model_dir  # noqa: F401 (machine is the fixture good needs)
 
 from recipe.common.preflight import check_gpus, preflight
 from reward_server.config import server_config
@@ -142,3 +142,34 @@ def test_the_gpu_smoke_preset_passes_verl_and_preflight_on_one_gpu(vllm_helpers,
     assert preflight(config, available_gpus=1) == []
     assert OmegaConf.select(config, "actor_rollout_ref.rollout.name") == "vllm"
     assert OmegaConf.select(config, "actor_rollout_ref.rollout.load_format") == "dummy"
+
+
+MODELS = {
+    "qwen2_5_vl_7b": ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl"),
+    "qwen2_5_vl_32b": ("Qwen/Qwen2.5-VL-32B-Instruct", "qwen2_5_vl"),
+    "qwen3_vl_8b": ("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl"),
+    "qwen3_vl_4b": ("Qwen/Qwen3-VL-4B-Instruct", "qwen3_vl"),
+}
+"""Each ``+model=`` preset's checkpoint and its family (conf/model/)."""
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_each_base_model_preset_names_its_checkpoint_and_passes_verl_and_preflight(machine, recipe, name):  # noqa: F811
+    from recipe.common.compose import compose_recipe
+
+    checkpoint, family = MODELS[name]
+    assert compose_recipe(recipe, [f"+model={name}"]).actor_rollout_ref.model.path == checkpoint
+    # The same preset on the checkpoint's family, as a local directory would hold it.
+    local = model_dir(machine / name, family)
+    config = good(machine, recipe, f"+model={name}", f"actor_rollout_ref.model.path={local}")
+    validate(config)
+    assert preflight(config, available_gpus=config.trainer.n_gpus_per_node + 1) == []  # verl's GPUs and SAM2's
+
+
+def test_the_papers_model_preset_is_the_recipes_default():
+    from recipe.common.compose import compose_recipe
+
+    for recipe in RECIPES:
+        chosen = compose_recipe(recipe, ["+model=qwen2_5_vl_7b"])
+        assert OmegaConf.to_container(chosen) == OmegaConf.to_container(compose_recipe(recipe, []))

@@ -5,10 +5,10 @@ Each recipe's warm-started tiny model (``bench.warm_start``) is trained with the
 draws. Two tiers:
 
 - In ``make test`` (CI): SAM-R1's first 3 steps, the same 3 steps with the rollout's weight sync off (the control
-  whose mismatch the trainer must warn about), and the run killed twice (while it writes its step-2 checkpoint, then in the
-  middle of step 3) and resumed, which must be the uninterrupted run sample for sample. The killed run is also the
-  project's SAM-R1 smoke run through verl's trainer (checkpoints, resume, gallery, ``make eval-checkpoints``) and its
-  fault test: its last launch loses its SAM2 actor in the middle of a step.
+  whose mismatch the trainer must warn about), and the run killed twice (while it writes its step-2 checkpoint,
+  then in the middle of step 3) and resumed, which must be the uninterrupted run sample for sample. The killed run
+  is also the project's SAM-R1 smoke run through verl's trainer (checkpoints, resume, gallery,
+  ``make eval-checkpoints``) and its fault test: its last launch loses its SAM2 actor in the middle of a step.
 - With ``pytest --learning`` (``make test-learn``, about 45 more minutes): both recipes' 14-step learning runs, whose
   score must rise by the recipe's margin over their first steps and over a frozen-rollout control, SAM-Veteran's
   frozen-rollout control, and both recipes' negated-reward controls.

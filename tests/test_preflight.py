@@ -545,3 +545,40 @@ def test_an_auto_sam2_engine_on_the_cpu_fails_a_cuda_run():
     assert "sam2_reward-0" in error and "reward_server.engine.device=cpu" in error
     assert check_pool_devices(config, [{"name": "sam2_reward-0", "device": "cuda:0"}]) == []
     assert check_pool_devices(compose("samr1", "reward_server=tiny_cpu"), [{"name": "a", "device": "cpu"}]) == []
+
+
+def test_qwen3_vl_images_are_counted_with_its_32_pixel_tokens_from_its_directory_or_the_hub_cache(
+    tiny_qwen3_path, tmp_path, monkeypatch
+):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen3_path)
+    image = Image.fromarray(np.zeros((840, 840, 3), np.uint8))
+    ids = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image])["input_ids"][0]
+    # 840 is no multiple of 32: Qwen3-VL's processor resizes to 832x832, 26 x 26 tokens.
+    assert list(ids).count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) == 26 * 26
+    assert pf.image_tokens(tiny_qwen3_path) == 26 * 26
+    # A hub id is read from the Hugging Face cache's snapshot, as every worker will load it.
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3-VL-8B-Instruct" / "snapshots" / "0"
+    shutil.copytree(tiny_qwen3_path, snapshot)
+    (tmp_path / "hub" / "models--Qwen--Qwen3-VL-8B-Instruct" / "refs").mkdir()
+    (tmp_path / "hub" / "models--Qwen--Qwen3-VL-8B-Instruct" / "refs" / "main").write_text("0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert pf.image_tokens("Qwen/Qwen3-VL-8B-Instruct") == 26 * 26
+    assert pf.image_tokens("Qwen/Qwen2.5-VL-7B-Instruct") == IMAGE_TOKENS  # not cached: taken to be Qwen2.5-VL's
+
+
+def test_a_model_family_without_a_known_coordinate_convention_stops_the_run(machine, tiny_qwen_path, tmp_path):
+    import shutil
+
+    other = tmp_path / "llava"
+    shutil.copytree(tiny_qwen_path, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "llava_next"}))
+    (error,) = check_model(good(machine, "samr1", f"actor_rollout_ref.model.path={other}"))
+    assert "'llava_next'" in error and "coordinate convention" in error
+    assert check_model(good(machine, "samr1", f"actor_rollout_ref.model.path={tiny_qwen_path}")) == []

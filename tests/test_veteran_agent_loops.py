@@ -40,7 +40,10 @@ def run_loop(path: Path, tiny_qwen_path: str, answer: str, sam: FakeSam, monkeyp
     tokenizer, processor = hf_tokenizer(tiny_qwen_path), hf_processor(tiny_qwen_path)
     config = OmegaConf.create(
         {
-            "actor_rollout_ref": {"rollout": {"prompt_length": 1300, "response_length": 256}},
+            "actor_rollout_ref": {
+                "model": {"path": tiny_qwen_path},
+                "rollout": {"prompt_length": 1300, "response_length": 256},
+            },
             "data": {"filter_overlong_prompts": False},
             "reward_server": {"pool": {"name": "unused"}},
             "veteran": {"reward": reward or {}},

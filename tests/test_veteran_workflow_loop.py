@@ -63,7 +63,10 @@ def run_workflow(
     row, tokenizer, processor = row_and_tools
     config = config or OmegaConf.create(
         {
-            "actor_rollout_ref": {"rollout": {"prompt_length": 1300, "response_length": response_length}},
+            "actor_rollout_ref": {
+                "model": {"path": tokenizer.name_or_path},
+                "rollout": {"prompt_length": 1300, "response_length": response_length},
+            },
             "data": {},
             "reward_server": {"pool": {"name": "unused"}},
             "veteran": {"reward": {}, "workflow": {"max_steps": max_steps}},
@@ -155,7 +158,7 @@ def test_full_determinism_fixes_request_ids_as_verls_single_turn_loop(row_and_to
     rollout = {"prompt_length": 1300, "response_length": 4096, "full_determinism": True}
     config = OmegaConf.create(
         {
-            "actor_rollout_ref": {"rollout": rollout},
+            "actor_rollout_ref": {"model": {"path": tokenizer.name_or_path}, "rollout": rollout},
             "data": {},
             "reward_server": {"pool": {"name": "unused"}},
             "veteran": {"reward": {}, "workflow": {"max_steps": 3}},
@@ -206,8 +209,9 @@ def test_the_cot_ablations_set_every_turns_prompt_and_tag_rule(
     """Under Table 6's ablations (composed as training composes them), the first turn's prompt follows
     ``grounding_cot`` and the refinement turns' follow ``mask_cot``, and each turn is graded by the matching tag rule:
     the formatting reward's +1 for the tags (section 3.2) goes to the format that turn asked for."""
-    config = compose_recipe("veteran", [f"+veteran_ablation={ablation}"] if ablation else [])
     row, tokenizer, _ = row_and_tools
+    overrides = [f"actor_rollout_ref.model.path={tokenizer.name_or_path}"]
+    config = compose_recipe("veteran", [*overrides, *([f"+veteran_ablation={ablation}"] if ablation else [])])
     box, stop = {"bbox_2d": [100, 100, 500, 300]}, {"pos_point": None, "neg_point": None}
     asked = [with_tags(box, cot[0]), with_tags(stop, cot[1])]
     other = [with_tags(box, not cot[0]), with_tags(stop, not cot[1])]

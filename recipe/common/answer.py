@@ -2,7 +2,8 @@
 
 A response is ``<think>...</think>`` followed by ``<answer>...</answer>`` whose content is one JSON object. Parsing
 never raises: a malformed response is data (a failed format check, a missing answer, an invalid field), each with a
-reason that rewards log and counters aggregate.
+reason that rewards log and counters aggregate. Coordinates are validated in the model's own convention (pixels, or
+Qwen3-VL's 0-1000) and returned in pixels of the image the model saw (:mod:`recipe.common.coordinates`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from recipe.common.coordinates import Coordinates
 from reward_server.masks import MODEL_SIZE
 from reward_server.validation import Box, Point, check_box, check_point
 
@@ -42,28 +44,38 @@ def _invalid(reason: str) -> Field[Any]:
     return Field(error=reason)
 
 
-def validate_box(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW) -> Field[Box]:
-    """A valid box: 4 finite numbers with ``x1 < x2`` and ``y1 < y2`` after clipping to the image.
+def validate_box(
+    value: Any, image_hw: tuple[int, int] = _DEFAULT_HW, coordinates: Coordinates = Coordinates.PIXELS
+) -> Field[Box]:
+    """A valid box: 4 finite numbers with ``x1 < x2`` and ``y1 < y2`` after clipping to the image (to the range of
+    ``coordinates``).
 
     Returns:
-        The clipped box, or the reason it is invalid.
+        The clipped box in pixels of the ``image_hw`` image, or the reason it is invalid.
     """
-    box, error = check_box(value, image_hw)
-    return Field(value=box, error=error)
+    box, error = check_box(value, coordinates.extent(image_hw))
+    return Field(error=error) if box is None else Field(value=coordinates.to_pixels(box, image_hw))
 
 
-def validate_point(value: Any, image_hw: tuple[int, int] = _DEFAULT_HW, allow_null: bool = False) -> Field[Point]:
-    """A valid point: 2 finite numbers inside the image, ``0 <= x < W`` and ``0 <= y < H`` (it lies on a pixel).
+def validate_point(
+    value: Any,
+    image_hw: tuple[int, int] = _DEFAULT_HW,
+    allow_null: bool = False,
+    coordinates: Coordinates = Coordinates.PIXELS,
+) -> Field[Point]:
+    """A valid point: 2 finite numbers inside the image, ``0 <= x < W`` and ``0 <= y < H`` (it lies on a pixel; in
+    the range of ``coordinates``).
 
     Args:
         value: The JSON value.
         image_hw: ``(H, W)`` of the image the coordinates refer to.
         allow_null: Whether JSON ``null`` is valid (refinement answers); it yields ``ok`` with value None.
+        coordinates: The model's convention; the point is returned in pixels of the ``image_hw`` image.
     """
     if value is None and allow_null:
         return Field()
-    point, error = check_point(value, image_hw)
-    return Field(value=point, error=error)
+    point, error = check_point(value, coordinates.extent(image_hw))
+    return Field(error=error) if point is None else Field(value=coordinates.to_pixels(point, image_hw))
 
 
 def _reject_constant(name: str) -> Any:
@@ -148,6 +160,7 @@ class ParsedResponse:
         answer: The JSON object inside the single ``<answer>`` block, or None.
         answer_error: Why there is no answer, or None.
         image_hw: ``(H, W)`` of the image the coordinates refer to (840x840 model space by default).
+        coordinates: The model's convention; every box and point is returned in pixels of that image.
     """
 
     format_ok: bool
@@ -155,6 +168,7 @@ class ParsedResponse:
     answer: dict[str, Any] | None
     answer_error: str | None
     image_hw: tuple[int, int] = _DEFAULT_HW
+    coordinates: Coordinates = Coordinates.PIXELS
 
     def _get(self, key: str) -> Any:
         return self.answer.get(key, _MISSING) if self.answer is not None else _MISSING
@@ -170,12 +184,12 @@ class ParsedResponse:
     def bbox_2d(self) -> Field[Box]:
         """The ``bbox_2d`` box, clipped to the image."""
         value, failure = self._field("bbox_2d")
-        return failure or validate_box(value, self.image_hw)
+        return failure or validate_box(value, self.image_hw, self.coordinates)
 
     def point_2d(self) -> Field[Point]:
         """The ``point_2d`` point (SAM-R1's positive click)."""
         value, failure = self._field("point_2d")
-        return failure or validate_point(value, self.image_hw)
+        return failure or validate_point(value, self.image_hw, coordinates=self.coordinates)
 
     def label(self) -> Field[str]:
         """The ``label`` flag: a non-empty string."""
@@ -189,12 +203,12 @@ class ParsedResponse:
     def pos_point(self) -> Field[Point]:
         """The ``pos_point`` refinement click (false-negative area); ``null`` is valid and means no click."""
         value, failure = self._field("pos_point")
-        return failure or validate_point(value, self.image_hw, allow_null=True)
+        return failure or validate_point(value, self.image_hw, allow_null=True, coordinates=self.coordinates)
 
     def neg_point(self) -> Field[Point]:
         """The ``neg_point`` refinement click (false-positive area); ``null`` is valid and means no click."""
         value, failure = self._field("neg_point")
-        return failure or validate_point(value, self.image_hw, allow_null=True)
+        return failure or validate_point(value, self.image_hw, allow_null=True, coordinates=self.coordinates)
 
     def clicks(self) -> tuple[Point | None, Point | None] | None:
         """A refinement answer's ``(pos_point, neg_point)``, None for a null click; None when either is invalid."""
@@ -205,7 +219,12 @@ class ParsedResponse:
 _MISSING = object()
 
 
-def parse_response(text: Any, image_hw: tuple[int, int] = _DEFAULT_HW, reasoning: bool = True) -> ParsedResponse:
+def parse_response(
+    text: Any,
+    image_hw: tuple[int, int] = _DEFAULT_HW,
+    reasoning: bool = True,
+    coordinates: Coordinates = Coordinates.PIXELS,
+) -> ParsedResponse:
     """Parses a model response; never raises.
 
     Args:
@@ -213,16 +232,17 @@ def parse_response(text: Any, image_hw: tuple[int, int] = _DEFAULT_HW, reasoning
         image_hw: ``(H, W)`` of the image that the answer's coordinates refer to.
         reasoning: The tag rule asks for ``<think>`` before ``<answer>``; False is the answer-only format of the
             no-chain-of-thought ablation.
+        coordinates: The model's convention (:func:`recipe.common.coordinates.model_coordinates`).
 
     Returns:
         The tag-rule verdict and the answer object, each with the reason when it fails.
     """
     if not isinstance(text, str):
         reason = f"response is {type(text).__name__}, not text"
-        return ParsedResponse(False, reason, None, reason, image_hw)
+        return ParsedResponse(False, reason, None, reason, image_hw, coordinates)
     format_error = _tag_rule_error(text, reasoning)
     content, answer_error = _answer_block(text)
     answer = None
     if content is not None:
         answer, answer_error = _load_answer(content)
-    return ParsedResponse(format_error is None, format_error, answer, answer_error, image_hw)
+    return ParsedResponse(format_error is None, format_error, answer, answer_error, image_hw, coordinates)

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.coordinates import Coordinates
 from recipe.common.dataset_rows import GROUNDING, MASK_COMPREHENSION
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import asks_for_reasoning, build_prompt
@@ -93,6 +94,7 @@ class Episode:
             keyword with no default, as ``mask_cot``: the caller passes its reward config's (SAM-Veteran's
             ``VeteranRewardConfig``) or the evaluator's value, so the two can never disagree.
         mask_cot: Likewise for refinement turns.
+        coordinates: The policy's coordinate convention (:func:`recipe.common.coordinates.model_coordinates`).
         segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, as
             docs/conventions.md, Spaces and coordinates, says). The model's coordinates are scaled to it, and its
             masks are resized to ``image`` for the overlay.
@@ -106,6 +108,7 @@ class Episode:
     segment_image: np.ndarray | None = None
     grounding_cot: bool = field(kw_only=True)
     mask_cot: bool = field(kw_only=True)
+    coordinates: Coordinates = field(default=Coordinates.PIXELS, kw_only=True)
     steps: list[Step] = field(default_factory=list)
     termination: str | None = None
     _pending: Step | None = None
@@ -158,7 +161,7 @@ class Episode:
     def observe_response(self, text: str) -> Prompt | None:
         """Parses the policy's answer; returns the SAM2 prompt to run, or None when the episode ends here."""
         height, width = self.image.shape[:2]
-        parsed = parse_response(text, image_hw=(height, width), reasoning=self.reasoning)
+        parsed = parse_response(text, (height, width), self.reasoning, self.coordinates)
         if not self.steps:
             step = Step("grounding", text, parsed)
             box = parsed.bbox_2d()
@@ -211,9 +214,11 @@ class SingleTurnEpisode:
     """:class:`Episode`'s interface for modes that ask the policy once and send SAM2 at most one prompt.
 
     A subclass says what to ask (``next_messages``), turns the answer into a :class:`Step` and passes it to
-    :meth:`_record`, and names the image SAM2 segments (``image_ref``).
+    :meth:`_record`, and names the image SAM2 segments (``image_ref``). Answers are parsed under the policy's
+    ``coordinates``.
     """
 
+    coordinates: Coordinates = field(default=Coordinates.PIXELS, kw_only=True)
     steps: list[Step] = field(default_factory=list, kw_only=True)
     termination: str | None = field(default=None, kw_only=True)
     gt_ref = None  # evaluation scores masks itself, with LISA's ignore pixels, at the original resolution

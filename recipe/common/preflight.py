@@ -137,10 +137,26 @@ def _hub_errors(repo_id: str, filename: str, key: str) -> list[str]:
 def check_model(config: DictConfig) -> list[str]:
     path = str(config.actor_rollout_ref.model.path)
     if Path(path).expanduser().is_dir():
-        return [] if (Path(path).expanduser() / "config.json").is_file() else [f"model {path} has no config.json"]
+        if not (Path(path).expanduser() / "config.json").is_file():
+            return [f"model {path} has no config.json"]
+        return _coordinate_errors(path)
     if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
-        return _hub_errors(path, "config.json", "actor_rollout_ref.model.path")
+        return _hub_errors(path, "config.json", "actor_rollout_ref.model.path") or _coordinate_errors(path)
     return [f"model {path} not found: set actor_rollout_ref.model.path=/path/to/Qwen2.5-VL-7B-Instruct"]
+
+
+def _coordinate_errors(path: str) -> list[str]:
+    """The rewards read a model's answers in its family's coordinate convention: a family with none known would
+    fail in every reward worker at its first answer."""
+    from recipe.common.coordinates import MODEL_TYPES
+
+    model_type = _model_type(path)
+    if model_type is None or model_type in MODEL_TYPES:
+        return []
+    return [
+        f"model {path} is a {model_type!r} model, whose coordinate convention is not known (known: "
+        f"{sorted(MODEL_TYPES)}); add it to recipe/common/coordinates.py"
+    ]
 
 
 @_never_raises
@@ -505,14 +521,20 @@ def _workflow_files(config: DictConfig) -> Iterator[str]:
 
 
 def image_tokens(model_path: str) -> int:
-    """Tokens of one 840x840 model image under the checkpoint's own image processor.
+    """Tokens of one 840x840 model image under the checkpoint's own image processor (a directory, or a hub id in
+    the local cache).
 
-    A checkpoint whose processor bounds the pixels lower shrinks the image and spends fewer tokens; one without a
-    local processor config (a hub id) is taken to be Qwen2.5-VL's (:data:`IMAGE_TOKENS`).
+    A checkpoint whose processor bounds the pixels lower shrinks the image and spends fewer tokens, and Qwen3-VL's
+    32-pixel tokens make it 676 where Qwen2.5-VL's 28-pixel ones make it 900; a hub id not cached yet is taken to be
+    Qwen2.5-VL's (:data:`IMAGE_TOKENS`).
     """
     path = Path(model_path).expanduser()
     # Hub checkpoints carry preprocessor_config.json; transformers >= 5 saves processor_config.json.
-    if not any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+    names = ("preprocessor_config.json", "processor_config.json")
+    if not path.is_dir() and _HUB_ID.match(model_path):
+        cached = next((found for name in names if (found := _cached(model_path, name)) is not None), None)
+        path = path if cached is None else cached.parent
+    if not any((path / name).is_file() for name in names):
         return IMAGE_TOKENS
     import numpy as np
     from transformers import AutoImageProcessor

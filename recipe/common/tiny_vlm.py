@@ -1,4 +1,5 @@
-"""Tiny random Qwen2.5-VL with the real Qwen2.5 vocabulary, built offline so tests never download a checkpoint."""
+"""Tiny random Qwen2.5-VL and Qwen3-VL with the real Qwen vocabulary, built offline so tests never download a
+checkpoint. Each has its family's released chat template, image processor settings and special tokens."""
 
 import base64
 import importlib.resources
@@ -14,6 +15,10 @@ from transformers import (
     Qwen2Tokenizer,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -21,6 +26,13 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 QWEN2_5_VL_MAX_PIXELS = 28 * 28 * 16384
 # 16 blocks of 28x28 pixels: the 840x840 image becomes 112x112 and 16 tokens, for CPU runs where every token counts.
 SMALL_IMAGE_MAX_PIXELS = 28 * 28 * 16
+# Qwen3-VL's image processor (Qwen3-VL-8B-Instruct's preprocessor_config.json): 16 px patches merged 2x2, so one
+# token is 32x32 pixels (the 840x840 image becomes 832x832 and 676 tokens), and Qwen3-VL's normalisation.
+QWEN3_VL_PATCH_SIZE = 16
+QWEN3_VL_MIN_PIXELS = 32 * 32 * 64
+QWEN3_VL_MAX_PIXELS = 32 * 32 * 16384
+QWEN3_VL_SMALL_MAX_PIXELS = 32 * 32 * 16
+"""16 tokens of 32x32 pixels, as ``SMALL_IMAGE_MAX_PIXELS`` is for Qwen2.5-VL: the 840x840 image becomes 128x128."""
 
 # Qwen2.5's added tokens, in id order from the first id after the 151643 BPE ranks.
 QWEN2_5_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -52,6 +64,10 @@ QWEN2_5_FIRST_SPECIAL_ID = 151643
 # skip_special_tokens=True keeps tool-call and FIM markers; mirror that.
 _NUM_FLAGGED_SPECIAL = 14
 
+# Qwen3's added tokens after Qwen2.5's, from id 151665; the released tokenizer flags none of them as special, so
+# decoding keeps <think> and </think>.
+QWEN3_EXTRA_TOKENS: tuple[str, ...] = ("<tool_response>", "</tool_response>", "<think>", "</think>")
+
 # Qwen2.5-VL's released chat template, written out so the build needs no checkpoint.
 QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -74,6 +90,37 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL-Instruct's released chat template without its tool-calling branches (the recipes send none): no default
+# system message, unlike Qwen2.5-VL's, and no thinking block in the Instruct models' generation prompt.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0].content is string %}{{- messages[0].content }}"
+    "{%- else %}{%- for content in messages[0].content %}{%- if 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}{{- '<|im_start|>' + message.role + '\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}{{- '<|im_end|>\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + message.role + '\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content_item in message.content %}"
+    "{%- if 'text' in content_item %}{{- content_item.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 
 
@@ -152,6 +199,18 @@ def build_qwen2_5_tokenizer() -> Qwen2Tokenizer:
     )
 
 
+def build_qwen3_tokenizer() -> Qwen2Tokenizer:
+    """Qwen3's tokenizer: Qwen2.5's (:func:`build_qwen2_5_tokenizer`) and Qwen3's added tokens with their ids."""
+    tokenizer = build_qwen2_5_tokenizer()
+    tokens = [
+        AddedToken(token, special=False, normalized=False, lstrip=False, rstrip=False) for token in QWEN3_EXTRA_TOKENS
+    ]
+    tokenizer.add_tokens(tokens)
+    first = QWEN2_5_FIRST_SPECIAL_ID + len(QWEN2_5_SPECIAL_TOKENS)
+    assert tokenizer.convert_tokens_to_ids(list(QWEN3_EXTRA_TOKENS)) == list(range(first, first + len(tokens)))
+    return tokenizer
+
+
 def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, max_pixels: int = QWEN2_5_VL_MAX_PIXELS) -> Path:
     """Builds a tiny random Qwen2.5-VL and saves model, processor and generation config with `save_pretrained`.
 
@@ -217,3 +276,100 @@ def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, max_pixels: int
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir
+
+
+def build_tiny_qwen3_vl(output_dir: str | Path, seed: int = 0, max_pixels: int = QWEN3_VL_MAX_PIXELS) -> Path:
+    """Builds a tiny random Qwen3-VL (DeepStack vision features, interleaved M-RoPE) and saves model, processor and
+    generation config with `save_pretrained`.
+
+    Args:
+        output_dir: Directory to save into; created if missing.
+        seed: Torch seed for the random weights.
+        max_pixels: The processor's image-size bound: Qwen3-VL's own by default (the 840x840 image becomes 832x832
+            and 676 tokens), ``QWEN3_VL_SMALL_MAX_PIXELS`` for 16 tokens.
+
+    Returns:
+        `output_dir` as a `Path`, loadable with the `Auto*` classes by path.
+    """
+    output_dir = Path(output_dir)
+    tokenizer = build_qwen3_tokenizer()
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": min(QWEN3_VL_MIN_PIXELS, max_pixels), "longest_edge": max_pixels},
+        patch_size=QWEN3_VL_PATCH_SIZE,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(),
+        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 32768,
+            # 8 rotary frequencies, interleaved over time, height and width 4:2:2 (Qwen3-VL-8B: 24:20:20 of 64).
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": ids("<|endoftext|>"),
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": QWEN3_VL_PATCH_SIZE,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [0, 1],
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+TINY_BUILDERS = {"qwen2_5_vl": build_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_qwen3_vl}
+"""Each tiny model family's builder, by its ``model_type``."""
+SMALL_IMAGE_PIXELS = {"qwen2_5_vl": SMALL_IMAGE_MAX_PIXELS, "qwen3_vl": QWEN3_VL_SMALL_MAX_PIXELS}
+"""Each family's ``max_pixels`` that shows the 840x840 image as 16 tokens (CPU runs)."""
+
+
+def build_tiny_vlm(family: str, output_dir: str | Path, seed: int = 0, small_images: bool = False) -> Path:
+    """The tiny random model of ``family`` (a key of :data:`TINY_BUILDERS`), with 16-token images when
+    ``small_images``."""
+    if family not in TINY_BUILDERS:
+        raise ValueError(f"no tiny model of family {family!r}; known: {sorted(TINY_BUILDERS)}")
+    kwargs = {"max_pixels": SMALL_IMAGE_PIXELS[family]} if small_images else {}
+    return TINY_BUILDERS[family](output_dir, seed=seed, **kwargs)

@@ -29,6 +29,7 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from recipe.common.coordinates import model_coordinates
 from recipe.cpu.scripted import scripted_answer
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class HFServer:
         path = getattr(model_config, "local_path", None) or model_config.path
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
+        self.coordinates = model_coordinates(path)
         self.model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=torch.float32, attn_implementation="sdpa"
         ).eval()
@@ -183,7 +185,7 @@ class HFServer:
         text = None
         if every and occurrence % every == 0:
             rng = np.random.default_rng(seed)
-            text = scripted_answer(self.tokenizer.decode(prompt_ids), rng)
+            text = scripted_answer(self.tokenizer.decode(prompt_ids), rng, self.coordinates)
         if text is None:
             # The cap is for the random model, which rarely ends an answer; a scripted answer is never cut short.
             cap = min(budget, self.options.max_new_tokens) if self.options.max_new_tokens else budget

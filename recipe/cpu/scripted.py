@@ -2,8 +2,8 @@
 
 A random tiny model never writes the tags, so every reward of a group is equal and every GRPO advantage is 0. The
 ``hf_cpu`` rollout answers some requests with these instead: the answer format of the task the prompt asks for
-(recognised by the project's own prompt templates), with random coordinates, so IoU, the format rewards and the
-refinement actions all vary. Nothing here reads the ground truth.
+(recognised by the project's own prompt templates), with random coordinates in the model's own convention, so IoU,
+the format rewards and the refinement actions all vary. Nothing here reads the ground truth.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from recipe.common.coordinates import Coordinates
 from recipe.common.prompts import ANSWER_ONLY_PROMPTS, PROMPTS, QUESTION_SLOT
 from reward_server.masks import MODEL_SIZE
 
@@ -42,23 +43,33 @@ def _point(rng: np.random.Generator) -> list[int]:
     return [int(v) for v in rng.integers(0, MODEL_SIZE, size=2)]
 
 
-def random_answer(kind: str, rng: np.random.Generator) -> dict:
-    """A valid answer object of ``kind`` (``samr1``, ``box`` or ``points``) with random coordinates."""
+def random_answer(kind: str, rng: np.random.Generator, coordinates: Coordinates = Coordinates.PIXELS) -> dict:
+    """A valid answer object of ``kind`` (``samr1``, ``box`` or ``points``) with random coordinates, written in
+    ``coordinates`` (drawn in pixels of the 840x840 model image)."""
+
+    def written(pixels: list[int] | None) -> list[int] | None:
+        model_hw = (MODEL_SIZE, MODEL_SIZE)
+        return None if pixels is None else [round(v) for v in coordinates.from_pixels(pixels, model_hw)]
+
     if kind == "points":
         positive, negative = rng.integers(0, 2, size=2)
-        return {"pos_point": _point(rng) if positive else None, "neg_point": _point(rng) if negative else None}
+        pos, neg = (_point(rng) if positive else None), (_point(rng) if negative else None)
+        return {"pos_point": written(pos), "neg_point": written(neg)}
     box = _box(rng)
     if kind == "box":
-        return {"bbox_2d": box}
+        return {"bbox_2d": written(box)}
     point = [int(rng.integers(box[0], box[2])), int(rng.integers(box[1], box[3]))]
-    return {"bbox_2d": box, "point_2d": point, "label": "the object"}
+    return {"bbox_2d": written(box), "point_2d": written(point), "label": "the object"}
 
 
-def scripted_answer(prompt_text: str, rng: np.random.Generator) -> str | None:
-    """A response to the last prompt in ``prompt_text`` in its task's format; None for a prompt of no known task."""
+def scripted_answer(
+    prompt_text: str, rng: np.random.Generator, coordinates: Coordinates = Coordinates.PIXELS
+) -> str | None:
+    """A response to the last prompt in ``prompt_text`` in its task's format, its coordinates in the model's
+    convention; None for a prompt of no known task."""
     found = last_task(prompt_text)
     if found is None:
         return None
     task, reasoning = found
-    answer = f"<answer>{json.dumps(random_answer(_TASK_KIND[task], rng))}</answer>"
+    answer = f"<answer>{json.dumps(random_answer(_TASK_KIND[task], rng, coordinates))}</answer>"
     return f"<think>A scripted answer.</think>\n{answer}" if reasoning else answer

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from recipe.common.answer import parse_response
+from recipe.common.coordinates import Coordinates, model_coordinates
 from recipe.common.episodes import Episode, Messages, SingleTurnEpisode, Step
 from recipe.common.prompts import build_prompt
 from recipe.common.registration import unique
@@ -50,7 +51,7 @@ class SamR1Episode(_SampleEpisode):
         return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
 
     def observe_response(self, text: str) -> Prompt | None:
-        parsed = parse_response(text)
+        parsed = parse_response(text, coordinates=self.coordinates)
         step = Step("grounding", text, parsed)
         box, point = parsed.bbox_2d(), parsed.point_2d()
         if box.ok and point.ok:
@@ -77,6 +78,11 @@ def _to_original(coords: Sequence[float], image_hw: tuple[int, int]) -> tuple[fl
     return tuple(float(v) for v in model_to_original(coords, image_hw))
 
 
+def policy_coordinates(cfg: EvalConfig) -> Coordinates:
+    """The coordinate convention of the evaluated checkpoint (pixels when no model answers: ``oracle_box``)."""
+    return Coordinates.PIXELS if cfg.model.path is None else model_coordinates(cfg.model.path)
+
+
 def _workflow(sample: EvalSample, cfg: EvalConfig, max_steps: int) -> Episode:
     return Episode(
         sample.question,
@@ -85,6 +91,7 @@ def _workflow(sample: EvalSample, cfg: EvalConfig, max_steps: int) -> Episode:
         resend_points=cfg.veteran.resend_points,
         grounding_cot=cfg.veteran.grounding_cot,
         mask_cot=cfg.veteran.mask_cot,
+        coordinates=policy_coordinates(cfg),
         segment_image=sample.image,
     )
 
@@ -122,7 +129,7 @@ def register_mode(name: str, mode: Mode) -> Mode:
     return unique("evaluation mode", MODES, name)(mode)
 
 
-register_mode("samr1", Mode(lambda sample, cfg: SamR1Episode(sample)))
+register_mode("samr1", Mode(lambda sample, cfg: SamR1Episode(sample, coordinates=policy_coordinates(cfg))))
 register_mode(
     "veteran",
     Mode(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.coordinates import Coordinates, model_coordinates
 from recipe.common.dataset_rows import GroundTruth, reward_image
 from recipe.common.sam_client import get_sam_client
 from recipe.common.sam_steps import encode_steps, step_json
@@ -73,6 +74,7 @@ async def compute_score(
     tiers: Sequence[Sequence[float]] = PAPER_TIERS,
     format_reward: float = 1.0,
     format_penalty: float = -1.0,
+    model_path: str | None = None,
     sam_client: SamClient | None = None,
     **_: Any,
 ) -> dict[str, Any]:
@@ -87,13 +89,16 @@ async def compute_score(
         tiers: (IoU threshold, reward) pairs of the tiered reward.
         format_reward: Reward of a satisfied format rule.
         format_penalty: Reward of a violated format rule.
+        model_path: The policy's checkpoint, whose coordinate convention the answer follows
+            (:func:`recipe.common.coordinates.model_coordinates`); None reads pixels.
         sam_client: A client to use instead of the process's pool client (tests).
 
     Returns:
         ``score`` and every component; never raises for bad model output. ``failure`` names what cost reward: a
         SAM2 error, a missing image, or else the first field that broke the segmentation format.
     """
-    parsed = parse_response(solution_str)
+    coordinates = Coordinates.PIXELS if model_path is None else model_coordinates(model_path)
+    parsed = parse_response(solution_str, coordinates=coordinates)
     reasoning = format_reward if parsed.format_ok else format_penalty
     failure, detail = _segmentation_failure(parsed)
     scored = RewardBreakdown(

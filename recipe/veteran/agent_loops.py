@@ -15,6 +15,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from recipe.common.answer import ParsedResponse
+from recipe.common.coordinates import model_coordinates
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, Row
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import build_prompt, first_image
@@ -60,6 +61,7 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.reward_config = veteran_config(self.config).reward
+        self.coordinates = model_coordinates(self.config.actor_rollout_ref.model.path)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         row = Row.of(kwargs)
@@ -73,7 +75,8 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
         kwargs["raw_prompt"] = with_parts(kwargs["raw_prompt"], image=overlay, text=text)
         output = await super().run(sampling_params, **kwargs)
         text = self.tokenizer.decode(output.response_ids, skip_special_tokens=True)
-        parsed = parse_answer(self.task, text, self.reward_config)  # the one parse: the reward's and dynamic sampling's
+        # The one parse: the reward's and dynamic sampling's.
+        parsed = parse_answer(self.task, text, self.reward_config, self.coordinates)
         info = await self.score(parsed, truth, image)
         output.reward_score = info["score"]
         output.extra_fields["reward_extra_info"] = info  # V1 copies it to every output and logs it

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.coordinates import Coordinates
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
 from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
 from recipe.common.stored_logits import decode_logits
@@ -33,14 +34,17 @@ Truth = GroundTruth | Mapping[str, Any]
 COMPONENTS = ("format_tags", "format_answer", "sam_iou", "box", "case", "iou_gain", "decision", "point", "sam_called")
 
 
-def parse_answer(task: str, response: Response, config: VeteranRewardConfig) -> ParsedResponse:
-    """``response`` parsed under ``task``'s tag rule (``config.reasoning(task)``); one already parsed as it is.
+def parse_answer(
+    task: str, response: Response, config: VeteranRewardConfig, coordinates: Coordinates = Coordinates.PIXELS
+) -> ParsedResponse:
+    """``response`` parsed under ``task``'s tag rule (``config.reasoning(task)``) and the model's coordinate
+    convention; one already parsed as it is.
 
     The agent loops parse once and hand the same parse to the reward and to dynamic sampling.
     """
     if isinstance(response, ParsedResponse):
         return response
-    return parse_response(response, reasoning=config.reasoning(task))
+    return parse_response(response, reasoning=config.reasoning(task), coordinates=coordinates)
 
 
 def _breakdown(

@@ -15,6 +15,7 @@ from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
+from recipe.common.coordinates import model_coordinates
 from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
 from recipe.common.episodes import Episode
 from recipe.common.prompts import first_image
@@ -38,6 +39,7 @@ class WorkflowLoop(AgentLoopBase):
         self.max_steps = veteran.workflow.max_steps
         self.resend_points = veteran.workflow.resend_points
         self.reward_config = veteran.reward
+        self.coordinates = model_coordinates(self.config.actor_rollout_ref.model.path)
 
     def _request_id(self, priority: int, turn: int) -> str:
         """A fresh id per request; under ``full_determinism`` one fixed by the sample and the turn, as verl's
@@ -60,6 +62,7 @@ class WorkflowLoop(AgentLoopBase):
             resend_points=self.resend_points,
             grounding_cot=self.reward_config.grounding_cot,
             mask_cot=self.reward_config.mask_cot,
+            coordinates=self.coordinates,
         )
         messages = episode.next_messages()  # the row holds the CoT prompt; the episode follows the ablation
         images = list((await self.process_multi_modal_info(messages)).get("images") or [])
