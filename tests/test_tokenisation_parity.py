@@ -16,7 +16,6 @@ import functools
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -65,14 +64,25 @@ def recipe_config(recipe: str, model: str, *overrides: str):
     )
 
 
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def base_model(request, tiny_qwen_path, tiny_qwen3_path) -> str:
+    """Each base model family's tiny model: Qwen2.5-VL's (the papers') and Qwen3-VL's (its template, 32-px images)."""
+    return {"qwen2_5_vl": tiny_qwen_path, "qwen3_vl": tiny_qwen3_path}[request.param]
+
+
 @pytest.fixture(scope="module")
-def verl_model(tiny_qwen_path):
+def verl_model(base_model):
     """The tokenizer and processor verl's agent-loop worker uses (``HFModelConfig`` of the recipe's model section)."""
     from verl.utils.config import omega_conf_to_dataclass
 
-    model = omega_conf_to_dataclass(recipe_config("samr1", tiny_qwen_path).actor_rollout_ref.model)
-    assert model.hf_config.model_type == "qwen2_5_vl"
+    model = omega_conf_to_dataclass(recipe_config("samr1", base_model).actor_rollout_ref.model)
+    assert model.hf_config.model_type in ("qwen2_5_vl", "qwen3_vl")
+    assert Path(model.local_path) == Path(base_model)
     return model
+
+
+def family_of(verl_model) -> tuple[str, int]:
+    return verl_model.hf_config.model_type, verl_model.processor.image_processor.patch_size
 
 
 def evaluation_config(model: str, mode: str, *overrides: str):
@@ -82,10 +92,10 @@ def evaluation_config(model: str, mode: str, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_qwen_path):
+def policy(base_model):
     """The evaluator's transformers policy as ``build_policy`` builds it (the mode only sets its repetition penalty,
     so one serves every mode)."""
-    return Recorder.attach(build_policy(evaluation_config(tiny_qwen_path, "samr1"), get_mode("samr1")))
+    return Recorder.attach(build_policy(evaluation_config(base_model, "samr1"), get_mode("samr1")))
 
 
 class Recorder:
@@ -159,7 +169,12 @@ def samples(path: Path, count: int) -> list[EvalSample]:
     return list(iter_samples([path], limit=count))
 
 
-def assert_same_turn(training, evaluation, tokenizer):
+IMAGE_GRIDS = {"qwen2_5_vl": ([1, 60, 60], 900), "qwen3_vl": ([1, 52, 52], 676)}
+"""The 840x840 model image's patch grid and visual tokens (2x2 patches merged into one): Qwen2.5-VL's 14-pixel
+patches keep it whole (docs/conventions.md); Qwen3-VL's 16-pixel ones see it resized to 832x832."""
+
+
+def assert_same_turn(training, evaluation, tokenizer, family: str, patch_size: int):
     """Token ids, the image the model sees and its encoding are the same in training and evaluation."""
     if training.ids != evaluation["ids"]:
         first = next(
@@ -174,14 +189,13 @@ def assert_same_turn(training, evaluation, tokenizer):
         )
     (image,) = training.images  # the image verl sends the rollout server
     (shown,) = [part["image"] for part in evaluation["messages"][0]["content"] if part["type"] == "image"]
-    assert image.size == shown.size == (840, 840)
-    differing = int((np.asarray(image) != np.asarray(shown)).any(axis=2).sum())
-    assert differing == 0, f"the image the model sees differs in {differing} pixels"
+    assert shown.size == (840, 840)
+    grid, tokens = IMAGE_GRIDS[family]
+    assert image.size == (grid[2] * patch_size, grid[1] * patch_size)
     assert torch.equal(training.vision["image_grid_thw"][0], evaluation["grid"])
     assert torch.equal(training.vision["pixel_values"], evaluation["pixels"])
-    # docs/conventions.md: the 840x840 image is 60x60 patches, 900 visual tokens (2x2 patches merged into one).
-    assert evaluation["grid"].tolist() == [1, 60, 60]
-    assert training.ids.count(tokenizer.convert_tokens_to_ids("<|image_pad|>")) == 900
+    assert evaluation["grid"].tolist() == grid
+    assert training.ids.count(tokenizer.convert_tokens_to_ids("<|image_pad|>")) == tokens
 
 
 def assert_vllm_prompt_matches(processor, messages, training):
@@ -192,18 +206,18 @@ def assert_vllm_prompt_matches(processor, messages, training):
     assert encoded["input_ids"][0].tolist() == training.ids
 
 
-def test_samr1_single_turn_rows_tokenise_as_in_training(rows, tiny_qwen_path, verl_model, policy, monkeypatch):
-    config = recipe_config("samr1", tiny_qwen_path)
+def test_samr1_single_turn_rows_tokenise_as_in_training(rows, base_model, verl_model, policy, monkeypatch):
+    config = recipe_config("samr1", base_model)
     training = [training_turn(config, verl_model, rows["samr1"], index, monkeypatch) for index in (0, 1)]
     assert all(turn.row["agent_name"] == "single_turn_agent" for turn in training)
     # Two questions of different lengths, so the evaluator's batch is left-padded.
     assert len(training[0].ids) != len(training[1].ids)
-    cfg = evaluation_config(tiny_qwen_path, "samr1")
+    cfg = evaluation_config(base_model, "samr1")
     batch = samples(rows["samr1"], 2)
     assert [sample.question for sample in batch] == [turn.row["extra_info"]["question"] for turn in training]
     evaluation = evaluation_turns(policy, [get_mode("samr1").build(sample, cfg) for sample in batch])
     for train_turn, eval_turn in zip(training, evaluation, strict=True):
-        assert_same_turn(train_turn, eval_turn, verl_model.tokenizer)
+        assert_same_turn(train_turn, eval_turn, verl_model.tokenizer, *family_of(verl_model))
     assert_vllm_prompt_matches(policy.processor, evaluation[0]["messages"], training[0])
 
 
@@ -218,19 +232,19 @@ def test_samr1_single_turn_rows_tokenise_as_in_training(rows, tiny_qwen_path, ve
     ],
 )
 def test_veteran_first_turn_tokenises_as_in_training(
-    rows, tiny_qwen_path, verl_model, policy, monkeypatch, rows_key, mode, ablation
+    rows, base_model, verl_model, policy, monkeypatch, rows_key, mode, ablation
 ):
     """SAM-Veteran's grounding task and the workflow loop's first turn equal the evaluator's grounding turn, with
     the reasoning prompt and with the "w/o CoT" ablation's answer-only prompt."""
     overrides = [f"+veteran_ablation={ablation}"] if ablation else []
     training = training_turn(
-        recipe_config("veteran", tiny_qwen_path, *overrides), verl_model, rows[rows_key], 0, monkeypatch
+        recipe_config("veteran", base_model, *overrides), verl_model, rows[rows_key], 0, monkeypatch
     )
     expected_loop = {"veteran": "veteran_grounding", "workflow": "veteran_workflow"}[rows_key]
     assert training.row["agent_name"] == expected_loop
     cot = [] if ablation is None else ["veteran.grounding_cot=false", "veteran.mask_cot=false"]
-    cfg = evaluation_config(tiny_qwen_path, mode, *cot)
+    cfg = evaluation_config(base_model, mode, *cot)
     (sample,) = samples(rows[rows_key], 1)
     (evaluation,) = evaluation_turns(policy, [get_mode(mode).build(sample, cfg)])
-    assert_same_turn(training, evaluation, verl_model.tokenizer)
+    assert_same_turn(training, evaluation, verl_model.tokenizer, *family_of(verl_model))
     assert_vllm_prompt_matches(policy.processor, evaluation["messages"], training)

@@ -109,3 +109,15 @@ def first_image(messages: Any) -> Any:
             if isinstance(part, dict) and part.get("type") == "image":
                 return part.get("bytes") or part.get("image")
     return None
+
+
+def as_the_model_sees(image: Any, processor: Any) -> Any:
+    """``image`` (PIL) resized as verl's agent loops hand every image of a prompt to the rollout and the actor:
+    qwen_vl_utils' ``fetch_image`` onto the checkpoint's patch grid. Qwen2.5-VL keeps the 840x840 model image (a
+    multiple of its 28-pixel tokens); Qwen3-VL's 32-pixel tokens make it 832x832. The workflow loop's overlay turns
+    and the evaluator resize the same way, so every turn of training and evaluation shows the model the same pixels.
+    """
+    from qwen_vl_utils import fetch_image
+
+    patch_size = getattr(getattr(processor, "image_processor", None), "patch_size", 14)
+    return fetch_image({"image": image}, image_patch_size=patch_size)

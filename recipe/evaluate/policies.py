@@ -4,8 +4,9 @@
   reports halving its time per sample with vLLM).
 - ``transformers``: ``model.generate`` with left padding; runs on CPU (tests, ``make eval-smoke``) or GPU.
 
-Both build the prompt with the checkpoint's own chat template and pass the 840x840 image unchanged (it is a multiple
-of 28, so Qwen2.5-VL's resize keeps it: 900 visual tokens, as in training).
+Both build the prompt with the checkpoint's own chat template and resize each image as verl's agent loops do
+(:func:`recipe.common.prompts.as_the_model_sees`: Qwen2.5-VL keeps the 840x840 image and its 900 visual tokens,
+Qwen3-VL sees it at 832x832), so the model sees what it saw in training.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from recipe.common.episodes import Messages
+from recipe.common.prompts import as_the_model_sees
 from recipe.evaluate.config import EvalConfig, GenerationConfig, ModelConfig
 from recipe.evaluate.modes import Mode, NullPolicy
 
@@ -26,7 +28,8 @@ def chat_inputs(processor: Any, batch: Sequence[Messages]) -> list[tuple[str, li
     inputs = []
     for messages in batch:
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images = [item["image"] for message in messages for item in message["content"] if item["type"] == "image"]
+        shown = [item["image"] for message in messages for item in message["content"] if item["type"] == "image"]
+        images = [as_the_model_sees(image, processor) for image in shown]
         inputs.append((text, images))
     return inputs
 

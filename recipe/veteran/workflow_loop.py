@@ -18,7 +18,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from recipe.common.coordinates import model_coordinates
 from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
 from recipe.common.episodes import Episode
-from recipe.common.prompts import first_image
+from recipe.common.prompts import as_the_model_sees, first_image
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
@@ -117,7 +117,7 @@ class WorkflowLoop(AgentLoopBase):
                 break
             messages, runtime_ids, response_mask = answered + turn, merged.token_ids, merged_mask
             response_logprobs = merged_logprobs
-            images.append(turn[0]["content"][0]["image"])
+            images.append(as_the_model_sees(turn[0]["content"][0]["image"], self.processor))
         info = score_workflow(episode.steps, truth, episode.termination or "length", self.reward_config)
         return AgentLoopOutput(
             prompt_ids=runtime_ids[: len(runtime_ids) - len(response_mask)],
