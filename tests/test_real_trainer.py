@@ -2,9 +2,10 @@
 
 The recipe's entry point with ``+smoke=cpu`` on the smoke inputs (``recipe.smoke.command``) for 2 steps with a
 checkpoint after each: every task loop, dynamic sampling and the tiny SAM2 in the reward, a gallery every step. It
-runs with ``policy_updates=updates_4``, so it also shows the clip bounds acting. SAM-R1's run through the trainer is
-its killed-and-resumed run in test_learning.py, which also shows the resume, the on-policy ratio of 1 and
-``make eval-checkpoints``.
+runs with ``policy_updates=updates_4``, so it also shows the clip bounds acting. It trains the tiny Qwen3-VL
+(``make smoke ARGS="--base qwen3_vl"``: 0-1000 coordinates, its template, 32-pixel image tokens), so CI runs each
+base model family through the trainer once: SAM-R1's run is its killed-and-resumed one on Qwen2.5-VL in
+test_learning.py, which also shows the resume, the on-policy ratio of 1 and ``make eval-checkpoints``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from support.trainer_runs import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 RECIPE = "veteran"
+BASE = "qwen3_vl"
 STEPS = 2
 OVERRIDES = [
     # The CPU preset draws no gallery; this run draws one every step, with TensorBoard beside verl's metrics file.
@@ -45,7 +47,7 @@ def veteran_run(tmp_path_factory) -> tuple[Launch, dict[int, dict], Path]:
     from data_prep.smoke import build_smoke_inputs
 
     out = tmp_path_factory.mktemp("smoke_veteran")
-    inputs = build_smoke_inputs(out, RECIPE, PROMPTS[RECIPE])
+    inputs = build_smoke_inputs(out, RECIPE, PROMPTS[RECIPE], base=BASE)
     run_dir = out / "run"
     run_dir.mkdir()
     argv = command(RECIPE, inputs.train_files, inputs.model, run_dir, STEPS, OVERRIDES)
