@@ -49,7 +49,7 @@ from recipe.evaluate.modes import SamR1Episode, get_mode
 from recipe.evaluate.policies import TransformersPolicy, build_policy, chat_inputs
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.samples import BadSample, EvalSample, iter_samples
-from reward_server.box_engine import build_engine
+from reward_server.segmenters import build_engine
 
 # SAM-R1's answer: strings are forced as they are, a range is a 3-digit number whose leading digit the model picks
 # from it (and the other two from 0-9). x1, y1 < 400 < 500 <= x2, y2 keep the box valid; every coordinate lies inside

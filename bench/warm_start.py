@@ -102,10 +102,10 @@ def workflow_second_turn(
     from recipe.common.episodes import Episode
     from recipe.common.prompts import first_image
     from recipe.veteran.config import veteran_config
-    from reward_server.box_engine import build_engine
     from reward_server.config import server_config
     from reward_server.images import to_rgb
     from reward_server.protocol import GroundTruthRef, ImageRef, SegRequest
+    from reward_server.segmenters import build_engine
 
     config = _compose("veteran", model, overrides)
     tokenizer, processor = hf_tokenizer(str(model)), hf_processor(str(model))

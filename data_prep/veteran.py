@@ -49,11 +49,11 @@ from recipe.common.dataset_rows import (
 )
 from recipe.common.prompts import build_messages
 from recipe.common.stored_logits import encode_logits
-from reward_server.box_engine import build_engine
 from reward_server.config import load_preset
 from reward_server.engine import SamEngine
 from reward_server.masks import decode_rle, encode_rle, region_center
 from reward_server.protocol import ImageRef, Prompt, SegRequest, content_key
+from reward_server.segmenters import build_engine
 
 CASE_MIXES: dict[str, tuple[int, int] | None] = {
     "paper": (600, 700),  # A.4: 600 Good Enough, about 700 Need Refinement on the 9k set
@@ -356,7 +356,7 @@ def add_veteran_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out-mask", required=True, help="mask-comprehension parquet")
     parser.add_argument("--out-aux", required=True, help="auxiliary parquet")
     parser.add_argument("--out-workflow", default=None, help="also write rows for the multi-turn workflow loop")
-    parser.add_argument("--sam", default="large", help="reward_server preset (large, tiny_cpu)")
+    parser.add_argument("--sam", default="large", help="reward_server preset (large, sam3, tiny_cpu)")
     parser.add_argument("--sam-checkpoint", default=None, help="SAM2 checkpoint path or hub id")
     parser.add_argument("--sam-device", default="auto")
     parser.add_argument(

@@ -19,11 +19,11 @@ import ray
 from ray.util import metrics
 
 from reward_server.batching import Batch, MicroBatcher
-from reward_server.box_engine import build_engine
 from reward_server.config import ActorConfig, EngineConfig
 from reward_server.engine import EngineStats
 from reward_server.images import ImageData
 from reward_server.protocol import ErrorCode, SegRequest, SegResult
+from reward_server.segmenters import build_engine
 
 _LATENCY_BOUNDARIES = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]

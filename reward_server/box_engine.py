@@ -79,8 +79,3 @@ class BoxEngine(SamEngine):
         if prompt.mask_input is not None:
             return resize_mask(prompt.mask_input[0] > 0, image_hw)
         return np.zeros(image_hw, dtype=bool)
-
-
-def build_engine(config: EngineConfig) -> SamEngine:
-    """The engine ``config.model`` names: :class:`BoxEngine` for :data:`BOX_MODEL`, SAM2 for anything else."""
-    return BoxEngine(config) if config.model == BOX_MODEL else SamEngine(config)

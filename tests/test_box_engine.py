@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from reward_server.box_engine import MASK_INPUT_SIZE, BoxEngine, build_engine
+from reward_server.box_engine import MASK_INPUT_SIZE, BoxEngine
 from reward_server.config import BOX_MODEL, EngineConfig, load_preset
 from reward_server.engine import SamEngine
 from reward_server.masks import box_to_mask, encode_rle, mask_to_box
 from reward_server.protocol import ErrorCode, Prompt, SegRequest, content_key
+from reward_server.segmenters import build_engine
 
 
 def _box_rle(box, hw):

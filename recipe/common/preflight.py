@@ -31,9 +31,10 @@ from recipe.common.checkpoints import resume_step, step_folder
 from recipe.common.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW, GroundTruth, RewardModel, Row
 from recipe.common.gallery import GalleryConfig
 from recipe.common.run_config import schemas
-from reward_server.config import BOX_MODEL, server_config, to_dataclass
+from reward_server.config import BOX_MODEL, EngineConfig, server_config, to_dataclass
 from reward_server.masks import MODEL_SIZE
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
+from reward_server.sam3_engine import SAM3_MODELS, SAM3_TINY_MODEL
 
 REQUIRED_COLUMNS = (
     Row.data_source.name,
@@ -164,6 +165,8 @@ def check_sam_checkpoint(config: DictConfig) -> list[str]:
     engine = server_config(config.reward_server).engine
     if engine.model == BOX_MODEL:  # the box-only segmenter loads nothing
         return []
+    if engine.model in SAM3_MODELS:
+        return _sam3_checkpoint_errors(engine)
     if engine.checkpoint is None:
         if engine.allow_random_weights:
             return []
@@ -174,6 +177,21 @@ def check_sam_checkpoint(config: DictConfig) -> list[str]:
         _, filename = HF_MODEL_ID_TO_FILENAMES[engine.checkpoint]
         return _hub_errors(engine.checkpoint, filename, "reward_server.engine.checkpoint")
     return [f"SAM2 checkpoint {engine.checkpoint} not found: set reward_server.engine.checkpoint to an existing file"]
+
+
+def _sam3_checkpoint_errors(engine: EngineConfig) -> list[str]:
+    """SAM 3 loads a transformers checkpoint: a directory, or a hub id (``facebook/sam3``) in the local cache."""
+    if engine.model == SAM3_TINY_MODEL:
+        refused = "reward_server.engine.model=sam3_tiny has random weights: set allow_random_weights"
+        return [] if engine.allow_random_weights else [refused]
+    if engine.checkpoint is None:
+        return ["no SAM 3 checkpoint: set reward_server.engine.checkpoint=/path/to/sam3 (or facebook/sam3, cached)"]
+    local = Path(engine.checkpoint).expanduser()
+    if local.is_dir():
+        return [] if (local / "config.json").is_file() else [f"SAM 3 checkpoint {local} has no config.json"]
+    if _HUB_ID.match(engine.checkpoint):
+        return _hub_errors(engine.checkpoint, "config.json", "reward_server.engine.checkpoint")
+    return [f"SAM 3 checkpoint {engine.checkpoint} not found: set reward_server.engine.checkpoint to its directory"]
 
 
 @_never_raises

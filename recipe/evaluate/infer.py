@@ -211,7 +211,7 @@ class Inferencer:
         if cfg.mode not in MODES:
             raise InferError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
         from recipe.evaluate.policies import build_policy
-        from reward_server.box_engine import build_engine
+        from reward_server.segmenters import build_engine
 
         self.cfg = cfg
         # SAM2 first: a missing checkpoint fails before minutes of model loading.

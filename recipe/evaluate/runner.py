@@ -127,7 +127,7 @@ def run_worker(
     if not todo:
         return 0
     from recipe.evaluate.policies import build_policy
-    from reward_server.box_engine import build_engine
+    from reward_server.segmenters import build_engine
 
     policy = policy if policy is not None else build_policy(cfg, get_mode(cfg.mode))
     segmenter = BatchedSegmenter(engine if engine is not None else build_engine(cfg.sam))
