@@ -102,3 +102,39 @@ def test_veteran_sends_the_same_prompts_and_scores_the_same_in_either_convention
         episode.observe_mask(mask)
         clicks.append(episode.observe_response(_response({"pos_point": answer["point_2d"], "neg_point": None})))
     assert clicks[0].points == clicks[1].points == ((252.0, 399.0),) and clicks[0].box == clicks[1].box
+
+
+@pytest.fixture(scope="module")
+def thinking_qwen3(tiny_qwen3_path, tmp_path_factory) -> str:
+    """The tiny Qwen3-VL with a Thinking model's generation prompt, which opens the thinking block for the model."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("thinking") / "qwen3_vl_thinking"
+    shutil.copytree(tiny_qwen3_path, path)
+    template = path / "chat_template.jinja"
+    instruct = "{{- '<|im_start|>assistant\n' }}"
+    assert instruct in template.read_text()
+    template.write_text(template.read_text().replace(instruct, "{{- '<|im_start|>assistant\n<think>\n' }}"))
+    return str(path)
+
+
+def test_the_templates_opening_of_the_turn_is_read_from_the_checkpoint(tiny_qwen_path, tiny_qwen3_path, thinking_qwen3):
+    from recipe.common.prompts import checkpoint_opening
+
+    assert checkpoint_opening(tiny_qwen_path) == checkpoint_opening(tiny_qwen3_path) == ""
+    assert checkpoint_opening(thinking_qwen3) == "<think>\n"
+
+
+def test_a_thinking_models_answer_meets_the_tag_rule_with_the_think_its_template_opened(
+    tiny_qwen3_path, thinking_qwen3
+):
+    """The Thinking model's tokens start inside the block its template opened: ``...</think><answer>...``."""
+    continued = f"the dog on the left</think><answer>{json.dumps(QWEN3)}</answer>"
+    scores = {}
+    for name, model in (("thinking", thinking_qwen3), ("instruct", tiny_qwen3_path)):
+        sam = FakeSam(TRUTH, truth=TRUTH)
+        truth, image = {"mask": encode_rle(TRUTH)}, {"image": b"jpeg"}
+        scores[name] = asyncio.run(compute_score("x", continued, truth, image, model_path=model, sam_client=sam))
+    assert scores["thinking"]["reasoning_format"] == 1.0 and scores["thinking"]["well_formed"] == 1.0
+    assert scores["instruct"]["reasoning_format"] == -1.0  # without the template's <think> the tag rule fails
+    assert scores["thinking"]["tiered"] == scores["instruct"]["tiered"] == 4.0

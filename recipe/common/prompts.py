@@ -6,6 +6,7 @@ reasoning format and asks for what its section 3.3 rewards: a box, a reference p
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, SAMR1
@@ -121,3 +122,30 @@ def as_the_model_sees(image: Any, processor: Any) -> Any:
 
     patch_size = getattr(getattr(processor, "image_processor", None), "patch_size", 14)
     return fetch_image({"image": image}, image_patch_size=patch_size)
+
+
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+"""Where the Qwen chat templates open the model's turn."""
+
+
+def template_opening(processor: Any) -> str:
+    """What the checkpoint's chat template writes into the model's turn before the model's first token: ``""`` for
+    Qwen2.5-VL and the Qwen3-VL Instruct models, ``"<think>\\n"`` for the Qwen3-VL Thinking models, whose generation
+    prompt opens the thinking block. The model's decoded tokens start after it, so whatever parses an answer parses
+    ``template_opening + response``: the tag rule then sees the ``<think>`` the model was given.
+
+    Args:
+        processor: The checkpoint's processor or tokenizer (either carries its chat template).
+    """
+    messages = [{"role": "user", "content": "x"}]
+    prompted = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    _, found, opening = prompted.rpartition(ASSISTANT_HEADER)
+    return opening if found else ""
+
+
+@functools.cache
+def checkpoint_opening(model_path: str) -> str:
+    """:func:`template_opening` of the checkpoint at ``model_path`` (its tokenizer's chat template)."""
+    from transformers import AutoProcessor
+
+    return template_opening(AutoProcessor.from_pretrained(model_path))

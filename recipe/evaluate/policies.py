@@ -6,7 +6,9 @@
 
 Both build the prompt with the checkpoint's own chat template and resize each image as verl's agent loops do
 (:func:`recipe.common.prompts.as_the_model_sees`: Qwen2.5-VL keeps the 840x840 image and its 900 visual tokens,
-Qwen3-VL sees it at 832x832), so the model sees what it saw in training.
+Qwen3-VL sees it at 832x832), so the model sees what it saw in training. Each answer comes back with the chat
+template's opening of the turn before it (:func:`recipe.common.prompts.template_opening`: ``<think>`` for thinking
+models), as the training rewards read it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 
 from recipe.common.episodes import Messages
-from recipe.common.prompts import as_the_model_sees
+from recipe.common.prompts import as_the_model_sees, template_opening
 from recipe.evaluate.config import EvalConfig, GenerationConfig, ModelConfig
 from recipe.evaluate.modes import Mode, NullPolicy
 
@@ -56,6 +58,7 @@ class TransformersPolicy:
         self.processor.tokenizer.padding_side = "left"  # generation continues every row from its last token
         self.model = AutoModelForImageTextToText.from_pretrained(model.path, dtype=dtype).to(device).eval()
         self.generation, self.penalty, self.seconds = generation, penalty, 0.0
+        self.opening = template_opening(self.processor)
         torch.manual_seed(generation.seed)
 
     async def generate(self, batch: Sequence[Messages]) -> list[str]:
@@ -75,7 +78,7 @@ class TransformersPolicy:
             )
         answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         self.seconds += time.perf_counter() - started
-        return answers
+        return [self.opening + answer for answer in answers]
 
 
 def vllm_sampling_kwargs(generation: GenerationConfig, penalty: float) -> dict[str, Any]:
@@ -122,13 +125,14 @@ class VLLMPolicy:
             limit_mm_per_prompt={"image": 1},
         )
         self.params = SamplingParams(**vllm_sampling_kwargs(generation, penalty))
+        self.opening = template_opening(self.processor)
         self.seconds = 0.0
 
     async def generate(self, batch: Sequence[Messages]) -> list[str]:
         started = time.perf_counter()
         outputs = self.llm.generate(vllm_prompts(self.processor, batch), self.params, use_tqdm=False)
         self.seconds += time.perf_counter() - started
-        return [output.outputs[0].text for output in outputs]
+        return [self.opening + output.outputs[0].text for output in outputs]
 
 
 POLICIES: dict[str, Callable[[ModelConfig, GenerationConfig, float], Any]] = {

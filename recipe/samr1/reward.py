@@ -17,6 +17,7 @@ from typing import Any
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.coordinates import Coordinates, model_coordinates
 from recipe.common.dataset_rows import GroundTruth, reward_image
+from recipe.common.prompts import checkpoint_opening
 from recipe.common.sam_client import get_sam_client
 from recipe.common.sam_steps import encode_steps, step_json
 from reward_server.client import SamClient
@@ -89,16 +90,21 @@ async def compute_score(
         tiers: (IoU threshold, reward) pairs of the tiered reward.
         format_reward: Reward of a satisfied format rule.
         format_penalty: Reward of a violated format rule.
-        model_path: The policy's checkpoint, whose coordinate convention the answer follows
-            (:func:`recipe.common.coordinates.model_coordinates`); None reads pixels.
+        model_path: The policy's checkpoint: the answer follows its coordinate convention
+            (:func:`recipe.common.coordinates.model_coordinates`) and continues its chat template's opening of the
+            turn (:func:`recipe.common.prompts.checkpoint_opening`); None reads pixels and no opening.
         sam_client: A client to use instead of the process's pool client (tests).
 
     Returns:
         ``score`` and every component; never raises for bad model output. ``failure`` names what cost reward: a
         SAM2 error, a missing image, or else the first field that broke the segmentation format.
     """
-    coordinates = Coordinates.PIXELS if model_path is None else model_coordinates(model_path)
-    parsed = parse_response(solution_str, coordinates=coordinates)
+    coordinates, opening = Coordinates.PIXELS, ""
+    if model_path is not None:
+        coordinates, opening = model_coordinates(model_path), checkpoint_opening(model_path)
+    parsed = parse_response(
+        opening + solution_str if isinstance(solution_str, str) else solution_str, coordinates=coordinates
+    )
     reasoning = format_reward if parsed.format_ok else format_penalty
     failure, detail = _segmentation_failure(parsed)
     scored = RewardBreakdown(

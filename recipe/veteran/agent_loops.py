@@ -18,7 +18,7 @@ from recipe.common.answer import ParsedResponse
 from recipe.common.coordinates import model_coordinates
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, Row
 from recipe.common.overlay import overlay_mask
-from recipe.common.prompts import build_prompt, first_image
+from recipe.common.prompts import build_prompt, first_image, template_opening
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
@@ -62,6 +62,7 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
         super().__init__(*args, **kwargs)
         self.reward_config = veteran_config(self.config).reward
         self.coordinates = model_coordinates(self.config.actor_rollout_ref.model.path)
+        self.opening = template_opening(self.processor or self.tokenizer)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         row = Row.of(kwargs)
@@ -76,7 +77,7 @@ class VeteranTaskLoop(SingleTurnAgentLoop):
         output = await super().run(sampling_params, **kwargs)
         text = self.tokenizer.decode(output.response_ids, skip_special_tokens=True)
         # The one parse: the reward's and dynamic sampling's.
-        parsed = parse_answer(self.task, text, self.reward_config, self.coordinates)
+        parsed = parse_answer(self.task, self.opening + text, self.reward_config, self.coordinates)
         info = await self.score(parsed, truth, image)
         output.reward_score = info["score"]
         output.extra_fields["reward_extra_info"] = info  # V1 copies it to every output and logs it

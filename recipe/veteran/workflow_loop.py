@@ -18,7 +18,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from recipe.common.coordinates import model_coordinates
 from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
 from recipe.common.episodes import Episode
-from recipe.common.prompts import as_the_model_sees, first_image
+from recipe.common.prompts import as_the_model_sees, first_image, template_opening
 from recipe.common.registration import agent_loop
 from recipe.common.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
@@ -40,6 +40,7 @@ class WorkflowLoop(AgentLoopBase):
         self.resend_points = veteran.workflow.resend_points
         self.reward_config = veteran.reward
         self.coordinates = model_coordinates(self.config.actor_rollout_ref.model.path)
+        self.opening = template_opening(self.processor or self.tokenizer)
 
     def _request_id(self, priority: int, turn: int) -> str:
         """A fresh id per request; under ``full_determinism`` one fixed by the sample and the turn, as verl's
@@ -98,7 +99,7 @@ class WorkflowLoop(AgentLoopBase):
             )
             runtime_ids = merged.token_ids
             text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-            sam_prompt = episode.observe_response(text)
+            sam_prompt = episode.observe_response(self.opening + text)
             if sam_prompt is None:
                 break
             (result,) = await sam.segment(
