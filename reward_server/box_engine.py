@@ -15,12 +15,10 @@ nothing here, which is the point of a box-only baseline.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from reward_server.config import BOX_MODEL, EngineConfig
+from reward_server.config import EngineConfig
 from reward_server.engine import LOGIT_CLAMP, ImageFeatures, Job, SamEngine
 from reward_server.masks import box_to_mask, resize_mask
 from reward_server.requests import BOX_CORNER_LABELS
@@ -43,17 +41,9 @@ class BoxEngine(SamEngine):
         self.mask_input_size = MASK_INPUT_SIZE
         self._init_serving()
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "model": BOX_MODEL,
-            "device": "cpu",
-            "dtype": "float32",
-            "image_size": None,
-            "cached_images": len(self.features),
-            "cache_bytes": self.features.bytes,
-            "cache_capacity": self.features.capacity,
-            "cached_ground_truths": len(self.ground_truths),
-        }
+    @property
+    def input_size(self) -> None:
+        return None
 
     def encode(self, images: list[np.ndarray]) -> list[ImageFeatures]:
         """Only the size of each image matters: its features are empty."""

@@ -177,13 +177,18 @@ class SamEngine:
             return torch.autocast("cuda", dtype=getattr(torch, self.config.dtype))
         return contextlib.nullcontext()
 
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square the model sees each image at (None for a segmenter with no image model)."""
+        return self.model.image_size
+
     def info(self) -> dict[str, Any]:
         """Device, model and cache occupancy, for health checks and the dashboard."""
         return {
             "model": self.config.model,
             "device": str(self.device),
             "dtype": self.config.dtype if self.device.type == "cuda" else "float32",
-            "image_size": self.model.image_size,
+            "image_size": self.input_size,
             "cached_images": len(self.features),
             "cache_bytes": self.features.bytes,
             "cache_capacity": self.features.capacity,
@@ -192,25 +197,13 @@ class SamEngine:
 
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> list[ImageFeatures]:
-        """Encodes RGB images in chunks of the largest encoder batch size (padded to a fixed size when compiled)."""
+        """Encodes RGB images in chunks of the largest encoder batch size, each image's levels cloned out of its
+        chunk's (:meth:`feature_levels`)."""
         out: list[ImageFeatures] = []
         chunk = self._encoder_sizes[-1]
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
-            batch = torch.stack([self.transforms(image) for image in part]).to(self.device)
-            if self.config.compile_encoder:
-                fixed = next(size for size in self._encoder_sizes if size >= len(part))
-                batch = torch.cat([batch, batch.new_zeros(fixed - len(part), *batch.shape[1:])])
-            with self._autocast():
-                backbone_out = self.model.forward_image(batch)
-                _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
-            if self.model.directly_add_no_mem_embed:
-                vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
-            # (HW, B, C) sequences back to (B, C, H, W) maps, finest level first.
-            maps = [
-                feat.permute(1, 2, 0).reshape(batch.shape[0], -1, *hw)
-                for feat, hw in zip(vision_feats, self.feature_sizes, strict=True)
-            ]
+            maps = self.feature_levels(part)
             for i, image in enumerate(part):
                 out.append(
                     ImageFeatures(
@@ -221,6 +214,24 @@ class SamEngine:
                 )
             self.stats.encodes += len(part)
         return out
+
+    def feature_levels(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """SAM2's feature maps ``(B, C, H, W)`` of a chunk of images, finest level first and the image embedding
+        last (the batch padded to a fixed size when the encoder is compiled; rows past ``images`` are unused)."""
+        batch = torch.stack([self.transforms(image) for image in images]).to(self.device)
+        if self.config.compile_encoder:
+            fixed = next(size for size in self._encoder_sizes if size >= len(images))
+            batch = torch.cat([batch, batch.new_zeros(fixed - len(images), *batch.shape[1:])])
+        with self._autocast():
+            backbone_out = self.model.forward_image(batch)
+            _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
+        if self.model.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+        # (HW, B, C) sequences back to (B, C, H, W) maps, finest level first.
+        return [
+            feat.permute(1, 2, 0).reshape(batch.shape[0], -1, *hw)
+            for feat, hw in zip(vision_feats, self.feature_sizes, strict=True)
+        ]
 
     @torch.inference_mode()
     def decode(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from reward_server.config import EngineConfig
-from reward_server.engine import ImageFeatures, Job, SamEngine, ray_gpu_ids, resolve_device
+from reward_server.engine import Job, SamEngine, ray_gpu_ids, resolve_device
 
 SAM3_MODEL = "sam3"
 """``engine.model`` of SAM 3's tracker from ``engine.checkpoint`` (a directory, or a hub id: ``facebook/sam3``)."""
@@ -142,38 +142,15 @@ class Sam3Engine(SamEngine):
         self.mask_input_size = int(self.model.prompt_encoder.mask_input_size[0])
         self._init_serving()
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "model": self.config.model,
-            "device": str(self.device),
-            "dtype": self.config.dtype if self.device.type == "cuda" else "float32",
-            "image_size": int(self.processor.image_processor.size["height"]),
-            "cached_images": len(self.features),
-            "cache_bytes": self.features.bytes,
-            "cache_capacity": self.features.capacity,
-            "cached_ground_truths": len(self.ground_truths),
-        }
+    @property
+    def input_size(self) -> int:
+        return int(self.processor.image_processor.size["height"])
 
-    @torch.inference_mode()
-    def encode(self, images: list[np.ndarray]) -> list[ImageFeatures]:
-        """Encodes RGB images in chunks of the largest encoder batch size: the tracker's three feature levels."""
-        out: list[ImageFeatures] = []
-        chunk = self._encoder_sizes[-1]
-        for start in range(0, len(images), chunk):
-            part = images[start : start + chunk]
-            pixels = self.processor.image_processor(images=part, return_tensors="pt")["pixel_values"]
-            with self._autocast():
-                levels = self.model.get_image_embeddings(pixels.to(self.device))
-            for i, image in enumerate(part):
-                out.append(
-                    ImageFeatures(
-                        image_embed=levels[-1][i].clone(),
-                        high_res=tuple(level[i].clone() for level in levels[:-1]),
-                        orig_hw=image.shape[:2],
-                    )
-                )
-            self.stats.encodes += len(part)
-        return out
+    def feature_levels(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """The tracker's three feature levels of a chunk of images, finest first, as its processor prepares them."""
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        with self._autocast():
+            return list(self.model.get_image_embeddings(pixels.to(self.device)))
 
     @torch.inference_mode()
     def decode(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:

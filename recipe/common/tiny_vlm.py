@@ -4,6 +4,7 @@ checkpoint. Each has its family's released chat template, image processor settin
 import base64
 import importlib.resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import AddedToken
@@ -211,6 +212,22 @@ def build_qwen3_tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
+def _save_random(model_class: type, config: Any, processor: Any, seed: int, output_dir: Path) -> Path:
+    """Builds ``model_class`` from ``config`` with weights drawn from ``seed``, gives it the Qwen generation config
+    (stop at ``<|im_end|>`` or the pad token) and saves it with ``processor`` into ``output_dir``."""
+    tokenizer = processor.tokenizer
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
 def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, max_pixels: int = QWEN2_5_VL_MAX_PIXELS) -> Path:
     """Builds a tiny random Qwen2.5-VL and saves model, processor and generation config with `save_pretrained`.
 
@@ -266,16 +283,7 @@ def build_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, max_pixels: int
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
         dtype="float32",
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    return output_dir
+    return _save_random(Qwen2_5_VLForConditionalGeneration, config, processor, seed, output_dir)
 
 
 def build_tiny_qwen3_vl(output_dir: str | Path, seed: int = 0, max_pixels: int = QWEN3_VL_MAX_PIXELS) -> Path:
@@ -348,16 +356,7 @@ def build_tiny_qwen3_vl(output_dir: str | Path, seed: int = 0, max_pixels: int =
         tie_word_embeddings=False,
         dtype="float32",
     )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    return output_dir
+    return _save_random(Qwen3VLForConditionalGeneration, config, processor, seed, output_dir)
 
 
 TINY_BUILDERS = {"qwen2_5_vl": build_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_qwen3_vl}
