@@ -3,8 +3,9 @@
 Commands:
     refer      RefCOCO / RefCOCO+ / RefCOCOg (LISA's refer layout) -> training or evaluation rows
     reasonseg  ReasonSeg (LISA json) -> evaluation (or training) rows
+    grefcoco   gRefCOCO (several objects or none per expression) -> generalized training or evaluation rows
     veteran    SAM-Veteran's mask-comprehension and auxiliary sets, derived from its grounding rows
-    custom     your own JSONL or CSV of image, question, mask (polygons, COCO RLE or PNG) [, ignore]
+    custom     your own JSONL or CSV of image, question, mask or masks (polygons, COCO RLE or PNG) [, ignore]
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import random
 import sys
 from collections.abc import Sequence
 
-from data_prep.custom import custom_inputs, read_custom, render_custom
+from data_prep.custom import custom_inputs, read_custom, render_custom, render_custom_objects
+from data_prep.grefcoco import SPLITS as GREFCOCO_SPLITS
+from data_prep.grefcoco import read_grefcoco
 from data_prep.reasonseg import check_split_size, read_reasonseg
 from data_prep.refer import SPLIT_BY, read_id_file, read_refer
 from data_prep.rows import RECIPE_TASKS, RowOptions, build_row
@@ -58,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     reasonseg.add_argument("--split", required=True, choices=["train", "val", "test"])
     reasonseg.add_argument("--all-texts", action="store_true", help="one row per text (default: the first, as LISA)")
     _common(reasonseg)
+    grefcoco = commands.add_parser("grefcoco", help="gRefCOCO (several objects or none) -> generalized rows")
+    grefcoco.add_argument("--root", required=True, help="directory holding grefs(unc).json and instances.json")
+    grefcoco.add_argument("--image-root", required=True, help="directory of the COCO train2014 images")
+    grefcoco.add_argument("--split", required=True, choices=GREFCOCO_SPLITS)
+    _common(grefcoco)
     custom = commands.add_parser("custom", help="your own JSONL or CSV of images, questions and masks -> parquet")
     custom.add_argument("--file", required=True, help="a .jsonl or .csv file (see data_prep/custom.py)")
     custom.add_argument("--split", required=True, choices=["train", "val", "test"], help="train: training rows")
@@ -76,6 +84,9 @@ def run_sources(args: argparse.Namespace) -> Report:
         inputs = {"refer_root": args.refer_root, "image_root": args.image_root, "dataset": args.dataset}
         if ref_ids is not None:
             inputs["ids"] = sorted(ref_ids)
+    elif args.command == "grefcoco":
+        samples, skipped = read_grefcoco(args.root, args.image_root, args.split)
+        inputs = {"root": args.root, "image_root": args.image_root}
     elif args.command == "custom":
         samples, skipped = read_custom(args.file, args.split, args.name)
         inputs = custom_inputs(args.file, args.name)
@@ -89,7 +100,7 @@ def run_sources(args: argparse.Namespace) -> Report:
     fingerprint.update(options.__dict__)
     builder = functools.partial(build_row, options=options)
     if args.command == "custom":
-        builder = functools.partial(builder, render=render_custom)
+        builder = functools.partial(builder, render=render_custom, objects_renderer=render_custom_objects)
     report = write_dataset(chosen, builder, args.out, fingerprint, skipped, args.shard_size, args.workers)
     if args.command == "reasonseg" and len(chosen) == len(samples):  # a --limit draw has no published size
         check_split_size(report, args.split, samples)

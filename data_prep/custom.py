@@ -1,4 +1,7 @@
-"""Your own data: a JSONL or CSV file of ``image``, ``question``, ``mask`` and optionally ``ignore``.
+"""Your own data: a JSONL or CSV file of ``image``, ``question``, ``mask`` (or ``masks``) and optionally ``ignore``.
+
+``masks`` instead of ``mask`` makes a generalized row (several objects or none): a JSON list with one mask per
+object, ``[]`` for a question that matches nothing. Its prompt asks for a list of objects, as gRefCOCO's rows do.
 
 A mask (and an ignore mask) is one of:
 
@@ -27,11 +30,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_prep.render import render_coco
+from data_prep.render import render_coco, union_labels
 from data_prep.samples import Skipped, SourceSample
 from recipe.common.dataset_rows import IGNORE_LABEL
 
-REQUIRED = ("image", "question", "mask")
+REQUIRED = ("image", "question")
+TARGET_FIELDS = ("mask", "masks")
 SUFFIXES = (".jsonl", ".csv")
 POLYGON_FORM = "a polygon mask is a list of polygons [[x1, y1, x2, y2, x3, y3, ...], ...]"
 
@@ -41,7 +45,7 @@ class CustomSample(SourceSample):
     """A source sample whose masks are given as polygons, a COCO RLE dict or a resolved PNG path.
 
     Attributes:
-        mask: The target.
+        mask: The target (None in a generalized sample, whose ``objects`` hold one mask form per object).
         ignore: Pixels left out of scoring, or None.
     """
 
@@ -113,8 +117,10 @@ def _csv_records(data: bytes, path: Path) -> Iterator[tuple[int, dict[str, Any] 
     except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"{path}: not a UTF-8 CSV file: {err}") from err
     missing = [column for column in REQUIRED if column not in header]
+    if not any(column in header for column in TARGET_FIELDS):
+        missing.append("mask or masks")
     if missing:
-        raise ValueError(f"{path}: the CSV header lacks {missing}; columns: {', '.join(REQUIRED)}[, ignore]")
+        raise ValueError(f"{path}: the CSV header lacks {missing}; columns: image, question, mask or masks[, ignore]")
     while True:
         try:
             row = next(reader)
@@ -134,7 +140,7 @@ def _cell(column: str, value: str | None) -> Any:
     text = (value or "").strip()
     if not text:
         return None
-    if column in ("mask", "ignore") and text[0] in "[{":
+    if column in ("mask", "masks", "ignore") and text[0] in "[{":
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
@@ -147,6 +153,9 @@ def _sample(key: str, record: dict[str, Any], base: Path, name: str, split: str)
         value = record.get(field)
         if value is None or (isinstance(value, str) and not value.strip()):
             return Skipped(key, f"missing field {field!r}")
+    given = [field for field in TARGET_FIELDS if record.get(field) not in (None, "")]
+    if len(given) != 1:
+        return Skipped(key, "give exactly one of 'mask' (one target) and 'masks' (a list: several targets or none)")
     if not isinstance(record["image"], str) or not isinstance(record["question"], str):
         return Skipped(key, "malformed field: 'image' and 'question' must be strings")
     image = _resolve(record["image"], base)
@@ -158,6 +167,11 @@ def _sample(key: str, record: dict[str, Any], base: Path, name: str, split: str)
         if isinstance(mask, Skipped):
             return Skipped(key, mask.reason)
         masks[field] = mask
+    objects = None
+    if given == ["masks"]:
+        objects = _object_forms(record["masks"], base)
+        if isinstance(objects, Skipped):
+            return Skipped(key, objects.reason)
     return CustomSample(
         key=key,
         dataset=name,
@@ -166,7 +180,25 @@ def _sample(key: str, record: dict[str, Any], base: Path, name: str, split: str)
         image_path=str(image),
         mask=masks["mask"],
         ignore=masks["ignore"],
+        objects=objects,
     )
+
+
+def _object_forms(value: Any, base: Path) -> tuple[Any, ...] | Skipped:
+    """A ``masks`` list as one mask form per object (none: no target), or the reason it is not one."""
+    if isinstance(value, Skipped):
+        return value
+    if not isinstance(value, list):
+        return Skipped("", f"masks: expected a list with one mask per object, got {type(value).__name__}")
+    forms = []
+    for number, item in enumerate(value, 1):
+        form = _mask_form(item, base, f"masks[{number}]") if item not in (None, "", []) else None
+        if form is None:
+            return Skipped("", f"masks[{number}] is empty; list each object's mask, or give [] for no target")
+        if isinstance(form, Skipped):
+            return form
+        forms.append(form)
+    return tuple(forms)
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -202,6 +234,19 @@ def render_custom(sample: CustomSample, height: int, width: int) -> np.ndarray:
     if sample.ignore is not None:
         labels[_render(sample.ignore, height, width, "ignore")] = IGNORE_LABEL
     return labels
+
+
+def render_custom_objects(sample: CustomSample, height: int, width: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """A generalized custom sample's object masks and label mask (their union, ignored pixels 255 over it).
+
+    Raises:
+        ValueError: As :func:`render_custom`, and for an object of zero area.
+    """
+    masks = [_render(form, height, width, f"masks[{n}]") for n, form in enumerate(sample.objects or (), 1)]
+    labels = union_labels(masks, height, width)
+    if sample.ignore is not None:
+        labels[_render(sample.ignore, height, width, "ignore")] = IGNORE_LABEL
+    return masks, labels
 
 
 def _render(form: Any, height: int, width: int, field: str) -> np.ndarray:

@@ -71,6 +71,31 @@ def render_lisa(shapes: tuple[dict[str, Any], ...], height: int, width: int) -> 
     return mask
 
 
+def render_objects(sample: SourceSample, height: int, width: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """A generalized sample's objects (COCO segmentations) as bool masks, and its label mask: their union, as
+    gRefCOCO's ``getMaskByRef(merge=True)`` builds it (all zero for no target).
+
+    Raises:
+        ValueError: For a malformed segmentation (:func:`render_coco`) or an object of zero area.
+    """
+    masks = [render_coco(segmentation, height, width).astype(bool) for segmentation in sample.objects or ()]
+    return masks, union_labels(masks, height, width)
+
+
+def union_labels(masks: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """The uint8 label mask (0, 1) of the union of object masks.
+
+    Raises:
+        ValueError: When an object has zero area (it would be counted but could never be found).
+    """
+    labels = np.zeros((height, width), np.uint8)
+    for number, mask in enumerate(masks, 1):
+        if not mask.any():
+            raise ValueError(f"object {number} has zero area")
+        labels[mask] = 1
+    return labels
+
+
 def render_label_mask(sample: SourceSample, height: int, width: int) -> np.ndarray:
     """The sample's label mask at the image's original size."""
     if sample.lisa_shapes is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_prep.render import render_label_mask
+from data_prep.render import render_label_mask, render_objects
 from data_prep.samples import Skipped, SourceSample
 from recipe.common.dataset_rows import (
     ABILITY,
@@ -26,6 +26,7 @@ from recipe.common.dataset_rows import (
     GroundTruth,
     RewardModel,
     Row,
+    Target,
     image_entry,
 )
 from recipe.common.prompts import build_messages
@@ -36,6 +37,7 @@ from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to
 # the task's. verl falls back to its default loop only when the agent_name column is absent, and every row has it.
 RECIPE_TASKS = {"samr1": SAMR1, "veteran": GROUNDING}
 LabelRenderer = Callable[[SourceSample, int, int], np.ndarray]
+ObjectRenderer = Callable[[SourceSample, int, int], tuple[list[np.ndarray], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,32 @@ def _rle_or_none(mask: np.ndarray) -> dict[str, Any] | None:
     return encode_rle(mask) if mask.any() else None
 
 
+def _objects_at_840(masks: list[np.ndarray], hw: tuple[int, int], training: bool) -> list[Target] | Skipped:
+    """Each object's mask and box at 840, or why a training row cannot keep the sample (an object vanishing at 840
+    would be counted but could never be found; evaluation scores at the original resolution and keeps it)."""
+    objects = []
+    for number, mask in enumerate(masks, 1):
+        mask_840 = resize_mask(mask, (MODEL_SIZE, MODEL_SIZE))
+        if training and not mask_840.any():
+            return Skipped("", f"object {number} vanishes when the {hw[0]}x{hw[1]} image is resized to {MODEL_SIZE}")
+        box = [float(v) for v in original_to_model(mask_to_box(mask), hw)]
+        objects.append(Target.build(mask=encode_rle(mask_840), box=box))
+    return objects
+
+
 def build_row(
-    sample: SourceSample, index: int, options: RowOptions, render: LabelRenderer = render_label_mask
+    sample: SourceSample,
+    index: int,
+    options: RowOptions,
+    render: LabelRenderer = render_label_mask,
+    objects_renderer: ObjectRenderer = render_objects,
 ) -> dict[str, Any] | Skipped:
     """One parquet row, or the reason the sample is skipped (missing or unreadable image, bad annotation, and for
     training rows an empty target). Never raises for bad data.
+
+    A generalized sample (``sample.objects`` not None) becomes a generalized row: its objects at 840 in
+    ``ground_truth.objects``, their union as the target, the prompt asking for a list; its target may be empty, in
+    training rows too.
 
     Args:
         sample: The source sample.
@@ -70,6 +93,7 @@ def build_row(
         options: How rows are built.
         render: The sample's label mask (0, 1, IGNORE_LABEL) at the image's ``(height, width)``; raises ValueError,
             TypeError or KeyError for a bad annotation. Custom data (:mod:`data_prep.custom`) brings its own.
+        objects_renderer: A generalized sample's object masks and label mask (the same errors as ``render``).
     """
     try:
         raw = Path(sample.image_path).read_bytes()
@@ -82,17 +106,27 @@ def build_row(
         return Skipped(
             sample.key, f"image is {height}x{width}, annotation says {sample.coco_hw[0]}x{sample.coco_hw[1]}"
         )
+    generalized = sample.objects is not None
     try:
-        labels = render(sample, height, width)
+        if generalized:
+            masks, labels = objects_renderer(sample, height, width)
+        else:
+            labels = render(sample, height, width)
     except (ValueError, TypeError, KeyError) as err:
         return Skipped(sample.key, f"corrupt annotation: {err}")
     target, ignored = labels == 1, labels == IGNORE_LABEL
-    if not target.any() and not options.keep_empty_targets:
+    keep_empty = options.keep_empty_targets or generalized  # "none" is a generalized row's answer to learn
+    if not target.any() and not keep_empty:
         return Skipped(sample.key, "zero-area target")
     labels_840 = resize_mask(labels, (MODEL_SIZE, MODEL_SIZE))
     target_840 = labels_840 == 1
-    if not target_840.any() and not options.keep_empty_targets:
+    if target.any() and not target_840.any() and not options.keep_empty_targets:
         return Skipped(sample.key, f"target vanishes when the {height}x{width} image is resized to {MODEL_SIZE}")
+    objects = None
+    if generalized:
+        objects = _objects_at_840(masks, (height, width), training=not options.keep_empty_targets)
+        if isinstance(objects, Skipped):
+            return Skipped(sample.key, objects.reason)
     box = mask_to_box(target)
     task = RECIPE_TASKS[options.recipe]
     ground_truth = GroundTruth.build(
@@ -102,6 +136,7 @@ def build_row(
         orig_size=[height, width],
         orig_mask=encode_rle(target),
         orig_ignore=_rle_or_none(ignored),
+        objects=objects,
     )
     extra_info = ExtraInfo.build(
         index=index,
@@ -114,7 +149,7 @@ def build_row(
     )
     return Row.build(
         data_source=f"{sample.dataset}_{sample.split}",
-        prompt=build_messages(task, sample.question),
+        prompt=build_messages(task, sample.question, objects=generalized),
         images=[image_entry(model_image_jpeg(image))],
         ability=ABILITY,
         reward_model=RewardModel.build(style=REWARD_STYLE, ground_truth=ground_truth),

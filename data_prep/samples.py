@@ -19,6 +19,8 @@ class SourceSample:
         coco_segmentation: COCO segmentation (polygons or RLE) of the target, for refer datasets.
         coco_hw: ``(H, W)`` that ``instances.json`` gives for the image.
         lisa_shapes: LISA polygon shapes (``label``, ``points``), for ReasonSeg.
+        objects: A generalized sample's objects (gRefCOCO: each one's COCO segmentation; empty: no target), or None
+            for a sample of one target. Its row lists them (``ground_truth.objects``) and asks for a list.
         ids: Source ids by their ``extra_info`` field (``recipe.common.dataset_rows.SOURCE_IDS``), None where a
             dataset has none.
     """
@@ -31,6 +33,7 @@ class SourceSample:
     coco_segmentation: Any = None
     coco_hw: tuple[int, int] | None = None
     lisa_shapes: tuple[dict[str, Any], ...] | None = None
+    objects: tuple[Any, ...] | None = None
     ids: dict[str, int | None] = field(default_factory=dict)
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 REGION = pa.struct([("mask", RLE), ("center", pa.list_(pa.float64()))])
+TARGET = pa.struct([("mask", RLE), ("box", pa.list_(pa.float64()))])
 LOGITS = pa.struct([("shape", pa.list_(pa.int32())), ("data", pa.binary())])  # recipe.common.stored_logits
 
 # recipe.common.labels.label_mask reads these masks back as evaluation labels.
@@ -29,6 +30,7 @@ GROUND_TRUTH = pa.struct(
         ("case", pa.string()),  # good_enough | need_refinement | none | fp | fn | both
         ("false_positive", REGION),  # auxiliary: the included region and its centre
         ("false_negative", REGION),  # auxiliary: the excluded region and its centre
+        ("objects", pa.list_(TARGET)),  # generalized rows: each object's mask and box at 840 (empty: none); else null
     ]
 )
 

@@ -2,6 +2,8 @@
 
 - refer (LISA layout): ``<root>/refer_seg/<dataset>/instances.json`` (COCO, polygons and RLE, one crowd annotation)
   and ``refs(<split_by>).p``; images ``<root>/refer_seg/images/mscoco/images/train2014/COCO_train2014_*.jpg``.
+- gRefCOCO: ``<root>/grefcoco/grefs(unc).json`` (a JSON list of refs: several objects, one, or none with
+  ``ann_id`` ``[-1]``) and ``instances.json``; images ``<root>/images/train2014/COCO_train2014_*.jpg``.
 - ReasonSeg (LISA json): ``<root>/ReasonSeg/<split>/<name>.jpg`` with ``<name>.json`` holding a "target" polygon, an
   "ignore" polygon and a "flag" polygon.
 
@@ -107,6 +109,83 @@ def write_refer_dataset(
     with open(refer_dir / f"refs({split_by}).p", "wb") as handle:
         pickle.dump(refs, handle, protocol=2)
     return SyntheticRefer(root / "refer_seg", image_dir, len(refs), sentence_id)
+
+
+@dataclass(frozen=True)
+class SyntheticGRefCOCO:
+    root: Path
+    image_root: Path
+    num_refs: int
+
+
+GREFCOCO_SPLITS = ("train", "val", "testA", "testB")
+
+
+def write_grefcoco_dataset(root: str | Path, num_images: int = 4, seed: int = 0) -> SyntheticGRefCOCO:
+    """Writes a gRefCOCO release: per image three shapes and three refs, one naming two of them (the first image's
+    pair includes a crowd annotation, which the reader leaves out), one naming one, and one naming a colour that is
+    not there (no target). Images rotate through train, val, testA and testB."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    data_dir, image_dir = root / "grefcoco", root / "images" / "train2014"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations, refs, sentence_id = [], [], [], 0
+    for index in range(num_images):
+        image_id = 2000 + index
+        height, width = int(rng.integers(300, 480)), int(rng.integers(360, 640))
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        picture = _background(rng, height, width)
+        ann_ids = []
+        for obj in range(3):
+            ann_id = 70_000 + index * 10 + obj
+            center = ((0.2 + 0.3 * obj) * width, float(rng.uniform(0.3, 0.7) * height))
+            polygon = random_polygon(rng, center, float(rng.uniform(0.08, 0.13) * min(height, width)), 8)
+            cv2.fillPoly(picture, [np.round(polygon).astype(np.int32)], COLORS[obj])
+            flat = [[float(v) for v in polygon.reshape(-1)]]
+            rle = mask_utils.merge(mask_utils.frPyObjects(flat, height, width))
+            crowd = index == 0 and obj == 1
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": 1 + obj,
+                    "segmentation": _uncompressed_rle(mask_utils.decode(rle)) if crowd else flat,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": int(crowd),
+                }
+            )
+            ann_ids.append(ann_id)
+        absent = NAMES[3 + index % 3]
+        for targets, text in (
+            (ann_ids[:2], f"the {NAMES[0]} and {NAMES[1]} shapes"),
+            (ann_ids[2:], f"the {NAMES[2]} shape"),
+            ([-1], f"the {absent} shape"),
+        ):
+            refs.append(
+                {
+                    "ref_id": 30_000 + len(refs),
+                    "image_id": image_id,
+                    "split": GREFCOCO_SPLITS[index % len(GREFCOCO_SPLITS)],
+                    "ann_id": targets,
+                    "category_id": [-1] if targets == [-1] else [1 + ann_ids.index(t) for t in targets],
+                    "no_target": targets == [-1],
+                    "file_name": f"COCO_train2014_{image_id:012d}_{len(refs)}.jpg",
+                    "sentences": [
+                        {"sent_id": sentence_id, "sent": text, "raw": text.capitalize(), "tokens": text.split()}
+                    ],
+                }
+            )
+            sentence_id += 1
+        cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+    categories = [{"id": 1 + i, "name": name, "supercategory": "shape"} for i, name in enumerate(NAMES)]
+    (data_dir / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    (data_dir / "grefs(unc).json").write_text(json.dumps(refs))
+    return SyntheticGRefCOCO(data_dir, image_dir, len(refs))
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict:

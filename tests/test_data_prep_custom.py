@@ -219,7 +219,7 @@ def test_a_file_that_cannot_be_read_at_all_is_an_error(data, tmp_path, capsys):
     for name in ("no_mask.csv", "rows.txt", "absent.jsonl"):
         assert run(data["root"] / name, tmp_path / "out.parquet", "train") == 2
     errors = capsys.readouterr().err
-    assert "the CSV header lacks ['mask']" in errors and "expected a .jsonl or .csv file" in errors
+    assert "the CSV header lacks ['mask or masks']" in errors and "expected a .jsonl or .csv file" in errors
     assert "cannot read" in errors and not (tmp_path / "out.parquet").exists()
 
 
@@ -228,10 +228,10 @@ def test_an_edited_file_never_reuses_the_shards_of_its_old_content(data, tmp_pat
     out = tmp_path / "train.parquet"
     real_build_row = cli.build_row
 
-    def dies_on_the_second(sample, index, options, render):
+    def dies_on_the_second(sample, index, options, **renderers):
         if index == 1:
             raise KeyboardInterrupt
-        return real_build_row(sample, index, options, render)
+        return real_build_row(sample, index, options, **renderers)
 
     monkeypatch.setattr(cli, "build_row", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):

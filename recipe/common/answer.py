@@ -1,6 +1,7 @@
 """The one parser of model responses, shared by every recipe's rewards and by evaluation.
 
-A response is ``<think>...</think>`` followed by ``<answer>...</answer>`` whose content is one JSON object. Parsing
+A response is ``<think>...</think>`` followed by ``<answer>...</answer>`` whose content is one JSON object, or, for a
+generalized row (several objects or none), a JSON list of objects (:meth:`ParsedResponse.objects`). Parsing
 never raises: a malformed response is data (a failed format check, a missing answer, an invalid field), each with a
 reason that rewards log and counters aggregate. Coordinates are validated in the model's own convention (pixels, or
 Qwen3-VL's 0-1000) and returned in pixels of the image the model saw (:mod:`recipe.common.coordinates`).
@@ -23,6 +24,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 _TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 _DEFAULT_HW = (MODEL_SIZE, MODEL_SIZE)
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -139,14 +141,32 @@ def _answer_block(text: str) -> tuple[str | None, str | None]:
     return text[start:end], None
 
 
-def _load_answer(content: str) -> tuple[dict[str, Any] | None, str | None]:
+def _load_json(content: str) -> tuple[Any, str | None]:
+    """The answer's JSON value (any type), or :data:`_MISSING` and the reason it does not parse."""
     try:
-        answer = json.loads(_strip_fence(content), parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+        value = json.loads(_strip_fence(content), parse_constant=_reject_constant, object_pairs_hook=_unique_object)
     except (ValueError, RecursionError) as err:
-        return None, f"answer is not valid JSON: {str(err)[:120]}"
-    if not isinstance(answer, dict):
-        return None, f"answer is JSON {type(answer).__name__}, expected an object"
-    return answer, None
+        return _MISSING, f"answer is not valid JSON: {str(err)[:120]}"
+    return value, None
+
+
+MAX_OBJECTS = 20
+"""How many objects a generalized answer may list (``max_objects`` of :meth:`ParsedResponse.objects`)."""
+
+
+@dataclass(frozen=True)
+class AnsweredObject:
+    """One object of a generalized answer, in pixels of the image the model saw.
+
+    Attributes:
+        box: Its ``bbox_2d``.
+        point: Its ``point_2d`` (SAM-R1), or None where the format has none.
+        label: Its ``label`` (SAM-R1), or None where the format has none.
+    """
+
+    box: Box
+    point: Point | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +189,12 @@ class ParsedResponse:
     answer_error: str | None
     image_hw: tuple[int, int] = _DEFAULT_HW
     coordinates: Coordinates = Coordinates.PIXELS
+    json_value: Any = _MISSING  # the answer's JSON whatever its type (a generalized answer is a list)
+
+    @property
+    def has_json(self) -> bool:
+        """Whether the ``<answer>`` block held valid JSON (of any type)."""
+        return self.json_value is not _MISSING
 
     def _get(self, key: str) -> Any:
         return self.answer.get(key, _MISSING) if self.answer is not None else _MISSING
@@ -215,8 +241,44 @@ class ParsedResponse:
         pos, neg = self.pos_point(), self.neg_point()
         return (pos.value, neg.value) if pos.ok and neg.ok else None
 
+    def objects(
+        self, with_point: bool = False, with_label: bool = False, max_objects: int = MAX_OBJECTS
+    ) -> Field[tuple[AnsweredObject, ...]]:
+        """A generalized answer: a JSON list of objects, each with a valid ``bbox_2d`` (and ``point_2d`` and a
+        non-empty ``label`` when asked for), ``[]`` for "no such object".
 
-_MISSING = object()
+        Invalid (with the first reason): an answer that is not a list, more than ``max_objects`` entries, an entry
+        that is not an object or has an invalid field, and two entries with the same box.
+        """
+        if self.json_value is _MISSING:
+            return _invalid(self.answer_error or "no answer")
+        if not isinstance(self.json_value, list):
+            return _invalid(f"answer is JSON {_json_type(self.json_value)}, expected a list of objects")
+        if len(self.json_value) > max_objects:
+            return _invalid(f"{len(self.json_value)} objects, at most {max_objects}")
+        found: list[AnsweredObject] = []
+        for number, entry in enumerate(self.json_value, 1):
+            if not isinstance(entry, dict):
+                return _invalid(f"object {number} is JSON {_json_type(entry)}, expected an object")
+            one = ParsedResponse(True, None, entry, None, self.image_hw, self.coordinates, entry)
+            fields = {"box": one.bbox_2d()}
+            if with_point:
+                fields["point"] = one.point_2d()
+            if with_label:
+                fields["label"] = one.label()
+            for field in fields.values():
+                if not field.ok:
+                    return _invalid(f"object {number}: {field.error}")
+            item = AnsweredObject(**{name: field.value for name, field in fields.items()})
+            if any(item.box == other.box for other in found):
+                return _invalid(f"object {number} repeats the box of an earlier object")
+            found.append(item)
+        return Field(value=tuple(found))
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def parse_response(
@@ -242,7 +304,10 @@ def parse_response(
         return ParsedResponse(False, reason, None, reason, image_hw, coordinates)
     format_error = _tag_rule_error(text, reasoning)
     content, answer_error = _answer_block(text)
-    answer = None
+    value = _MISSING
     if content is not None:
-        answer, answer_error = _load_answer(content)
-    return ParsedResponse(format_error is None, format_error, answer, answer_error, image_hw, coordinates)
+        value, answer_error = _load_json(content)
+    answer = value if isinstance(value, dict) else None
+    if value is not _MISSING and answer is None:
+        answer_error = f"answer is JSON {type(value).__name__}, expected an object"
+    return ParsedResponse(format_error is None, format_error, answer, answer_error, image_hw, coordinates, value)

@@ -156,6 +156,8 @@ class _Struct:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, list):  # a list of structs (``objects``)
+        return [_plain(item) for item in value]
     return value.to_dict() if isinstance(value, _Struct) else value
 
 
@@ -172,9 +174,30 @@ class Region(_Struct):
     center = _Field[list[float]]()
 
 
+class Target(_Struct):
+    """One object of a generalized row's target (``ground_truth.objects``).
+
+    Attributes:
+        mask: The object at 840 (COCO RLE).
+        box: Its tight ``[x1, y1, x2, y2]`` box at 840.
+    """
+
+    mask = _Field[Rle]()
+    box = _Field[list[float]]()
+
+
+def _targets(value: list[Any]) -> list[Target]:
+    return [Target.of(item) for item in value]
+
+
 class GroundTruth(_Struct):
     """``reward_model.ground_truth``: the target at 840 (model space) and at the original resolution, and the task
     fields of SAM-Veteran's rows (null in other rows). ``recipe.common.labels.label_mask`` reads it as labels.
+
+    A *generalized* row (gRefCOCO, or custom data with ``masks``) lists its objects in ``objects``, possibly none:
+    its prompt asks for a list of objects, and rewards and evaluation read the answer as one
+    (docs/conventions.md, Several objects or none). ``mask`` and ``box`` then hold the union and its box. The
+    papers' rows leave ``objects`` null: one target, ``mask`` and ``box``.
 
     Attributes:
         mask: The target at 840x840.
@@ -190,6 +213,7 @@ class GroundTruth(_Struct):
         case: One of :data:`MASK_COMPREHENSION_CASES` or :data:`AUXILIARY_CASES`.
         false_positive: Auxiliary: the wrongly included region.
         false_negative: Auxiliary: the wrongly excluded region.
+        objects: A generalized row's objects (each its mask and box at 840; empty: no target), or None.
     """
 
     mask = _Field[Rle | None]()
@@ -204,6 +228,19 @@ class GroundTruth(_Struct):
     case = _Field[str | None]()
     false_positive = _Field[Region | None](Region)
     false_negative = _Field[Region | None](Region)
+    objects = _Field[list[Target] | None](_targets)
+
+    @property
+    def generalized(self) -> bool:
+        """Whether the row lists its objects (its answer is a list of objects, possibly empty)."""
+        return self.objects is not None
+
+    def targets(self) -> list[Target]:
+        """The objects an answer is matched to: a generalized row's ``objects``, else the one target (none when the
+        row has no box)."""
+        if self.objects is not None:
+            return self.objects
+        return [] if self.box is None else [Target.build(mask=self.mask, box=self.box)]
 
     @property
     def good_enough(self) -> bool:

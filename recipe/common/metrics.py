@@ -144,3 +144,69 @@ class SegMetrics:
             "n_dropped": self._dropped,
             "convention": self.convention,
         }
+
+
+@dataclass
+class GeneralizedMetrics:
+    """gRefCOCO's metrics, as its authors' evaluation computes them (ReLA's ``ReferEvaluator``, "fix eval metrics",
+    2023-08): gIoU and cIoU over every sample, no-target ones included, and the no-target decision's accuracies.
+
+    A sample is its prediction's I and U against the target (the union of its objects) and two decisions: whether the
+    target is empty, and whether the answer said "none". ReLA's four cases:
+
+    - no target, "none" (its TP): IoU 1, nothing added to cIoU;
+    - no target, objects answered (FN): IoU 0, the predicted area added to cIoU's union;
+    - a target, "none" (FP): IoU 0, I = 0 and the union added;
+    - a target, objects answered (TN): I / U (0 for an empty union) and both added.
+
+    ``N_acc = TP / (TP + FN)`` over the no-target samples, ``T_acc = TN / (TN + FP)`` over the others. An answer that
+    gave no usable list (``said_none`` None) is counted as the wrong decision either way: it never earns a correct
+    "none". Two departures from ReLA's code, where it has no answer: with no no-target sample ReLA reports T_acc
+    and N_acc as 0, here N_acc is NaN and T_acc is computed; an empty total union gives cIoU 0 instead of a
+    division by zero.
+    """
+
+    _ious: list[float] = field(default_factory=list, repr=False)
+    _intersection: int = 0
+    _union: int = 0
+    _counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("TP", "FN", "FP", "TN"), 0))
+
+    def sample(self, intersection: int, union: int, no_target: bool, said_none: bool | None) -> SampleIoU:
+        """One sample's case, scored (without accumulating it).
+
+        Args:
+            intersection: Predicted target pixels.
+            union: Pixels predicted or target.
+            no_target: The target is empty.
+            said_none: The answer said "none" (an empty list); None for an answer without a usable list.
+        """
+        said_none = (not no_target) if said_none is None else said_none
+        if no_target:
+            return SampleIoU(0, 0, 1.0) if said_none else SampleIoU(0, union, 0.0)
+        if said_none:
+            return SampleIoU(0, union, 0.0)
+        return SampleIoU(intersection, union, intersection / union if union else 0.0)
+
+    def add(self, intersection: int, union: int, no_target: bool, said_none: bool | None) -> SampleIoU:
+        """Scores one sample (see :meth:`sample`) and adds it to the totals."""
+        scored = self.sample(intersection, union, no_target, said_none)
+        decided_none = (not no_target) if said_none is None else said_none
+        case = ("TP" if decided_none else "FN") if no_target else ("FP" if decided_none else "TN")
+        self._counts[case] += 1
+        self._ious.append(scored.iou)
+        self._intersection += scored.intersection
+        self._union += scored.union
+        return scored
+
+    def summary(self) -> dict[str, float | int]:
+        """``gIoU``, ``cIoU``, ``N_acc``, ``T_acc`` (fractions; NaN where undefined), ``n`` and ``n_no_target``."""
+        counts, n = self._counts, len(self._ious)
+        empty, targeted = counts["TP"] + counts["FN"], counts["TN"] + counts["FP"]
+        return {
+            "gIoU": math.fsum(self._ious) / n if n else math.nan,
+            "cIoU": (self._intersection / self._union if self._union else 0.0) if n else math.nan,
+            "N_acc": counts["TP"] / empty if empty else math.nan,
+            "T_acc": counts["TN"] / targeted if targeted else math.nan,
+            "n": n,
+            "n_no_target": empty,
+        }

@@ -53,6 +53,38 @@ REFINEMENT_ANSWER_ONLY_PROMPT = (
 )
 """Ours, for the "w/o CoT" and "w/o Mask CoT" ablations: ``Q^P`` without the thinking step."""
 
+SAMR1_OBJECTS_PROMPT = (
+    'Let\'s find out "{Question}" with bboxes and points step by step. It may refer to several objects, or to none '
+    "in the image. Output the thinking process in <think> </think> and final answer in <answer> </answer> tags. "
+    "Output a JSON list with one entry per target object: its bbox, a point on it and a short label naming it; output "
+    "an empty list [] if no object matches. Here is an example: <think> thinking process here </think> <answer> "
+    '[{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "<few words naming the object>"}] </answer>'
+)
+"""Ours, for generalized rows (several objects or none): SAM-R1's answer for each object, in a list."""
+
+GROUNDING_OBJECTS_PROMPT = (
+    'Let\'s find out "{Question}" with bboxes step by step. It may refer to several objects, or to none in the image. '
+    "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags. Output the bbox of "
+    "every target object in a JSON list, or an empty list [] if no object matches. Here is an example: <think> "
+    'thinking process here </think> <answer> [{"bbox_2d": [x1, y1, x2, y2]}] </answer>'
+)
+"""Ours, for generalized rows: ``Q^B`` asking for every target's box, or none."""
+
+GROUNDING_OBJECTS_ANSWER_ONLY_PROMPT = (
+    'Find out "{Question}" with bboxes. It may refer to several objects, or to none in the image. Output the final '
+    "answer in <answer> </answer> tags, without any reasoning. Output the bbox of every target object in a JSON list, "
+    'or an empty list [] if no object matches. Here is an example: <answer> [{"bbox_2d": [x1, y1, x2, y2]}] </answer>'
+)
+"""Ours: :data:`GROUNDING_OBJECTS_PROMPT` for the "w/o CoT" ablation."""
+
+OBJECTS_PROMPTS: dict[tuple[str, bool], str] = {
+    (SAMR1, True): SAMR1_OBJECTS_PROMPT,
+    (GROUNDING, True): GROUNDING_OBJECTS_PROMPT,
+    (GROUNDING, False): GROUNDING_OBJECTS_ANSWER_ONLY_PROMPT,
+}
+"""The generalized prompt of each (task, reasoning): the tasks whose answer names the target. Refinement prompts
+point at errors of the shown mask, whatever it covers, and stay as they are."""
+
 ANSWER_ONLY_PROMPTS: dict[str, str] = {
     GROUNDING: GROUNDING_ANSWER_ONLY_PROMPT,
     MASK_COMPREHENSION: REFINEMENT_ANSWER_ONLY_PROMPT,
@@ -70,17 +102,23 @@ PROMPTS: dict[str, str] = {
 IMAGE_PLACEHOLDER = "<image>"
 
 
-def build_prompt(task: str, question: str, reasoning: bool = True) -> str:
+def build_prompt(task: str, question: str, reasoning: bool = True, objects: bool = False) -> str:
     """The prompt text of ``task`` with ``question`` substituted.
 
     Args:
         task: One of :data:`PROMPTS` (without ``reasoning``, one of :data:`ANSWER_ONLY_PROMPTS`).
         question: The referring expression or reasoning question, inserted as is.
         reasoning: Ask for ``<think>`` before the answer (False: the answer-only ablation prompts).
+        objects: A generalized row's prompt (:data:`OBJECTS_PROMPTS`): a list of objects, or none. Tasks that do
+            not name the target (the refinement tasks) keep their prompt.
 
     Raises:
         KeyError: For an unknown task, naming the known ones.
     """
+    if objects and (task, reasoning) in OBJECTS_PROMPTS:
+        return OBJECTS_PROMPTS[task, reasoning].replace(QUESTION_SLOT, question)
+    if objects and task == SAMR1:
+        raise KeyError("SAM-R1's generalized prompt has no answer-only variant")
     templates = PROMPTS if reasoning else ANSWER_ONLY_PROMPTS
     try:
         template = templates[task]
@@ -97,9 +135,10 @@ def asks_for_reasoning(task: str, grounding_cot: bool, mask_cot: bool) -> bool:
     return grounding_cot if task == GROUNDING else mask_cot
 
 
-def build_messages(task: str, question: str) -> list[dict[str, Any]]:
-    """One user turn with the image placeholder first, as verl's ``RLHFDataset`` expects in its prompt column."""
-    return [{"role": "user", "content": IMAGE_PLACEHOLDER + build_prompt(task, question)}]
+def build_messages(task: str, question: str, objects: bool = False) -> list[dict[str, Any]]:
+    """One user turn with the image placeholder first, as verl's ``RLHFDataset`` expects in its prompt column
+    (``objects``: a generalized row's prompt)."""
+    return [{"role": "user", "content": IMAGE_PLACEHOLDER + build_prompt(task, question, objects=objects)}]
 
 
 def first_image(messages: Any) -> Any:

@@ -4,19 +4,26 @@ The answer's box and point (a positive click) go to the SAM2 pool; the IoU of it
 840x840 sets the tiered reward, eq. (5). The three rewards are independent: the label only decides the segmentation
 format, so an answer with a valid box and point but no valid label still earns its tier. Without a valid box and
 point, SAM2 is not called and the tier is 0.
+A generalized row (several objects or none, ``ground_truth.objects``) asks for a list of such answers. Each
+answered object is matched one to one to a ground-truth object by box IoU (:mod:`recipe.common.matching`), SAM2
+segments each matched object from its box and point, and the tiered rewards of the matched objects' mask IoUs are
+summed and divided by the larger of the two counts, so a missed object and an extra one cost alike. A correct "none"
+(``[]`` for no target) earns the top tier; any box for an absent object earns nothing.
 Used through verl's reward loop as ``reward.custom_reward_function`` with the ``sam_image`` reward manager.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.answer import MAX_OBJECTS, ParsedResponse, parse_response
 from recipe.common.coordinates import Coordinates, model_coordinates
 from recipe.common.dataset_rows import GroundTruth, reward_image
+from recipe.common.matching import match_boxes
 from recipe.common.prompts import checkpoint_opening
 from recipe.common.sam_client import get_sam_client
 from recipe.common.sam_steps import encode_steps, step_json
@@ -47,7 +54,7 @@ class RewardBreakdown:
     iou: float = 0.0
     sam_called: int = 0
     well_formed: float = 0.0  # 1 when both format rules hold: the share a learning run must raise first
-    failure: str = ""  # category: no_answer, bbox, point, label, no_image, sam_<code>; "" when nothing lost
+    failure: str = ""  # category: no_answer, bbox, point, label, objects, no_image, sam_<code>; "" when nothing lost
     failure_detail: str = ""
     sam_steps: str = "[]"  # the SAM2 call as recipe.common.sam_steps records it, for the training gallery
 
@@ -66,6 +73,62 @@ def _segmentation_failure(parsed: ParsedResponse) -> tuple[str, str]:
     return "", ""
 
 
+def _top_tier(tiers: Sequence[Sequence[float]]) -> float:
+    return max((float(reward) for _, reward in tiers), default=0.0)
+
+
+async def _score_objects(
+    parsed: ParsedResponse,
+    truth: GroundTruth,
+    scored: RewardBreakdown,
+    extra_info: Mapping[str, Any] | None,
+    client_of: Any,
+    tiers: Sequence[Sequence[float]],
+    format_reward: float,
+    format_penalty: float,
+    max_objects: int,
+) -> RewardBreakdown:
+    """A generalized row's tiered reward and segmentation format (module docstring); ``scored`` holds the
+    reasoning format. ``iou`` is the matched objects' mask IoUs summed over the larger count (1 for a correct
+    "none")."""
+    objects = parsed.objects(with_point=True, with_label=True, max_objects=max_objects)
+    if not objects.ok:
+        category = "objects" if parsed.has_json else "no_answer"
+        return replace(
+            scored,
+            segmentation_format=format_penalty,
+            failure=category,
+            failure_detail=(objects.error or "")[:200],
+        )
+    scored = replace(scored, segmentation_format=format_reward, well_formed=float(parsed.format_ok))
+    answered, targets = objects.value, truth.targets()
+    if not answered or not targets:  # "none": right exactly when there is no target
+        right = not answered and not targets
+        return replace(scored, tiered=_top_tier(tiers) if right else 0.0, iou=float(right))
+    image = reward_image(extra_info)
+    if image is None:
+        return replace(scored, failure="no_image", failure_detail="no image")
+    pairs = match_boxes([item.box for item in answered], [target.box for target in targets])
+    prompts = [Prompt(box=answered[i].box, points=(answered[i].point,), labels=(1,)) for i, _ in pairs]
+    client = client_of()
+    calls = [
+        client.segment(image, [prompt], ground_truth=dict(targets[j].mask))
+        for prompt, (_, j) in zip(prompts, pairs, strict=True)
+    ]
+    results = await asyncio.gather(*calls)
+    results = [result for (result,) in results]
+    steps = [step_json(prompt, result, result.iou) for prompt, result in zip(prompts, results, strict=True)]
+    scored = replace(scored, sam_called=len(prompts), sam_steps=encode_steps(steps))
+    failed = next((result for result in results if not result.ok), None)
+    if failed is not None:
+        logger.warning("SAM2 answered %s: %s", failed.code, failed.error)
+        scored = replace(scored, failure=f"sam_{failed.code}", failure_detail=str(failed.error)[:200])
+    ious = [float(result.iou) if result.ok else 0.0 for result in results]
+    count = max(len(answered), len(targets))
+    tiered = sum(tiered_iou_reward(iou, tiers) for iou in ious) / count
+    return replace(scored, tiered=tiered, iou=sum(ious) / count)
+
+
 async def compute_score(
     data_source: str,
     solution_str: str,
@@ -77,6 +140,7 @@ async def compute_score(
     format_penalty: float = -1.0,
     model_path: str | None = None,
     sam_client: SamClient | None = None,
+    max_objects: int = MAX_OBJECTS,
     **_: Any,
 ) -> dict[str, Any]:
     """The reward of one response, in verl's reward-loop contract (keywords from ``reward_kwargs``).
@@ -94,6 +158,7 @@ async def compute_score(
             (:func:`recipe.common.coordinates.model_coordinates`) and continues its chat template's opening of the
             turn (:func:`recipe.common.prompts.checkpoint_opening`); None reads pixels and no opening.
         sam_client: A client to use instead of the process's pool client (tests).
+        max_objects: How many objects a generalized answer may list.
 
     Returns:
         ``score`` and every component; never raises for bad model output. ``failure`` names what cost reward: a
@@ -106,6 +171,12 @@ async def compute_score(
         opening + solution_str if isinstance(solution_str, str) else solution_str, coordinates=coordinates
     )
     reasoning = format_reward if parsed.format_ok else format_penalty
+    truth = GroundTruth.of(ground_truth)
+    client_of = lambda: sam_client or get_sam_client(reward_server or {})  # noqa: E731 - built only when SAM2 runs
+    if truth.generalized:
+        scored = RewardBreakdown(reasoning_format=reasoning)
+        args = (extra_info, client_of, tiers, format_reward, format_penalty, max_objects)
+        return (await _score_objects(parsed, truth, scored, *args)).as_dict()
     failure, detail = _segmentation_failure(parsed)
     scored = RewardBreakdown(
         reasoning_format=reasoning,
@@ -121,8 +192,7 @@ async def compute_score(
     if image is None:
         return replace(scored, failure="no_image", failure_detail="no image").as_dict()
     prompt = Prompt(box=box.value, points=(point.value,), labels=(1,))
-    client = sam_client or get_sam_client(reward_server or {})
-    (result,) = await client.segment(image, [prompt], ground_truth=dict(GroundTruth.of(ground_truth).mask))
+    (result,) = await client_of().segment(image, [prompt], ground_truth=dict(truth.mask))
     scored = replace(scored, sam_steps=encode_steps([step_json(prompt, result, result.iou)]))
     if not result.ok:
         logger.warning("SAM2 answered %s: %s", result.code, result.error)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recipe.common.answer import MAX_OBJECTS
 from recipe.common.prompts import asks_for_reasoning
 from reward_server.masks import box_iou, box_mean_l1
 
@@ -56,6 +57,7 @@ class VeteranRewardConfig:
         format_reward: Each of the two formatting rewards.
         grounding_cot: Grounding prompts ask for ``<think>`` first, and the tag rule wants it (Table 6: w/o CoT).
         mask_cot: Likewise for the refinement tasks (Table 6: w/o CoT, w/o Mask CoT).
+        max_objects: How many boxes a generalized grounding answer may list (several objects or none; ours).
     """
 
     sam_weight: float = 1.0
@@ -69,6 +71,7 @@ class VeteranRewardConfig:
     format_reward: float = 1.0
     grounding_cot: bool = True
     mask_cot: bool = True
+    max_objects: int = MAX_OBJECTS
 
     def reasoning(self, task: str) -> bool:
         """Whether ``task``'s prompt and tag rule include the ``<think>`` step (:func:`asks_for_reasoning`)."""

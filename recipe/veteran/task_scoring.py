@@ -3,6 +3,11 @@
 Formatting (all tasks): +1 for the tag rule, +1 for a strictly parsable answer (a valid ``bbox_2d`` for grounding,
 valid ``pos_point`` and ``neg_point``, ``null`` allowed, for the refinement tasks). A malformed answer earns only
 what formatting it has, and SAM2 is not called. IoUs are edge-excluded (training rewards).
+
+A generalized grounding row (``ground_truth.objects``: several objects or none) is answered with a list of boxes.
+The box reward is each box's, matched one to one to the objects by box IoU (:mod:`recipe.common.matching`), summed
+over the larger count; ``R_SAM`` is the edge-excluded IoU of the union of SAM2's masks with the union of the
+objects. A correct "none" (``[]`` for no target) earns both in full; a box for an absent object earns neither.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import numpy as np
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.coordinates import Coordinates
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
+from recipe.common.matching import match_boxes
 from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
 from recipe.common.stored_logits import decode_logits
 from recipe.veteran import reward_formulas as formulas
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.client import SamClient
-from reward_server.masks import decode_rle
+from reward_server.masks import decode_rle, edge_excluded_iou
 from reward_server.protocol import ImageRef, Prompt
 
 logger = logging.getLogger(__name__)
@@ -55,13 +61,14 @@ def _breakdown(
     steps: Sequence[dict] = (),
     iou_gain: float = 0.0,
     sam_called: int = 0,
+    generalized: bool = False,
     **summed,
 ) -> dict:
     """Every component (0 when not applicable), ``well_formed``, the total ``score``, the task, a failure category
     and the SAM2 ``steps`` (:mod:`recipe.common.sam_steps` records).
 
     ``iou_gain`` (part of ``case`` already) and ``sam_called`` are logged only; ``summed`` are the task components
-    of ``formulas.turn_reward``.
+    of ``formulas.turn_reward``. ``generalized``: the answer is a list of objects (any JSON parsed is an answer).
     """
     formatting = {
         "format_tags": config.format_reward * parsed.format_ok,
@@ -70,7 +77,8 @@ def _breakdown(
     score = formulas.turn_reward(config, **formatting, **summed)
     info = dict.fromkeys(COMPONENTS, 0.0) | formatting | summed | {"iou_gain": iou_gain, "sam_called": sam_called}
     info["well_formed"] = parsed.format_ok and answer_ok
-    failure = "" if answer_ok else ("no_answer" if parsed.answer is None else "invalid_answer")
+    parsed_answer = parsed.has_json if generalized else parsed.answer is not None
+    failure = "" if answer_ok else ("invalid_answer" if parsed_answer else "no_answer")
     components = {k: float(v) for k, v in info.items()}
     return {"score": float(score), **components, "task": task, "failure": failure, SAM_STEPS: encode_steps(steps)}
 
@@ -84,6 +92,8 @@ async def score_grounding(
     """
     truth = GroundTruth.of(truth)
     parsed = parse_answer(GROUNDING, response, config)
+    if truth.generalized:
+        return await _score_grounding_objects(parsed, truth, image, sam, config)
     box = parsed.bbox_2d()
     if not box.ok:
         return _breakdown(GROUNDING, parsed, False, config)
@@ -99,6 +109,42 @@ async def score_grounding(
         sam_iou=sam_iou,
         box=formulas.box_reward(box.value, truth.box, config),
         sam_called=1,
+    )
+
+
+async def _score_grounding_objects(
+    parsed: ParsedResponse, truth: GroundTruth, image: ImageRef, sam: SamClient, config: VeteranRewardConfig
+) -> dict[str, Any]:
+    """A generalized grounding row's reward (module docstring)."""
+    objects = parsed.objects(max_objects=config.max_objects)
+    if not objects.ok:
+        return _breakdown(GROUNDING, parsed, False, config, generalized=True)
+    answered, targets = objects.value, truth.targets()
+    if not answered or not targets:  # "none": right exactly when there is no target
+        right = float(not answered and not targets)
+        full_box = 1.0 + 1.0  # R_IoU^B and R_L1^B of a perfect box, hard or soft
+        return _breakdown(GROUNDING, parsed, True, config, sam_iou=right, box=right * full_box, generalized=True)
+    boxes = [item.box for item in answered]
+    pairs = match_boxes(boxes, [target.box for target in targets])
+    box = sum(formulas.box_reward(boxes[i], targets[j].box, config) for i, j in pairs)
+    prompts = [Prompt(box=item) for item in boxes]
+    results = await sam.segment(image, prompts, ground_truth=dict(truth.mask), return_edge_iou=True)
+    gt = decode_rle(truth.mask)
+    union = np.zeros_like(gt)
+    for result in results:
+        if result.ok:
+            union |= result.mask_array()
+    sam_iou = edge_excluded_iou(union, gt) if all(result.ok for result in results) else 0.0
+    return _breakdown(
+        GROUNDING,
+        parsed,
+        True,
+        config,
+        steps=[step_json(prompt, result, result.edge_iou) for prompt, result in zip(prompts, results, strict=True)],
+        sam_iou=sam_iou,
+        box=box / max(len(answered), len(targets)),
+        sam_called=len(prompts),
+        generalized=True,
     )
 
 
