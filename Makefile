@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-learn lint format bench bench-reward bench-step bench-eval bench-learn gpu-check data data-samr1-10k data-veteran smoke train-samr1 \
+.PHONY: setup test test-learn lint format bench bench-reward bench-step bench-eval bench-learn gpu-check data data-samr1-10k data-grefcoco data-veteran smoke train-samr1 \
 	train-veteran eval eval-checkpoints eval-smoke infer demo lock clean-venv flash-attn
 
 setup: $(STAMP)
@@ -99,6 +99,7 @@ flash-attn: $(STAMP)
 DATA_DIR ?= data
 DATA_WORKERS ?= 8
 REFER = $(BIN)/python -m data_prep refer --refer-root "$(REFER_ROOT)" --image-root "$(COCO_IMAGES)" --workers $(DATA_WORKERS)
+GREFCOCO = $(BIN)/python -m data_prep grefcoco --root "$(GREFCOCO_ROOT)" --image-root "$(COCO_IMAGES)" --workers $(DATA_WORKERS)
 
 data: $(STAMP)
 	@test -n "$(REFER_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data: set REFER_ROOT=... COCO_IMAGES=... [REASONSEG_ROOT=...]"; exit 2; }
@@ -116,6 +117,16 @@ data: $(STAMP)
 data-samr1-10k: $(STAMP)
 	@test -n "$(REFER_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data-samr1-10k: set REFER_ROOT=... COCO_IMAGES=..."; exit 2; }
 	$(REFER) --dataset refcocog --split train --limit 10000 --seed 0 --recipe samr1 --out $(DATA_DIR)/samr1/refcocog_train_10k.parquet
+
+# Several objects or none (README, "Several objects or none"): GREFCOCO_ROOT holds grefs(unc).json and instances.json;
+# training rows for +ablation=generalized and +veteran_ablation=generalized, evaluation rows in DATA_DIR/eval_grefcoco.
+data-grefcoco: $(STAMP)
+	@test -n "$(GREFCOCO_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data-grefcoco: set GREFCOCO_ROOT=... COCO_IMAGES=..."; exit 2; }
+	$(GREFCOCO) --split train --limit 3000 --seed 0 --recipe samr1 --out $(DATA_DIR)/samr1/grefcoco_train_3k.parquet
+	$(GREFCOCO) --split train --limit 9000 --seed 0 --recipe veteran --out $(DATA_DIR)/veteran/grefcoco_grounding_9k.parquet
+	@for split in val testA testB; do \
+		$(GREFCOCO) --split $$split --out $(DATA_DIR)/eval_grefcoco/grefcoco_$$split.parquet || exit 1; \
+	done
 
 # SAM-Veteran's mask-comprehension and auxiliary sets; runs SAM2 (set SAM2_CHECKPOINT; a GPU is much faster).
 data-veteran: $(STAMP)

@@ -150,9 +150,10 @@ def run_loop(
                 do_sample=False,
             )
         answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        prompt = episode.observe_response(answer)
+        prompts = episode.observe_response(answer)
         mask = None
-        if prompt is not None:
+        if prompts:
+            (prompt,) = prompts
             predictor.set_image(sample.image)
             masks, _, _ = predictor.predict(
                 point_coords=np.array(prompt.points, np.float32),

@@ -125,13 +125,12 @@ def workflow_second_turn(
     messages = episode.next_messages()
     answer_ids = _answer_ids(tokenizer, answer, tokenizer.eos_token_id)
     text = tokenizer.decode(answer_ids, skip_special_tokens=True)
-    prompt = episode.observe_response(text)
-    if prompt is None:
+    prompts = episode.observe_response(text)
+    if not prompts:
         return None
     engine = build_engine(server_config(config.reward_server).engine)
-    request = SegRequest(image.key, prompt, gt_key=truth.key, return_logits=True, return_edge_iou=True)
-    (result,) = engine.segment([request], {image.key: image.data}, {truth.key: truth.rle})
-    episode.observe_mask(result)
+    requests = [SegRequest(image.key, p, gt_key=truth.key, return_logits=True, return_edge_iou=True) for p in prompts]
+    episode.observe_mask(engine.segment(requests, {image.key: image.data}, {truth.key: truth.rle}))
     if episode.done:
         return None
     answered = [*messages, {"role": "assistant", "content": text}]

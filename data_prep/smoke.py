@@ -4,6 +4,10 @@
 SAM-Veteran's inputs hold one file per training task (grounding, mask comprehension, auxiliary, the multi-turn
 workflow), derived from the grounding rows exactly as ``make data-veteran`` derives them, with the tiny SAM2.
 
+With ``generalized``, a last file holds two generalized rows of a synthetic gRefCOCO train split (one naming two
+objects, one naming nothing), converted with ``python -m data_prep grefcoco`` for the recipe (SAM-R1's rows, or
+SAM-Veteran's grounding rows).
+
 The inputs of ``make eval-smoke`` are evaluation rows of synthetic RefCOCOg and ReasonSeg splits (``build_eval_sets``).
 """
 
@@ -12,9 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from data_prep import __main__ as data_prep_cli
-from data_prep.synthetic import synthetic_refer_parquet, write_reasonseg_split, write_refer_dataset
+from data_prep.schema import ROW
+from data_prep.synthetic import (
+    synthetic_refer_parquet,
+    write_grefcoco_dataset,
+    write_reasonseg_split,
+    write_refer_dataset,
+)
 from data_prep.veteran import build_auxiliary, build_mask_comprehension, build_workflow
+from recipe.common.dataset_rows import Row
 from recipe.common.tiny_vlm import build_tiny_vlm
 from reward_server.config import load_preset
 from reward_server.engine import SamEngine
@@ -28,11 +42,32 @@ class SmokeInputs:
     model: Path
 
 
+def generalized_rows(out_dir: Path, recipe: str, seed: int = 0) -> Path:
+    """Writes ``<out_dir>/generalized.parquet``: a two-object and a no-target row of a synthetic gRefCOCO train split,
+    in that order, converted for ``recipe``.
+
+    Raises:
+        RuntimeError: When the conversion fails.
+    """
+    release = write_grefcoco_dataset(out_dir / "downloads", num_images=5, seed=seed)
+    converted, out = out_dir / "grefcoco_train.parquet", out_dir / "generalized.parquet"
+    args = ["grefcoco", "--root", str(release.root), "--image-root", str(release.image_root), "--split", "train"]
+    args += ["--recipe", recipe, "--out", str(converted), "--workers", "1", "--seed", str(seed)]
+    if data_prep_cli.main(args) != 0:
+        raise RuntimeError("data_prep grefcoco failed")
+    rows = pq.read_table(converted).to_pylist()
+    counts = [len(Row(row).ground_truth.objects) for row in rows]
+    chosen = [rows[counts.index(2)], rows[counts.index(0)]]
+    pq.write_table(pa.Table.from_pylist(chosen, schema=ROW), out)
+    return out
+
+
 def build_smoke_inputs(
-    out_dir: Path, recipe: str, prompts: int, seed: int = 0, base: str = "qwen2_5_vl"
+    out_dir: Path, recipe: str, prompts: int, seed: int = 0, base: str = "qwen2_5_vl", generalized: bool = False
 ) -> SmokeInputs:
     """Writes ``recipe``'s smoke inputs under ``out_dir`` (``prompts`` grounding rows; every task derives from them),
-    with the tiny model of the ``base`` family (a key of ``recipe.common.tiny_vlm.TINY_BUILDERS``)."""
+    with the tiny model of the ``base`` family (a key of ``recipe.common.tiny_vlm.TINY_BUILDERS``); ``generalized``
+    adds :func:`generalized_rows` as the last file."""
     # Images rotate through train, val and test; 3 per prompt leaves every prompt an image of its own.
     grounding = synthetic_refer_parquet(
         out_dir, out_dir / f"{recipe}_grounding.parquet", recipe, num_images=3 * prompts, limit=prompts, seed=seed
@@ -44,6 +79,8 @@ def build_smoke_inputs(
         build_mask_comprehension(grounding, files[1], SamEngine(load_preset("tiny_cpu").engine), case_mix="all")
         build_auxiliary(grounding, files[2], seed=seed)
         build_workflow(grounding, files[3])
+    if generalized:
+        files.append(generalized_rows(out_dir, recipe, seed))
     # Small images (16 tokens each, not 900): on a CPU the padded sequence length sets the cost of every step.
     model = build_tiny_vlm(base, out_dir / f"tiny_{base}", seed=seed, small_images=True)
     return SmokeInputs(files, model)

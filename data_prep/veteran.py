@@ -151,6 +151,12 @@ def classify(edge_iou: float, thresholds: Thresholds) -> str | None:
     return None
 
 
+GENERALIZED_MASK_COMPREHENSION = (
+    "a generalized row (several objects or none): mask comprehension refines one object's SAM2 mask and takes the "
+    "papers' rows; the workflow refines the union of several"
+)
+
+
 def score_grounding_rows(
     engine: SamEngine, path: str | Path, thresholds: Thresholds, batch_size: int
 ) -> tuple[dict[int, ScoredMask], list[Skipped]]:
@@ -159,17 +165,24 @@ def score_grounding_rows(
     position = 0
     total = pq.ParquetFile(path).metadata.num_rows
     with tqdm(total=total, desc="SAM2 on GT boxes", unit="row") as progress:
-        for rows in iter_rows(path, batch_size):
+        for batch in iter_rows(path, batch_size):
             images, requests, ground_truths = {}, [], {}
-            for row in rows:
+            rows = [(offset, row) for offset, row in enumerate(batch) if not row.ground_truth.generalized]
+            skipped += [
+                Skipped(row.extra_info.key, GENERALIZED_MASK_COMPREHENSION)
+                for row in batch
+                if row.ground_truth.generalized
+            ]
+            for _, row in rows:
                 truth = row.ground_truth
                 image = ImageRef.of(row.image_bytes)
                 gt_key = content_key(truth.mask)
                 images[image.key], ground_truths[gt_key] = image.data, truth.mask
                 prompt = Prompt(box=tuple(truth.box))
                 requests.append(SegRequest(image.key, prompt, gt_key=gt_key, return_logits=True, return_edge_iou=True))
-            for offset, result in enumerate(engine.segment(requests, images, ground_truths)):
-                key = rows[offset].extra_info.key
+            results = engine.segment(requests, images, ground_truths) if requests else []
+            for (offset, row), result in zip(rows, results, strict=True):
+                key = row.extra_info.key
                 if not result.ok:
                     skipped.append(Skipped(key, f"SAM2 failed on the GT box: {result.error}"))
                 elif result.logits is None:
@@ -178,8 +191,8 @@ def score_grounding_rows(
                     scored[position + offset] = ScoredMask(
                         result.mask, result.edge_iou, encode_logits(result.logits), case
                     )
-            position += len(rows)
-            progress.update(len(rows))
+            position += len(batch)
+            progress.update(len(batch))
     return scored, skipped
 
 
@@ -288,14 +301,17 @@ def corruption_notes(corruptions: list[Corruption]) -> list[str]:
 def build_auxiliary(grounding: str | Path, out: str | Path, seed: int = 0) -> Report:
     """Writes the auxiliary set: one corrupted (or intact, for "no error") copy of every grounding row."""
     check_row_schema(grounding)
-    items, corruptions = [], []
+    items, corruptions, skipped = [], [], []
     for batch in iter_rows(grounding):
         for row in batch:
+            if row.ground_truth.generalized and not row.ground_truth.objects:
+                skipped.append(Skipped(row.extra_info.key, "a no-target row: there is no mask to corrupt"))
+                continue
             rng = np.random.default_rng([seed, row.extra_info.index])
             truth, corruption = auxiliary_truth(row.ground_truth, rng)
             items.append((row, truth))
             corruptions.append(corruption)
-    report = _write(items, AUXILIARY, grounding, out, [], {"seed": seed})
+    report = _write(items, AUXILIARY, grounding, out, skipped, {"seed": seed})
     report.notes.append(f"cases {dict(Counter(c.case for c in corruptions))}")
     report.notes += corruption_notes(corruptions)
     report.save()

@@ -4,10 +4,12 @@ For each recipe it builds the inputs (``data_prep.smoke``), prints and runs the 
 (``python -m recipe.<recipe>.main +smoke=cpu ...``, as ``make train-<recipe>`` does) for 2 steps with a checkpoint
 after each, runs it again to step 3 (verl resumes from step 2), and ends with one line read from the runs' outputs:
 
-    smoke: recipe=samr1 trainer=verl steps=3 resumed_from=2 checkpoints=3 reward_metrics=8 sam_calls=6
+    smoke: recipe=samr1 trainer=verl steps=3 resumed_from=2 checkpoints=3 reward_metrics=8 sam_calls=6 generalized=2
 
 ``reward_metrics`` counts the distinct ``reward/*`` metrics the steps logged; ``sam_calls`` the prompts the SAM2
-pool answered over all steps (the trainer's ``sam/requests``).
+pool answered over all steps (the trainer's ``sam/requests``); ``generalized`` the generalized rows (several objects
+or none: a two-object and a no-target gRefCOCO row) the steps trained on. The rows are read in order, so those two
+are SAM-R1's third step, and every SAM-Veteran step holds them (``--no-generalized`` leaves them out).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from data_prep.smoke import build_smoke_inputs
+from recipe.common.dataset_rows import Row
 from recipe.common.preflight import image_tokens, workflow_response_tokens
 from recipe.common.tiny_vlm import TINY_BUILDERS
 
@@ -31,19 +36,25 @@ RECIPES = ("samr1", "veteran")
 COMMON_OVERRIDES = ["data.max_prompt_length=256"]
 # One row per task and no shuffling: every step trains grounding, mask comprehension, auxiliary and workflow.
 WORKFLOW_STEPS = 1
-VETERAN_OVERRIDES = ["data.train_batch_size=4", "data.shuffle=false", f"veteran.workflow.max_steps={WORKFLOW_STEPS}"]
+VETERAN_TASK_ROWS = 4
+VETERAN_OVERRIDES = ["data.shuffle=false", f"veteran.workflow.max_steps={WORKFLOW_STEPS}"]
+GENERALIZED_ROWS = 2
 PROMPTS = {"samr1": 4, "veteran": 1}
 DEFAULT_BASE = "qwen2_5_vl"
 """The papers' base model family; ``--base qwen3_vl`` runs the tiny Qwen3-VL instead."""
 
 
-def recipe_overrides(recipe: str, model: Path) -> list[str]:
-    """The smoke run's own overrides of ``recipe`` on top of ``+smoke=cpu``."""
+def recipe_overrides(recipe: str, model: Path, generalized: bool = False) -> list[str]:
+    """The smoke run's own overrides of ``recipe`` on top of ``+smoke=cpu``; with ``generalized`` rows (the last
+    file), what makes the steps train them: SAM-R1 reads its rows in order, 2 a step, so that step 3 (after the
+    resume) is the 2 generalized rows; SAM-Veteran's batch is every row."""
     if recipe == "samr1":
-        return list(COMMON_OVERRIDES)
+        return [*COMMON_OVERRIDES, *(["data.shuffle=false"] if generalized else [])]
     # The workflow's response holds its grounding answer, one overlay turn and one refinement (preflight's rule).
     budget = workflow_response_tokens(WORKFLOW_STEPS, image_tokens(str(model)))
-    return [*COMMON_OVERRIDES, *VETERAN_OVERRIDES, f"data.max_response_length={budget}"]
+    batch = VETERAN_TASK_ROWS + (GENERALIZED_ROWS if generalized else 0)
+    batch_and_budget = [f"data.train_batch_size={batch}", f"data.max_response_length={budget}"]
+    return [*COMMON_OVERRIDES, *VETERAN_OVERRIDES, *batch_and_budget]
 
 
 @dataclass
@@ -57,10 +68,18 @@ class Launch:
 
 
 def command(
-    recipe: str, files: list[Path], model: Path, run_dir: Path, steps: int, extra: list[str], preset: str = "cpu"
+    recipe: str,
+    files: list[Path],
+    model: Path,
+    run_dir: Path,
+    steps: int,
+    extra: list[str],
+    preset: str = "cpu",
+    generalized: bool = False,
 ) -> list[str]:
     """The entry point's command line for ``steps`` training steps of ``recipe`` on the smoke inputs, with the
-    ``conf/smoke/<preset>.yaml`` preset (``gpu``: make gpu-check's training part)."""
+    ``conf/smoke/<preset>.yaml`` preset (``gpu``: make gpu-check's training part); ``generalized``: the inputs end
+    with the generalized rows (:func:`recipe_overrides`)."""
     joined = ",".join(str(path) for path in files)
     return [
         sys.executable,
@@ -72,7 +91,7 @@ def command(
         f"actor_rollout_ref.model.path={model}",
         f"samrl.output_dir={run_dir}",
         f"trainer.total_training_steps={steps}",
-        *recipe_overrides(recipe, model),
+        *recipe_overrides(recipe, model, generalized),
         *extra,
     ]
 
@@ -103,8 +122,19 @@ def logged_steps(run_dir: Path, since: set[Path]) -> list[dict]:
     return [json.loads(line) for path in new for line in path.read_text().splitlines() if line.strip()]
 
 
-def summary(recipe: str, launches: list[Launch], run_dir: Path) -> str:
-    """The ``smoke:`` line of a recipe, read from its launches and its checkpoint directory."""
+def generalized_count(files: list[Path]) -> int:
+    """How many generalized rows (``ground_truth.objects`` set) the training files hold."""
+    column = Row.reward_model.name
+    return sum(
+        Row({column: value}).ground_truth.generalized
+        for path in files
+        for value in pq.read_table(path, columns=[column]).column(column).to_pylist()
+    )
+
+
+def summary(recipe: str, launches: list[Launch], run_dir: Path, generalized: int | None = None) -> str:
+    """The ``smoke:`` line of a recipe, read from its launches and its checkpoint directory (``generalized``: the
+    generalized rows trained, when the run had any)."""
     steps = [step for run in launches for step in run.steps]
     reward_metrics = {key for step in steps for key in step["data"] if key.startswith("reward/")}
     checkpoints = list((run_dir / "checkpoints").glob("global_step_*"))
@@ -113,25 +143,28 @@ def summary(recipe: str, launches: list[Launch], run_dir: Path) -> str:
     return (
         f"smoke: recipe={recipe} trainer=verl steps={max(step['step'] for step in steps)} resumed_from={resumed} "
         f"checkpoints={len(checkpoints)} reward_metrics={len(reward_metrics)} sam_calls={sam_calls}"
+        + ("" if generalized is None else f" generalized={generalized}")
     )
 
 
-def run_recipe(recipe: str, out_dir: Path, steps: int, extra: list[str], base: str = DEFAULT_BASE) -> str:
+def run_recipe(
+    recipe: str, out_dir: Path, steps: int, extra: list[str], base: str = DEFAULT_BASE, generalized: bool = True
+) -> str:
     """Trains ``recipe`` on the tiny ``base`` model for ``steps - 1`` steps, resumes to ``steps``, and returns its
-    ``smoke:`` line."""
+    ``smoke:`` line; ``generalized`` adds the generalized rows (:func:`recipe_overrides`)."""
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = build_smoke_inputs(out_dir, recipe, PROMPTS[recipe], base=base)
+    inputs = build_smoke_inputs(out_dir, recipe, PROMPTS[recipe], base=base, generalized=generalized)
     run_dir = out_dir / "run"
     env = {**os.environ, "VERL_PLATFORM": "cpu"}
     log = out_dir / "smoke.log"
     launches = []
     for total in (steps - 1, steps):
-        argv = command(recipe, inputs.train_files, inputs.model, run_dir, total, extra)
+        argv = command(recipe, inputs.train_files, inputs.model, run_dir, total, extra, generalized=generalized)
         launches.append(launch(argv, log, env))
         if launches[-1].returncode != 0:
             raise SystemExit(f"smoke: {recipe} failed (exit {launches[-1].returncode}); full log in {log}")
-    line = summary(recipe, launches, run_dir)
+    line = summary(recipe, launches, run_dir, generalized_count(inputs.train_files[-1:]) if generalized else None)
     print(f"smoke: {recipe} took {time.monotonic() - started:.0f} s; outputs in {run_dir}", flush=True)
     print(line, flush=True)
     return line
@@ -158,13 +191,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--base", choices=sorted(TINY_BUILDERS), default=DEFAULT_BASE, help="the tiny random base model's family"
     )
+    parser.add_argument(
+        "--no-generalized",
+        dest="generalized",
+        action="store_false",
+        help="leave out the generalized rows (a two-object and a no-target gRefCOCO row)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    return [run_recipe(recipe, out / recipe, args.steps, args.override, args.base) for recipe in args.recipes]
+    return [
+        run_recipe(recipe, out / recipe, args.steps, args.override, args.base, args.generalized)
+        for recipe in args.recipes
+    ]
 
 
 if __name__ == "__main__":

@@ -97,10 +97,10 @@ def test_veteran_sends_the_same_prompts_and_scores_the_same_in_either_convention
     for answer, coordinates in ((QWEN2_5, Coordinates.PIXELS), (QWEN3, Coordinates.RELATIVE)):
         image = np.zeros((840, 840, 3), np.uint8)
         episode = Episode("q", image, grounding_cot=True, mask_cot=True, coordinates=coordinates)
-        box = episode.observe_response(_response({"bbox_2d": answer["bbox_2d"]}))
-        (mask,) = asyncio.run(FakeSam(TRUTH).segment(ImageRef.of(image), [box], return_logits=True))
-        episode.observe_mask(mask)
-        clicks.append(episode.observe_response(_response({"pos_point": answer["point_2d"], "neg_point": None})))
+        boxes = episode.observe_response(_response({"bbox_2d": answer["bbox_2d"]}))
+        episode.observe_mask(asyncio.run(FakeSam(TRUTH).segment(ImageRef.of(image), boxes, return_logits=True)))
+        (click,) = episode.observe_response(_response({"pos_point": answer["point_2d"], "neg_point": None}))
+        clicks.append(click)
     assert clicks[0].points == clicks[1].points == ((252.0, 399.0),) and clicks[0].box == clicks[1].box
 
 

@@ -26,11 +26,11 @@ def _chat(*prompts: str) -> str:
 def test_each_prompt_is_recognised(task, reasoning):
     if task == "samr1" and not reasoning:
         pytest.skip("SAM-R1 has no answer-only prompt")
-    found_task, found_reasoning = last_task(_chat(build_prompt(task, QUESTION, reasoning)))
+    found_task, found_reasoning, objects = last_task(_chat(build_prompt(task, QUESTION, reasoning)))
     # Mask comprehension and auxiliary share Q^P; either name means the same answer format.
     same_template = {"mask_comprehension", "auxiliary"}
     assert found_task == task or {found_task, task} <= same_template
-    assert found_reasoning is reasoning
+    assert found_reasoning is reasoning and objects is False
 
 
 def test_the_last_turn_decides():
@@ -39,6 +39,7 @@ def test_the_last_turn_decides():
     assert last_task(_chat(build_prompt("mask_comprehension", QUESTION), build_prompt("grounding", QUESTION))) == (
         "grounding",
         True,
+        False,
     )
 
 
@@ -68,3 +69,17 @@ def test_refinement_answers_cover_every_action():
     text = _chat(build_prompt("mask_comprehension", QUESTION))
     actions = {tuple(v is not None for v in parse_response(scripted_answer(text, rng)).clicks()) for _ in range(64)}
     assert actions == {(False, False), (True, False), (False, True), (True, True)}  # dynamic sampling's 4 quotas
+
+
+@pytest.mark.parametrize(("task", "reasoning"), [("samr1", True), ("grounding", True), ("grounding", False)])
+def test_generalized_prompts_get_lists_of_none_one_or_two_objects(task, reasoning):
+    rng = np.random.default_rng(0)
+    text = _chat(build_prompt(task, QUESTION, reasoning, objects=True))
+    assert last_task(text) == (task, reasoning, True)
+    counts = set()
+    for _ in range(32):
+        parsed = parse_response(scripted_answer(text, rng), reasoning=reasoning)
+        objects = parsed.objects(with_point=task == "samr1", with_label=task == "samr1")
+        assert parsed.format_ok and objects.ok, objects.error
+        counts.add(len(objects.value))
+    assert counts == {0, 1, 2}

@@ -135,3 +135,29 @@ def test_custom_masks_make_generalized_rows_and_bad_ones_are_skipped(tmp_path):
     report = json.loads((tmp_path / "train.report.json").read_text())
     reasons = " | ".join(item["reason"] for item in report["skipped"])
     assert "exactly one of 'mask'" in reasons and "masks[2] is empty" in reasons and "expected a list" in reasons
+
+
+def test_veteran_task_sets_from_generalized_rows(release, tmp_path):
+    """Mask comprehension refines one object's SAM2 mask: generalized rows are skipped with the reason. The auxiliary
+    task corrupts the union (a no-target row has none to corrupt); the workflow takes every row, objects kept."""
+    from data_prep.veteran import (
+        GENERALIZED_MASK_COMPREHENSION,
+        build_auxiliary,
+        build_mask_comprehension,
+        build_workflow,
+    )
+
+    from support.fake_sam import GoodEveryNth
+
+    grounding = tmp_path / "grounding.parquet"
+    rows = build(release, "train", grounding, recipe="veteran")
+    report = build_mask_comprehension(grounding, tmp_path / "mc.parquet", GoodEveryNth(2), case_mix="all")
+    assert report.rows == 0 and [entry["reason"] for entry in report.skipped] == [GENERALIZED_MASK_COMPREHENSION] * 6
+    auxiliary = build_auxiliary(grounding, tmp_path / "aux.parquet")
+    assert auxiliary.rows == 4 and len(auxiliary.skipped) == 2
+    corrupted = [Row(row) for row in pq.read_table(tmp_path / "aux.parquet").to_pylist()]
+    assert all(row.ground_truth.objects for row in corrupted)  # the union of the objects is what was corrupted
+    build_workflow(grounding, tmp_path / "workflow.parquet")
+    workflow = [Row(row) for row in pq.read_table(tmp_path / "workflow.parquet").to_pylist()]
+    assert [len(row.ground_truth.objects) for row in workflow] == [len(row.ground_truth.objects) for row in rows]
+    assert {row.agent_name for row in workflow} == {"veteran_workflow"}

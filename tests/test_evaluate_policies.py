@@ -98,7 +98,7 @@ def test_samr1_episode_sends_box_and_point_to_sam2_whatever_the_label(label):
     if label != "absent":
         payload["label"] = label
     episode = MODES["samr1"].build(sample, EvalConfig(mode="samr1"))
-    prompt = episode.observe_response(f"<think>t</think><answer>{json.dumps(payload)}</answer>")
+    (prompt,) = episode.observe_response(f"<think>t</think><answer>{json.dumps(payload)}</answer>")
     box = (100 * width / 840, 100 * height / 840, 600 * width / 840, 300 * height / 840)
     assert prompt == Prompt(box=box, points=((350 * width / 840, 200 * height / 840),), labels=(1,))
     assert not episode.done  # waiting for SAM2's mask
@@ -107,5 +107,5 @@ def test_samr1_episode_sends_box_and_point_to_sam2_whatever_the_label(label):
 def test_samr1_episode_without_a_point_ends_unsegmented():
     sample = EvalSample("d:0", "d", "q", *(np.zeros((840, 840, 3), np.uint8),) * 2, np.zeros((840, 840)))
     episode = MODES["samr1"].build(sample, EvalConfig(mode="samr1"))
-    assert episode.observe_response('<think>t</think><answer>{"bbox_2d": [1, 1, 9, 9], "label": "a"}</answer>') is None
+    assert episode.observe_response('<think>t</think><answer>{"bbox_2d": [1, 1, 9, 9], "label": "a"}</answer>') == []
     assert episode.termination == "invalid_answer"

@@ -110,6 +110,8 @@ def test_the_recipes_defaults_pass_where_their_gpus_exist(machine):
         ("veteran", "+veteran_ablation=qwen_32b"),
         ("veteran", "+veteran_ablation=rollouts_4"),
         ("veteran", "+veteran_ablation=rollouts_16"),
+        ("samr1", "+ablation=generalized"),
+        ("veteran", "+veteran_ablation=generalized"),
     ],
 )
 def test_the_table_presets_pass_preflight_on_the_papers_layout(machine, recipe, preset):
@@ -134,6 +136,28 @@ def test_mask_comprehension_rows_without_stored_logits_are_refused(machine):
     assert check_datasets(good(machine, "veteran", f"data.train_files=[{current}]", f"data.val_files={current}")) == []
     (error,) = check_datasets(good(machine, "veteran", f"data.train_files=[{stale}]", f"data.val_files={current}"))
     assert error.startswith("data.train_files:") and "without init_logits" in error and "make data-veteran" in error
+
+
+def test_training_files_of_two_row_schemas_are_refused(machine):
+    from data_prep.schema import ROW
+
+    truth = ROW.field("reward_model").type.field("ground_truth").type
+    old_truth = pa.struct([truth.field(i) for i in range(truth.num_fields) if truth.field(i).name != "objects"])
+    old_row = ROW.set(
+        ROW.get_field_index("reward_model"), pa.field("reward_model", pa.struct([("ground_truth", old_truth)]))
+    )
+    paths = []
+    for name, schema in (("new.parquet", ROW), ("old.parquet", old_row)):
+        pq.write_table(pa.Table.from_pylist([{"agent_name": "veteran_grounding"}] * 16, schema=schema), machine / name)
+        paths.append(str(machine / name))
+    both = f"data.train_files=[{','.join(paths)}]"
+    assert (
+        check_datasets(good(machine, "veteran", f"data.train_files=[{paths[0]}]", f"data.val_files={paths[0]}")) == []
+    )
+    (error,) = check_datasets(good(machine, "veteran", both, f"data.val_files={paths[0]}"))
+    assert (
+        error.startswith(f"data.train_files: {paths[1]} was written with an older row schema") and "'objects'" in error
+    )
 
 
 def test_the_batch_is_drawn_from_all_training_files_together(machine):

@@ -17,3 +17,16 @@ def test_an_unknown_recipe_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["samr2"])
     assert "invalid recipe 'samr2'" in capsys.readouterr().err
+
+
+def test_generalized_rows_are_in_unless_left_out():
+    assert parse_args([]).generalized is True
+    assert parse_args(["samr1", "--no-generalized"]).generalized is False
+
+
+def test_generalized_rows_make_the_steps_train_them(tmp_path):
+    from recipe.smoke import recipe_overrides
+
+    model = tmp_path / "model"
+    assert "data.shuffle=false" in recipe_overrides("samr1", model, generalized=True)
+    assert "data.shuffle=false" not in recipe_overrides("samr1", model)

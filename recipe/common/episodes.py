@@ -10,14 +10,21 @@ grounding box -> SAM2 mask -> green overlay -> ``pos_point`` / ``neg_point`` or 
 (the initial box, the previous low-res logits, the new clicks) -> ... until (null, null) or ``max_steps``.
 
 An :class:`Episode` says what to ask the policy next (:meth:`Episode.next_messages`) and what to ask SAM2 next
-(:meth:`Episode.observe_response`), and records the answers (:meth:`Episode.observe_mask`). :func:`run_episodes`
-drives many episodes in lockstep through any policy (``generate(messages batch) -> texts``) and any segmenter with
-the SAM2 client's ``segment`` signature, so verl's agent loop and the batched evaluator share the same steps.
+(:meth:`Episode.observe_response`: the prompts of one turn), and records the answers (:meth:`Episode.observe_mask`).
+:func:`run_episodes` drives many episodes in lockstep through any policy (``generate(messages batch) -> texts``)
+and any segmenter with the SAM2 client's ``segment`` signature, so verl's agent loop and the batched evaluator share
+the same steps.
+
+An episode with ``objects`` (a generalized row: several objects or none) asks for a list of boxes and segments each
+one; the mask shown and scored is their union. Its grounding may answer ``[]`` ("none"): the episode then ends with
+:data:`NO_TARGET` and predicts an empty mask. A refinement click goes to one object (:func:`route_click`), which
+SAM2 refines with its own box and logits, and the union is taken again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,15 +33,18 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from recipe.common.answer import ParsedResponse, parse_response
+from recipe.common.answer import MAX_OBJECTS, ParsedResponse, parse_response
 from recipe.common.coordinates import Coordinates
 from recipe.common.dataset_rows import GROUNDING, MASK_COMPREHENSION
 from recipe.common.overlay import overlay_mask
 from recipe.common.prompts import asks_for_reasoning, build_prompt
-from reward_server.masks import resize_mask, scale_xy
+from reward_server.masks import decode_rle, edge_excluded_iou, encode_rle, mask_iou, resize_mask, scale_xy
 from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
 
 Messages = list[dict[str, Any]]
+
+NO_TARGET = "no_target"
+"""The termination of an episode whose answer was "none" (``[]``): a valid answer, predicting an empty mask."""
 
 
 class Policy(Protocol):
@@ -67,17 +77,76 @@ class WorkflowConfig:
 
 @dataclass
 class Step:
-    """One turn: the answer, the SAM2 prompt it led to, and SAM2's mask (with IoUs when the GT is known)."""
+    """One turn: the answer, the SAM2 prompts it led to, and the mask in effect after it.
 
-    kind: str  # "grounding" or "refinement"
+    Attributes:
+        kind: ``grounding`` or ``refinement``.
+        response: The answer's text.
+        parsed: The answer parsed.
+        prompts: The SAM2 prompts the turn sent: one, several (one per object of a generalized answer), or none.
+        results: SAM2's answer to each prompt.
+        result: The turn's mask: SAM2's answer to its one prompt, or the union of every object's mask after the turn
+            (:func:`union_result`); the first failed answer when one failed; None when nothing was sent.
+    """
+
+    kind: str
     response: str
     parsed: ParsedResponse
-    prompt: Prompt | None = None
+    prompts: list[Prompt] = field(default_factory=list)
+    results: list[SegResult] = field(default_factory=list)
     result: SegResult | None = None
+
+    @property
+    def prompt(self) -> Prompt | None:
+        """The turn's prompt when it sent exactly one (every turn of the papers' single-object episodes)."""
+        return self.prompts[0] if len(self.prompts) == 1 else None
 
     @property
     def iou(self) -> float | None:
         return None if self.result is None else self.result.iou
+
+
+def union_result(results: Sequence[SegResult], ground_truth: dict[str, Any] | None = None) -> SegResult:
+    """Several objects' masks as one result: their union, with its IoU and edge-excluded IoU against
+    ``ground_truth`` (COCO RLE) when given, and no logits (each object keeps its own). One result is returned as it
+    is; the first failed one stands for the turn.
+
+    Raises:
+        ValueError: For no results.
+    """
+    if not results:
+        raise ValueError("no results to combine")
+    failed = next((result for result in results if not result.ok), None)
+    if failed is not None or len(results) == 1:
+        return failed or results[0]
+    union = np.logical_or.reduce([result.mask_array() for result in results])
+    iou = edge_iou = None
+    if ground_truth is not None:
+        gt = decode_rle(ground_truth)
+        iou, edge_iou = mask_iou(union, gt), edge_excluded_iou(union, gt)
+    score = float(np.mean([result.score for result in results]))
+    return SegResult(mask=encode_rle(union), score=score, iou=iou, edge_iou=edge_iou)
+
+
+def route_click(point: Sequence[float], masks: Sequence[np.ndarray], boxes: Sequence[Sequence[float]]) -> int:
+    """The object a refinement click on the union mask refines: the first whose mask holds the click, else the
+    smallest whose box holds it, else the one whose box is nearest.
+
+    Args:
+        point: ``(x, y)`` in the masks' pixels.
+        masks: Each object's current mask.
+        boxes: Each object's box (xyxy, the masks' pixels).
+    """
+    x, y = float(point[0]), float(point[1])
+    for index, mask in enumerate(masks):
+        row, column = int(y), int(x)
+        if 0 <= row < mask.shape[0] and 0 <= column < mask.shape[1] and mask[row, column]:
+            return index
+    inside = [i for i, b in enumerate(boxes) if b[0] <= x < b[2] and b[1] <= y < b[3]]
+    if inside:
+        return min(inside, key=lambda i: (boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]))
+    distance = [math.hypot(max(b[0] - x, 0.0, x - b[2]), max(b[1] - y, 0.0, y - b[3])) for b in boxes]
+    return int(np.argmin(distance))
 
 
 @dataclass
@@ -95,6 +164,8 @@ class Episode:
             ``VeteranRewardConfig``) or the evaluator's value, so the two can never disagree.
         mask_cot: Likewise for refinement turns.
         coordinates: The policy's coordinate convention (:func:`recipe.common.coordinates.model_coordinates`).
+        objects: Ask for a list of objects, or none (a generalized row; module docstring).
+        max_objects: How many objects a generalized answer may list.
         segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, as
             docs/conventions.md, Spaces and coordinates, says). The model's coordinates are scaled to it, and its
             masks are resized to ``image`` for the overlay.
@@ -109,9 +180,16 @@ class Episode:
     grounding_cot: bool = field(kw_only=True)
     mask_cot: bool = field(kw_only=True)
     coordinates: Coordinates = field(default=Coordinates.PIXELS, kw_only=True)
+    objects: bool = field(default=False, kw_only=True)
+    max_objects: int = field(default=MAX_OBJECTS, kw_only=True)
     steps: list[Step] = field(default_factory=list)
     termination: str | None = None
     _pending: Step | None = None
+    # Per object: its grounding box (SAM2's pixels), its latest mask, the refinement prompts it was sent.
+    _boxes: list[tuple[float, ...]] = field(default_factory=list, repr=False)
+    _current: list[SegResult] = field(default_factory=list, repr=False)
+    _sent: list[list[Prompt]] = field(default_factory=list, repr=False)
+    _touched: list[int] = field(default_factory=list, repr=False)
 
     @cached_property
     def image_ref(self) -> ImageRef:
@@ -154,20 +232,33 @@ class Episode:
         else:
             mask = resize_mask(self.final.mask_array(), self.image.shape[:2])
             image = Image.fromarray(overlay_mask(self.image, mask))
-        text = build_prompt(self.task, self.question, reasoning=self.reasoning)
+        text = build_prompt(self.task, self.question, reasoning=self.reasoning, objects=self.objects)
         content = [{"type": "image", "image": image}, {"type": "text", "text": text}]
         return [{"role": "user", "content": content}]
 
-    def observe_response(self, text: str) -> Prompt | None:
-        """Parses the policy's answer; returns the SAM2 prompt to run, or None when the episode ends here."""
+    def observe_response(self, text: str) -> list[Prompt]:
+        """Parses the policy's answer; returns the SAM2 prompts to run (one per object it touches), none when the
+        episode ends here."""
         height, width = self.image.shape[:2]
         parsed = parse_response(text, (height, width), self.reasoning, self.coordinates)
         if not self.steps:
             step = Step("grounding", text, parsed)
-            box = parsed.bbox_2d()
-            if not box.ok:
-                return self._end(step, "invalid_grounding")
-            step.prompt = Prompt(box=self._to_sam(box.value))
+            if self.objects:
+                answered = parsed.objects(max_objects=self.max_objects)
+                if not answered.ok:
+                    return self._end(step, "invalid_grounding")
+                if not answered.value:
+                    return self._end(step, NO_TARGET)
+                boxes = [item.box for item in answered.value]
+            else:
+                box = parsed.bbox_2d()
+                if not box.ok:
+                    return self._end(step, "invalid_grounding")
+                boxes = [box.value]
+            self._boxes = [self._to_sam(box) for box in boxes]
+            self._sent = [[] for _ in boxes]
+            self._touched = list(range(len(boxes)))
+            step.prompts = [Prompt(box=box) for box in self._boxes]
         else:
             step = Step("refinement", text, parsed)
             answer = parsed.clicks()
@@ -176,23 +267,39 @@ class Episode:
             pos, neg = (None if point is None else self._to_sam(point) for point in answer)
             if pos is None and neg is None:
                 return self._end(step, "stop")
-            earlier = [past.prompt for past in self.steps if past.kind == "refinement" and past.prompt is not None]
-            step.prompt = Prompt.from_clicks(
-                pos,
-                neg,
-                box=self.steps[0].prompt.box,  # the initial grounding box, at every refinement step
-                mask_input=self.final.logits,
-                earlier=earlier if self.resend_points else (),
-            )
+            masks = [result.mask_array() for result in self._current] if len(self._boxes) > 1 else []
+            clicks: dict[int, list[Sequence[float] | None]] = {}
+            for slot, point in enumerate((pos, neg)):
+                if point is not None:
+                    index = route_click(point, masks, self._boxes) if masks else 0
+                    clicks.setdefault(index, [None, None])[slot] = point
+            self._touched = sorted(clicks)
+            step.prompts = [
+                Prompt.from_clicks(
+                    *clicks[index],
+                    box=self._boxes[index],  # the object's grounding box, at every refinement step
+                    mask_input=self._current[index].logits,
+                    earlier=self._sent[index] if self.resend_points else (),
+                )
+                for index in self._touched
+            ]
         self._pending = step
-        return step.prompt
+        return step.prompts
 
-    def observe_mask(self, result: SegResult) -> None:
-        """Records SAM2's answer to the pending prompt and decides whether another step follows."""
+    def observe_mask(self, results: Sequence[SegResult]) -> None:
+        """Records SAM2's answers to the pending prompts and decides whether another step follows."""
         step, self._pending = self._pending, None
-        step.result = result
+        step.results = list(results)
+        if step.kind == "grounding":
+            self._current = list(results)
+        else:
+            for index, prompt, result in zip(self._touched, step.prompts, results, strict=True):
+                self._current[index] = result
+                self._sent[index].append(prompt)
+        failed = next((result for result in results if not result.ok), None)
+        step.result = failed or union_result(self._current, self.ground_truth)
         self.steps.append(step)
-        if not result.ok:
+        if failed is not None:
             self.termination = "sam_error"
         elif sum(s.kind == "refinement" for s in self.steps) >= self.max_steps:
             self.termination = "max_steps"
@@ -203,10 +310,10 @@ class Episode:
             return tuple(coords)
         return tuple(float(v) for v in scale_xy(coords, self.image.shape[:2], self.segment_image.shape[:2]))
 
-    def _end(self, step: Step, reason: str) -> None:
+    def _end(self, step: Step, reason: str) -> list[Prompt]:
         self.steps.append(step)
         self.termination = reason
-        return None
+        return []
 
 
 @dataclass
@@ -215,7 +322,8 @@ class SingleTurnEpisode:
 
     A subclass says what to ask (``next_messages``), turns the answer into a :class:`Step` and passes it to
     :meth:`_record`, and names the image SAM2 segments (``image_ref``). Answers are parsed under the policy's
-    ``coordinates``.
+    ``coordinates``. A step with several prompts (a generalized answer's objects) predicts their union; a valid
+    "none" ends the episode with :data:`NO_TARGET` and no prompt.
     """
 
     coordinates: Coordinates = field(default=Coordinates.PIXELS, kw_only=True)
@@ -227,15 +335,18 @@ class SingleTurnEpisode:
     def done(self) -> bool:
         return self.termination is not None
 
-    def observe_mask(self, result: SegResult) -> None:
-        self.steps[-1].result = result
-        self.termination = "answered" if result.ok else "sam_error"
+    def observe_mask(self, results: Sequence[SegResult]) -> None:
+        step = self.steps[-1]
+        step.results = list(results)
+        step.result = union_result(results)
+        self.termination = "answered" if step.result.ok else "sam_error"
 
-    def _record(self, step: Step) -> Prompt | None:
+    def _record(self, step: Step, none: bool = False) -> list[Prompt]:
+        """Records the turn; ``none``: its answer was a valid "none" (no prompt, a valid end)."""
         self.steps.append(step)
-        if step.prompt is None:
-            self.termination = "invalid_answer"
-        return step.prompt
+        if not step.prompts:
+            self.termination = NO_TARGET if none else "invalid_answer"
+        return step.prompts
 
 
 async def run_episodes(
@@ -256,14 +367,14 @@ async def run_episodes(
     while active := [episode for episode in episodes if not episode.done]:
         texts = await policy.generate([episode.next_messages() for episode in active])
         prompts = [(episode, episode.observe_response(text)) for episode, text in zip(active, texts, strict=True)]
-        asking = [(episode, prompt) for episode, prompt in prompts if prompt is not None]
+        asking = [(episode, sent) for episode, sent in prompts if sent]
         results = await asyncio.gather(
             *(
-                segmenter.segment(e.image_ref, [p], ground_truth=e.gt_ref, return_logits=True, return_edge_iou=True)
+                segmenter.segment(e.image_ref, p, ground_truth=e.gt_ref, return_logits=True, return_edge_iou=True)
                 for e, p in asking
             )
         )
-        for (episode, _), (result,) in zip(asking, results, strict=True):
-            episode.observe_mask(result)
+        for (episode, _), answers in zip(asking, results, strict=True):
+            episode.observe_mask(answers)
         if on_round is not None:
             on_round()

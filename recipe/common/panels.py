@@ -3,7 +3,8 @@
 A panel is a row of titled tiles: the ground truth, then one tile per SAM2 step (its mask in green, the ground
 truth's outline in magenta, the prompt's box and clicks on top). A step is the JSON record the evaluator writes and
 the reward path carries (:mod:`recipe.common.sam_steps`): ``prompt`` (``box``, ``points``, ``labels`` or None) and,
-when SAM2 gave one, ``mask`` as COCO RLE.
+when SAM2 gave one, ``mask`` as COCO RLE. A step of several objects (a generalized answer) carries ``objects``, each
+its own ``prompt`` and ``mask``, drawn one colour each.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ GT_COLOR = (255, 0, 255)
 IGNORE_COLOR = (128, 128, 128)
 TITLE_HEIGHT = 22
 TILE_GAP = 6
+OBJECT_COLORS = ((0, 255, 0), (255, 140, 0), (0, 200, 255), (255, 60, 170), (150, 90, 255), (255, 230, 0))
+"""Several objects' masks, one colour each (the first is the single mask's green)."""
 LEGEND = (
-    "Magenta: ground truth (grey: ignored pixels); green: SAM2's mask; yellow: the box; blue +: positive click; "
-    "red -: negative click."
+    "Magenta: ground truth (grey: ignored pixels); green: SAM2's mask (several objects: one colour each); yellow: the "
+    "box; blue +: positive click; red -: negative click."
 )
 
 
@@ -55,19 +58,22 @@ def draw_truth(image: np.ndarray, target: np.ndarray, ignored: np.ndarray | None
 
 
 def draw_step(image: np.ndarray, step: dict[str, Any], outline: np.ndarray | None = None) -> np.ndarray:
-    """A step on its image: SAM2's mask in green, then ``outline`` (the ground truth) in magenta, then the prompt's
-    box and clicks on top."""
+    """A step on its image: SAM2's mask in green (each object's in its own colour), then ``outline`` (the ground
+    truth) in magenta, then the prompts' boxes and clicks on top."""
     picture = image
-    if step.get("mask") is not None:
-        picture = overlay_mask(picture, decode_rle(step["mask"]))
+    objects = step.get("objects") or [step]
+    for number, item in enumerate(objects):
+        if item.get("mask") is not None:
+            picture = overlay_mask(picture, decode_rle(item["mask"]), OBJECT_COLORS[number % len(OBJECT_COLORS)])
     if outline is not None:
         picture = draw_mask_outline(picture, outline, GT_COLOR)
-    prompt = step.get("prompt")
-    if prompt is not None:
-        if prompt["box"] is not None:
-            picture = draw_box(picture, prompt["box"])
-        if prompt["points"]:
-            picture = draw_points(picture, prompt["points"], prompt["labels"])
+    for item in objects:
+        prompt = item.get("prompt")
+        if prompt is not None:
+            if prompt["box"] is not None:
+                picture = draw_box(picture, prompt["box"])
+            if prompt["points"]:
+                picture = draw_points(picture, prompt["points"], prompt["labels"])
     return picture
 
 

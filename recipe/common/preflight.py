@@ -196,7 +196,7 @@ def _sam3_checkpoint_errors(engine: EngineConfig) -> list[str]:
 
 @_never_raises
 def check_datasets(config: DictConfig) -> list[str]:
-    errors, train_rows = [], 0
+    errors, train_rows, truth_fields = [], 0, {}
     for key in ("train_files", "val_files"):
         for file in _files(config.data[key]):
             path = Path(file).expanduser()
@@ -218,6 +218,14 @@ def check_datasets(config: DictConfig) -> list[str]:
                 errors += _stale_mask_comprehension(path, schema, f"data.{key}")
                 if key == "train_files":
                     train_rows += rows
+                    truth_fields[file] = _ground_truth_fields(schema)
+    everything = set().union(*truth_fields.values())
+    for file, fields in truth_fields.items():
+        if fields != everything:  # verl concatenates the files into one dataset only when their schemas agree
+            errors.append(
+                f"data.train_files: {file} was written with an older row schema (its ground truth lacks "
+                f"{sorted(everything - fields)}) and will not concatenate with the others; rebuild it with `make data`"
+            )
     if not errors and train_rows < config.data.train_batch_size:
         # verl concatenates the list into one dataset, so the batch is drawn from all files together.
         errors.append(f"data.train_files: {train_rows} rows in all, fewer than data.train_batch_size")

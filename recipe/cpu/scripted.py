@@ -13,23 +13,30 @@ import json
 import numpy as np
 
 from recipe.common.coordinates import Coordinates
-from recipe.common.prompts import ANSWER_ONLY_PROMPTS, PROMPTS, QUESTION_SLOT
+from recipe.common.prompts import ANSWER_ONLY_PROMPTS, OBJECTS_PROMPTS, PROMPTS, QUESTION_SLOT
 from reward_server.masks import MODEL_SIZE
 
 _TASK_KIND = {"samr1": "samr1", "grounding": "box", "mask_comprehension": "points", "auxiliary": "points"}
 
 
-def last_task(prompt_text: str) -> tuple[str, bool] | None:
-    """The task of the last prompt template in ``prompt_text`` and whether it asks for reasoning; None if none.
+_TEMPLATES = [
+    *((task, True, False, template) for task, template in PROMPTS.items()),
+    *((task, False, False, template) for task, template in ANSWER_ONLY_PROMPTS.items()),
+    *((task, reasoning, True, template) for (task, reasoning), template in OBJECTS_PROMPTS.items()),
+]
+
+
+def last_task(prompt_text: str) -> tuple[str, bool, bool] | None:
+    """The task of the last prompt template in ``prompt_text``, whether it asks for reasoning and whether it asks
+    for a list of objects (a generalized row); None if none.
 
     Multi-turn prompts hold every earlier turn, so the last template is the one being answered.
     """
-    best: tuple[int, str, bool] | None = None
-    for reasoning, templates in ((True, PROMPTS), (False, ANSWER_ONLY_PROMPTS)):
-        for task, template in templates.items():
-            position = prompt_text.rfind(template.split(QUESTION_SLOT)[1])
-            if position >= 0 and (best is None or position > best[0]):
-                best = (position, task, reasoning)
+    best: tuple[int, str, bool, bool] | None = None
+    for task, reasoning, objects, template in _TEMPLATES:
+        position = prompt_text.rfind(template.split(QUESTION_SLOT)[1])
+        if position >= 0 and (best is None or position > best[0]):
+            best = (position, task, reasoning, objects)
     return None if best is None else best[1:]
 
 
@@ -70,6 +77,10 @@ def scripted_answer(
     found = last_task(prompt_text)
     if found is None:
         return None
-    task, reasoning = found
-    answer = f"<answer>{json.dumps(random_answer(_TASK_KIND[task], rng, coordinates))}</answer>"
+    task, reasoning, objects = found
+    if objects:  # none, one or two objects, with no regard for the image: "none" is right only by chance
+        answer = [random_answer(_TASK_KIND[task], rng, coordinates) for _ in range(int(rng.integers(0, 3)))]
+    else:
+        answer = random_answer(_TASK_KIND[task], rng, coordinates)
+    answer = f"<answer>{json.dumps(answer)}</answer>"
     return f"<think>A scripted answer.</think>\n{answer}" if reasoning else answer

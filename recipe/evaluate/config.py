@@ -166,6 +166,9 @@ class EvalConfig:
         reward_server: The ``reward_server`` group, as in training, so training and evaluation are pointed at a SAM2
             checkpoint the same way (``reward_server.engine.checkpoint=...``); the evaluator runs its ``engine`` in
             process (:attr:`sam`), and the pool and client settings do not apply.
+        generalized: Ask every row for a list of objects, or none (a model trained with the generalized presets),
+            not only the generalized rows (gRefCOCO's, which always are); a "none" on a papers' row is an empty
+            prediction there.
     """
 
     mode: str = "samr1"
@@ -180,6 +183,7 @@ class EvalConfig:
     visual: ReportConfig = field(default_factory=ReportConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     reward_server: ServerConfig = field(default_factory=ServerConfig)
+    generalized: bool = False
 
     def __post_init__(self) -> None:
         tp, gpus = self.model.tensor_parallel_size, self.parallel.gpus_per_worker

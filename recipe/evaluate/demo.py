@@ -44,7 +44,7 @@ from recipe.evaluate.infer import (
     one_line,
     write_outputs,
 )
-from reward_server.masks import encode_rle, mask_iou
+from reward_server.masks import mask_iou
 
 # Gradio reads this when it builds a page; set before the import so no code path phones home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -121,6 +121,9 @@ def step_log(result: InferResult, truth: np.ndarray | None = None) -> str:
             lines.append("**Answer:** (none); the response:\n\n" + _code_block(step.response))
         if step.prompt is not None:
             lines.append("**SAM2 prompt** (original pixels):\n\n" + _code_block(json.dumps(step.prompt), "json"))
+        if step.objects:
+            prompts = json.dumps([item["prompt"] for item in step.objects])
+            lines.append(f"**SAM2 prompts**, {len(step.objects)} objects (original pixels):\n\n" + _code_block(prompts))
         if step.mask is not None:
             mask = f"**Mask:** {int(step.mask.sum())} pixels, SAM2 score {step.score:.3f}"
             if truth is not None:
@@ -128,6 +131,8 @@ def step_log(result: InferResult, truth: np.ndarray | None = None) -> str:
             lines.append(mask)
         elif step.error:
             lines.append(f"**No mask:** {step.error}")
+        elif result.no_target and index == len(result.steps) - 1:
+            lines.append("**No object:** the model answers that nothing in the image matches")
         else:
             lines.append("**Stop:** the model accepts the mask")
         parts.append("\n\n".join(lines))
@@ -139,6 +144,8 @@ def _caption(result: InferResult, index: int, truth: np.ndarray | None) -> str:
     if step.mask is not None:
         iou = "" if truth is None else f", IoU {_percent(mask_iou(step.mask, truth))}"
         return f"step {index}: {step.kind}{iou}"
+    if result.no_target and index == len(result.steps) - 1:
+        return f"step {index}: {step.kind}, no object"
     return f"step {index}: {step.kind}, {'no mask' if step.error else 'stop'}"
 
 
@@ -148,6 +155,8 @@ def _status(result: InferResult, truth: np.ndarray | None) -> str:
     mask = result.mask
     if mask is None:
         return f"Ended ({result.termination}) without a mask"
+    if result.no_target:
+        return "Done: the model answers that no object in the image matches (an empty mask)"
     text = f"Done ({result.termination}): final mask of {int(mask.sum())} pixels"
     return text + (f", IoU with the ground truth {_percent(mask_iou(mask, truth))}" if truth is not None else "")
 
@@ -190,8 +199,7 @@ def build_demo(inferencer: Inferencer, out_root: Path) -> gr.Blocks:
         def page(result: InferResult) -> tuple[list[tuple[np.ndarray, str]], str]:
             # Earlier steps never change: each is drawn once per request.
             for index, step in enumerate(result.steps[len(drawn) :], start=len(drawn)):
-                record = {"prompt": step.prompt, **({"mask": encode_rle(step.mask)} if step.mask is not None else {})}
-                drawn.append((draw_step(result.image, record, outline), _caption(result, index, outline)))
+                drawn.append((draw_step(result.image, step.drawn(), outline), _caption(result, index, outline)))
             return list(drawn), step_log(result, outline)
 
         snapshots: queue.Queue[InferResult | None] = queue.Queue()

@@ -29,11 +29,11 @@ from PIL import Image
 
 from recipe.common.answer import THINK_CLOSE, THINK_OPEN
 from recipe.common.compose import compose_recipe
-from recipe.common.episodes import Step, run_episodes
+from recipe.common.episodes import NO_TARGET, Step, run_episodes
 from recipe.common.panels import draw_step
 from recipe.evaluate.config import EvalConfig, eval_config
 from recipe.evaluate.modes import get_mode
-from recipe.evaluate.records import prompt_record
+from recipe.evaluate.records import object_records, prompt_record
 from recipe.evaluate.samples import EvalSample
 from recipe.evaluate.segmenter import BatchedSegmenter
 from reward_server.images import model_image_jpeg, to_rgb
@@ -59,18 +59,26 @@ class StepResult:
         answer: The parsed JSON answer, in the model's 840x840 coordinates, or None.
         error: Why the answer gave no SAM2 prompt (or why SAM2 failed), or None.
         prompt: The SAM2 prompt in original-image pixels (``box``, ``points``, ``labels``), or None.
-        mask: SAM2's bool ``(H, W)`` mask at the original resolution, or None.
+        mask: SAM2's bool ``(H, W)`` mask at the original resolution (several objects: their union), or None.
         score: SAM2's predicted IoU of the mask, or None.
+        objects: A turn that segmented several objects: each one's ``prompt`` and ``mask`` (COCO RLE), as the
+            evaluator records them; else None.
     """
 
     kind: str
     response: str
     reasoning: str | None
-    answer: dict[str, Any] | None
+    answer: Any
     error: str | None
     prompt: dict[str, Any] | None
     mask: np.ndarray | None
     score: float | None
+    objects: list[dict[str, Any]] | None = None
+
+    def drawn(self) -> dict[str, Any]:
+        """The turn as :func:`recipe.common.panels.draw_step` draws it."""
+        mask = {} if self.mask is None else {"mask": encode_rle(self.mask)}
+        return {"prompt": self.prompt, **mask, "objects": self.objects}
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class InferResult:
         image: The original RGB image.
         steps: Every turn, in order.
         termination: How the episode ended, as in the evaluator's records (``answered``, ``stop``, ``max_steps``,
-            ``invalid_answer``, ``invalid_grounding``, ``invalid_refinement``, ``sam_error``).
+            ``no_target``, ``invalid_answer``, ``invalid_grounding``, ``invalid_refinement``, ``sam_error``).
     """
 
     question: str
@@ -93,8 +101,16 @@ class InferResult:
     termination: str | None
 
     @property
+    def no_target(self) -> bool:
+        """Whether the model answered that nothing in the image matches (``generalized=true``)."""
+        return self.termination == NO_TARGET
+
+    @property
     def mask(self) -> np.ndarray | None:
-        """The final mask: the last one SAM2 produced, as the evaluator scores it; None when there is none."""
+        """The final mask: the last one SAM2 produced, as the evaluator scores it (empty for "no object"); None when
+        there is none."""
+        if self.no_target:
+            return np.zeros(self.image.shape[:2], bool)
         masks = [step.mask for step in self.steps if step.mask is not None]
         return masks[-1] if masks else None
 
@@ -170,6 +186,9 @@ def _reasoning(response: str) -> str | None:
 def _step_error(step: Step, mode: str) -> str | None:
     if step.result is not None:
         return None if step.result.ok else f"SAM2 failed: {step.result.error}"
+    if step.parsed.has_json and not isinstance(step.parsed.json_value, dict):  # a list: a generalized answer
+        objects = step.parsed.objects(with_point=mode == "samr1", with_label=mode == "samr1")
+        return objects.error
     if step.parsed.answer_error:
         return step.parsed.answer_error
     for name in PROMPT_FIELDS["refinement" if step.kind == "refinement" else mode]:
@@ -186,11 +205,12 @@ def step_result(step: Step, mode: str) -> StepResult:
         kind=step.kind,
         response=step.response,
         reasoning=_reasoning(step.response),
-        answer=step.parsed.answer,
+        answer=step.parsed.json_value if step.parsed.has_json else None,
         error=_step_error(step, mode),
         prompt=prompt_record(step),
         mask=None if result is None else result.mask_array(),
         score=None if result is None else result.score,
+        objects=object_records(step),
     )
 
 
@@ -297,9 +317,8 @@ def write_outputs(result: InferResult, out_dir: str | Path) -> list[Path]:
         stale.unlink()
     written = []
     for index, step in enumerate(result.steps):
-        drawn = {"prompt": step.prompt, **({"mask": encode_rle(step.mask)} if step.mask is not None else {})}
         path = out_dir / f"step-{index}.png"
-        Image.fromarray(draw_step(result.image, drawn)).save(path)
+        Image.fromarray(draw_step(result.image, step.drawn())).save(path)
         written.append(path)
     mask_png, mask_json = out_dir / "mask.png", out_dir / "mask.json"
     Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_png)
@@ -315,10 +334,14 @@ def describe(result: InferResult) -> str:
         lines.append(f"answer: {json.dumps(step.answer) if step.answer is not None else '(none)'}")
         if step.prompt is not None:
             lines.append(f"SAM2 prompt (original pixels): {json.dumps(step.prompt)}")
+        for number, item in enumerate(step.objects or (), 1):
+            lines.append(f"object {number}: SAM2 prompt (original pixels): {json.dumps(item['prompt'])}")
         if step.mask is not None:
             lines.append(f"mask: {int(step.mask.sum())} pixels, SAM2 score {step.score:.3f}")
         elif step.error:
             lines.append(f"no mask: {step.error}")
+        elif result.no_target and step is result.steps[-1]:
+            lines.append("no object: the model answers that nothing in the image matches")
         else:
             lines.append("stop: the model accepts the mask")
     lines.append(f"\nended: {result.termination}")

@@ -1,7 +1,9 @@
 """Evaluation modes: how one sample becomes an episode that :func:`recipe.common.episodes.run_episodes` drives.
 
 Every mode shows the model the 840x840 image and sends SAM2 the original image, the model's coordinates scaled back
-(``x * W / 840``, ``y * H / 840``; docs/conventions.md, Spaces and coordinates):
+(``x * W / 840``, ``y * H / 840``; docs/conventions.md, Spaces and coordinates). A generalized row (several objects
+or none), or every row with ``generalized=true``, is asked for a list of objects; their masks' union is the
+prediction, and a "none" answer predicts an empty mask:
 
 - ``samr1``: one turn with SAM-R1's prompt; box + point (a positive click) -> SAM2.
 - ``veteran``: SAM-Veteran's workflow, grounding then up to ``max_steps`` refinement clicks, stopped by the model.
@@ -12,7 +14,7 @@ Every mode shows the model the 840x840 image and sends SAM2 the original image, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -43,34 +45,47 @@ class _SampleEpisode(SingleTurnEpisode):
 @dataclass
 class SamR1Episode(_SampleEpisode):
     """SAM-R1's single shot: the answer's box and point, sent when both are valid, as for the training reward (the
-    label is no SAM2 prompt: it only decides the segmentation-format reward)."""
+    label is no SAM2 prompt: it only decides the segmentation-format reward); with ``objects``, each listed object's.
+    """
+
+    objects: bool = field(default=False, kw_only=True)
 
     def next_messages(self) -> Messages:
         image = Image.fromarray(self.sample.model_image)
-        text = build_prompt("samr1", self.sample.question)
+        text = build_prompt("samr1", self.sample.question, objects=self.objects)
         return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
 
-    def observe_response(self, text: str) -> Prompt | None:
+    def observe_response(self, text: str) -> list[Prompt]:
         parsed = parse_response(text, coordinates=self.coordinates)
         step = Step("grounding", text, parsed)
-        box, point = parsed.bbox_2d(), parsed.point_2d()
-        if box.ok and point.ok:
-            hw = self.sample.image.shape[:2]
-            step.prompt = Prompt(box=_to_original(box.value, hw), points=(_to_original(point.value, hw),), labels=(1,))
-        return self._record(step)
+        hw = self.sample.image.shape[:2]
+        if self.objects:
+            answered = parsed.objects(with_point=True, with_label=True)
+            pairs = [(item.box, item.point) for item in answered.value or ()]
+        else:
+            box, point = parsed.bbox_2d(), parsed.point_2d()
+            pairs = [(box.value, point.value)] if box.ok and point.ok else []
+        step.prompts = [
+            Prompt(box=_to_original(box, hw), points=(_to_original(point, hw),), labels=(1,)) for box, point in pairs
+        ]
+        return self._record(step, none=self.objects and answered.ok)
 
 
 @dataclass
 class OracleBoxEpisode(_SampleEpisode):
-    """The ground-truth box at the original resolution; the (empty) policy answer is ignored."""
+    """The ground-truth box at the original resolution (a generalized row's: each object's; none for no target);
+    the (empty) policy answer is ignored."""
 
     def next_messages(self) -> Messages:
         return []
 
-    def observe_response(self, text: str) -> Prompt | None:
-        box = self.sample.gt_box
+    def observe_response(self, text: str) -> list[Prompt]:
         step = Step("grounding", text, parse_response(text))
-        step.prompt = None if box is None else Prompt(box=tuple(box))
+        if self.sample.generalized:
+            step.prompts = [Prompt(box=tuple(box)) for box in self.sample.object_boxes]
+            return self._record(step, none=True)
+        box = self.sample.gt_box
+        step.prompts = [] if box is None else [Prompt(box=tuple(box))]
         return self._record(step)
 
 
@@ -83,6 +98,11 @@ def policy_coordinates(cfg: EvalConfig) -> Coordinates:
     return Coordinates.PIXELS if cfg.model.path is None else model_coordinates(cfg.model.path)
 
 
+def asks_for_objects(sample: EvalSample, cfg: EvalConfig) -> bool:
+    """Whether ``sample`` is asked for a list of objects: a generalized row, or every row with ``generalized``."""
+    return sample.generalized or cfg.generalized
+
+
 def _workflow(sample: EvalSample, cfg: EvalConfig, max_steps: int) -> Episode:
     return Episode(
         sample.question,
@@ -92,6 +112,7 @@ def _workflow(sample: EvalSample, cfg: EvalConfig, max_steps: int) -> Episode:
         grounding_cot=cfg.veteran.grounding_cot,
         mask_cot=cfg.veteran.mask_cot,
         coordinates=policy_coordinates(cfg),
+        objects=asks_for_objects(sample, cfg),
         segment_image=sample.image,
     )
 
@@ -129,7 +150,14 @@ def register_mode(name: str, mode: Mode) -> Mode:
     return unique("evaluation mode", MODES, name)(mode)
 
 
-register_mode("samr1", Mode(lambda sample, cfg: SamR1Episode(sample, coordinates=policy_coordinates(cfg))))
+register_mode(
+    "samr1",
+    Mode(
+        lambda sample, cfg: SamR1Episode(
+            sample, coordinates=policy_coordinates(cfg), objects=asks_for_objects(sample, cfg)
+        )
+    ),
+)
 register_mode(
     "veteran",
     Mode(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from recipe.common.episodes import Step
+from recipe.common.episodes import NO_TARGET, Step
 from recipe.common.metrics import SegMetrics
 from recipe.common.sam_steps import prompt_json
 from recipe.evaluate.samples import BadSample, EvalSample
@@ -29,8 +29,20 @@ RECORDS_DIR = "records"
 
 
 def prompt_record(step: Step) -> dict[str, Any] | None:
-    """The step's SAM2 prompt as JSON (``box``, ``points``, ``labels`` in the SAM2 image's pixels), or None."""
+    """The step's SAM2 prompt as JSON (``box``, ``points``, ``labels`` in the SAM2 image's pixels), or None (none
+    sent, or several: :func:`object_records`)."""
     return prompt_json(step.prompt)
+
+
+def object_records(step: Step) -> list[dict[str, Any]] | None:
+    """A step that sent several prompts (a generalized answer's objects): each prompt with its mask (COCO RLE, None
+    when it failed); None for a step of one prompt or none."""
+    if len(step.prompts) < 2:
+        return None
+    return [
+        {"prompt": prompt_json(prompt), "mask": result.mask if result.ok else None}
+        for prompt, result in zip(step.prompts, step.results, strict=False)
+    ]
 
 
 def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str, Any]:
@@ -42,11 +54,14 @@ def step_record(step: Step, labels: np.ndarray, metrics: SegMetrics) -> dict[str
     record: dict[str, Any] = {
         "kind": step.kind,
         "response": step.response,
-        "answer": step.parsed.answer,
+        "answer": step.parsed.json_value if step.parsed.has_json else None,
         "answer_error": step.parsed.answer_error,
         "format_ok": step.parsed.format_ok,
         "prompt": prompt_record(step),
     }
+    objects = object_records(step)
+    if objects is not None:
+        record["objects"] = objects
     result = step.result
     if result is None:
         return record
@@ -87,18 +102,33 @@ def first_box_iou(steps: Sequence[dict[str, Any]], gt_box: Sequence[float] | Non
     return float(box_iou(prompt["box"], gt_box)[0, 0])
 
 
+def said_none(episode: Any) -> bool | None:
+    """A list answer's decision: True for "none", False for objects, None when no valid list was given."""
+    if episode.termination == NO_TARGET:
+        return True
+    return False if any(step.prompts for step in episode.steps) else None
+
+
 def sample_record(
     sample: EvalSample, episode: Any, mode: str, metrics: SegMetrics, timing: dict[str, float]
 ) -> dict[str, Any]:
-    """The record of one evaluated sample; its prediction is the last mask SAM2 produced (none: failed).
+    """The record of one evaluated sample; its prediction is the last mask SAM2 produced (none: failed, unless the
+    answer was a valid "none": an empty prediction).
 
     ``gt_area`` is the target's area under the metrics' convention (the union of a failed answer); ``box_iou`` is
-    :func:`first_box_iou` against the GT box (the target's tight box at the original resolution).
+    :func:`first_box_iou` against the GT box (the target's tight box at the original resolution). A generalized
+    row's record adds ``no_target`` (its target is empty) and ``said_none`` (:func:`said_none`), gRefCOCO's metrics'
+    inputs (``recipe.common.metrics.GeneralizedMetrics``).
     """
     steps = [step_record(step, sample.labels, metrics) for step in episode.steps]
     gt_area = metrics.target_area(sample.labels)
     intersection, union, has_mask = mask_overlap(steps, gt_area)
+    has_mask = has_mask or episode.termination == NO_TARGET  # "none" predicts an empty mask
+    generalized = {}
+    if sample.generalized:
+        generalized = {"no_target": not sample.object_boxes, "said_none": said_none(episode)}
     return {
+        **generalized,
         "uid": sample.uid,
         "dataset": sample.dataset,
         "question": sample.question,

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from recipe.common.dataset_rows import Row
 from recipe.common.labels import label_mask
 from reward_server.images import to_rgb
-from reward_server.masks import MODEL_SIZE, mask_to_box
+from reward_server.masks import MODEL_SIZE, mask_to_box, model_to_original
 
 COLUMNS = [Row.data_source.name, Row.images.name, Row.reward_model.name, Row.extra_info.name, Row.orig_image.name]
 READ_BATCH_ROWS = 64
@@ -35,6 +35,7 @@ class EvalSample:
         model_image: RGB ``(840, 840, 3)``: the row's image, exactly as in training.
         image: RGB original image.
         labels: uint8 ``(H, W)`` ground truth at the original resolution: 0, 1, or 255 for ignored pixels.
+        object_boxes: A generalized row's objects' boxes at the original resolution (none: no target), or None.
     """
 
     uid: str
@@ -43,11 +44,18 @@ class EvalSample:
     model_image: np.ndarray
     image: np.ndarray
     labels: np.ndarray
+    object_boxes: list[list[float]] | None = None
+
+    @property
+    def generalized(self) -> bool:
+        """Whether the row lists its objects (several, one or none)."""
+        return self.object_boxes is not None
 
     @cached_property
     def gt_box(self) -> list[float] | None:
-        """Tight xyxy box of the target at the original resolution (the ``oracle_box`` prompt)."""
-        return mask_to_box(self.labels == 1)
+        """Tight xyxy box of the target at the original resolution (the ``oracle_box`` prompt); None for a
+        generalized row, whose boxes are :attr:`object_boxes` (box accuracy is a one-object measure)."""
+        return None if self.generalized else mask_to_box(self.labels == 1)
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,13 @@ def load_sample(uid: str, data: dict[str, Any]) -> EvalSample | BadSample:
         question = None if row.extra_info is None else row.extra_info.question
         if not isinstance(question, str) or not question.strip():
             raise ValueError("empty question")
+        objects = row.ground_truth.objects
+        boxes = None
+        if objects is not None:
+            boxes = [[float(v) for v in model_to_original(target.box, image.shape[:2])] for target in objects]
     except (ValueError, TypeError, KeyError, IndexError) as err:
         return BadSample(uid, dataset, f"{type(err).__name__}: {err}")
-    return EvalSample(uid, dataset, question, model_image, image, labels)
+    return EvalSample(uid, dataset, question, model_image, image, labels, boxes)
 
 
 def iter_samples(

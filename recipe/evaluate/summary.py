@@ -2,7 +2,10 @@
 per sample.
 
 Metrics are accumulated with :class:`recipe.common.metrics.SegMetrics` from the intersections and unions stored in
-the records, so a summary can be recomputed at any time from the records alone (e.g. of a run still going).
+the records, so a summary can be recomputed at any time from the records alone (e.g. of a run still going). A
+dataset of generalized rows (gRefCOCO: several objects or none) is scored as gRefCOCO's authors score it
+(:class:`recipe.common.metrics.GeneralizedMetrics`): its gIoU and cIoU count no-target samples their way, and it
+adds the no-target accuracy ``N_acc`` and the target accuracy ``T_acc``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from recipe.common.metrics import SegMetrics
+from recipe.common.metrics import GeneralizedMetrics, SegMetrics
 from recipe.evaluate.records import mask_overlap
 
 DATASET_LABELS = {
@@ -24,6 +27,11 @@ DATASET_LABELS = {
 }
 """The papers' column order (SAM-Veteran Table 3, SAM-R1 Tables 1 and 2); other datasets follow by name."""
 
+
+GENERALIZED_NOTE = (
+    "gRefCOCO convention (ReLA's evaluator) on datasets of generalized rows: a correct none scores 1, an answer "
+    "for an absent object 0, N-acc over no-target samples, T-acc over the others"
+)
 
 CONVENTION_NOTES = {
     "lisa": "lisa convention: ignore pixels excluded, an empty union scores 1",
@@ -52,6 +60,25 @@ BOX_IOU_THRESHOLD = 0.5
 """A box is correct when its IoU with the GT box exceeds this (the REC accuracy of SAM-R1's Table 5)."""
 
 
+def is_generalized(records: Iterable[dict[str, Any]]) -> bool:
+    """Whether the records are of generalized rows (their records carry ``no_target``)."""
+    return any("no_target" in record for record in records)
+
+
+def generalized_metrics(records: Iterable[dict[str, Any]], last: int | None = None) -> GeneralizedMetrics:
+    """gRefCOCO's metrics over generalized records, from the mask in effect after step ``last`` (default: the
+    final one)."""
+    metrics = GeneralizedMetrics()
+    for record in records:
+        if "skipped" in record:
+            continue
+        intersection, union = record["intersection"], record["union"]
+        if last is not None:
+            intersection, union, _ = mask_overlap(record["steps"], record["gt_area"], last)
+        metrics.add(intersection, union, record["no_target"], record["said_none"])
+    return metrics
+
+
 def box_accuracy(records: Iterable[dict[str, Any]]) -> dict[str, float | int]:
     """``box_acc``: the share of samples with a GT box whose first-step box has IoU > 0.5 with it (a failed answer
     is a miss); ``n_box``: how many samples had a GT box (NaN accuracy when none did)."""
@@ -78,12 +105,15 @@ def step_curves(records: Sequence[dict[str, Any]], max_steps: int, convention: s
     scored = [record for record in records if "skipped" not in record]
     curve = []
     for step in range(max_steps + 1):
-        metrics = SegMetrics(convention)
-        for record in scored:
-            intersection, union, has_mask = mask_overlap(record["steps"], record["gt_area"], step)
-            metrics.add(metrics.sample_iou(intersection, union, failed=not has_mask))
+        if is_generalized(scored):
+            summary = generalized_metrics(scored, step).summary()
+        else:
+            metrics = SegMetrics(convention)
+            for record in scored:
+                intersection, union, has_mask = mask_overlap(record["steps"], record["gt_area"], step)
+                metrics.add(metrics.sample_iou(intersection, union, failed=not has_mask))
+            summary = metrics.summary()
         stopped = sum(1 for r in scored if (at := _stopped_at(r)) is not None and at <= step)
-        summary = metrics.summary()
         curve.append(
             {
                 "step": step,
@@ -125,6 +155,8 @@ def summarize(
             "n_skipped": len(by_dataset[name]) - len(scored),
             "turns_per_sample": _mean(len(r["steps"]) for r in scored),
         }
+        if is_generalized(scored):
+            datasets[name].update(generalized_metrics(scored).summary(), convention="grefcoco")
         if max_steps is not None:
             datasets[name]["steps"] = step_curves(scored, max_steps, convention)
     scored = [r for r in records if "skipped" not in r]
@@ -174,17 +206,31 @@ def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
         cells += [f"{summary['s_per_sample']:.3f}", f"{summary['sam_s_per_sample']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
         boxes.append("| " + " | ".join(box_cells) + " |")
+    accuracy_names = [n for n in names if any("N_acc" in s["datasets"].get(n, {}) for s in summaries)]
+    accuracies = []
+    if accuracy_names:
+        labels_nt = [DATASET_LABELS.get(name, name) for name in accuracy_names]
+        header_nt = ["Method"] + [f"{label} {metric}" for label in labels_nt for metric in ("N-acc", "T-acc")]
+        accuracies = ["| " + " | ".join(header_nt) + " |", "|" + "---|" * len(header_nt)]
+        for summary in summaries:
+            cells = [summary["method"]]
+            for name in accuracy_names:
+                entry = summary["datasets"].get(name, {})
+                cells += [_percent(entry.get("N_acc", math.nan)), _percent(entry.get("T_acc", math.nan))]
+            accuracies.append("| " + " | ".join(cells) + " |")
+        accuracies += ["", f"- {GENERALIZED_NOTE}", ""]
     notes = []
     for summary in summaries:
         counts = ", ".join(
             f"{DATASET_LABELS.get(name, name)}: n={entry['n']}, failed={entry['n_failed']}"
             + (f", dropped={entry['n_dropped']}" if entry.get("n_dropped") else "")
             + (f", skipped={entry['n_skipped']}" if entry["n_skipped"] else "")
+            + (f", no target={entry['n_no_target']}" if "n_no_target" in entry else "")
             + f", with a GT box={entry.get('n_box', 0)}"
             for name, entry in summary["datasets"].items()
         )
         notes.append(f"- {summary['method']} ({_convention_note(summary['convention'])}): {counts}")
-    return "\n".join([*lines, "", *boxes, "", *notes]) + "\n"
+    return "\n".join([*lines, "", *boxes, "", *accuracies, *notes]) + "\n"
 
 
 def steps_table(summary: dict[str, Any]) -> str:

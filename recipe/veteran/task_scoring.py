@@ -21,6 +21,7 @@ import numpy as np
 from recipe.common.answer import ParsedResponse, parse_response
 from recipe.common.coordinates import Coordinates
 from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
+from recipe.common.episodes import NO_TARGET, Step
 from recipe.common.matching import match_boxes
 from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
 from recipe.common.stored_logits import decode_logits
@@ -112,6 +113,26 @@ async def score_grounding(
     )
 
 
+def objects_grounding(
+    boxes: Sequence[Sequence[float]], truth: GroundTruth, union_iou: float, config: VeteranRewardConfig
+) -> tuple[float, float]:
+    """A generalized grounding answer's box reward and ``R_SAM`` (module docstring).
+
+    Args:
+        boxes: The answered boxes (none: "none").
+        truth: The row's ground truth.
+        union_iou: Edge-excluded IoU of the union of SAM2's masks of ``boxes`` with the target (unused for "none").
+        config: Reward knobs.
+    """
+    targets = truth.targets()
+    if not boxes or not targets:  # "none": right exactly when there is no target
+        right = float(not boxes and not targets)
+        return right * (1.0 + 1.0), right  # R_IoU^B and R_L1^B of a perfect box (hard or soft), and R_SAM
+    pairs = match_boxes(boxes, [target.box for target in targets])
+    box = sum(formulas.box_reward(boxes[i], targets[j].box, config) for i, j in pairs)
+    return box / max(len(boxes), len(targets)), union_iou
+
+
 async def _score_grounding_objects(
     parsed: ParsedResponse, truth: GroundTruth, image: ImageRef, sam: SamClient, config: VeteranRewardConfig
 ) -> dict[str, Any]:
@@ -119,14 +140,10 @@ async def _score_grounding_objects(
     objects = parsed.objects(max_objects=config.max_objects)
     if not objects.ok:
         return _breakdown(GROUNDING, parsed, False, config, generalized=True)
-    answered, targets = objects.value, truth.targets()
-    if not answered or not targets:  # "none": right exactly when there is no target
-        right = float(not answered and not targets)
-        full_box = 1.0 + 1.0  # R_IoU^B and R_L1^B of a perfect box, hard or soft
-        return _breakdown(GROUNDING, parsed, True, config, sam_iou=right, box=right * full_box, generalized=True)
-    boxes = [item.box for item in answered]
-    pairs = match_boxes(boxes, [target.box for target in targets])
-    box = sum(formulas.box_reward(boxes[i], targets[j].box, config) for i, j in pairs)
+    boxes = [item.box for item in objects.value]
+    if not boxes or not truth.targets():
+        box, sam_iou = objects_grounding(boxes, truth, 0.0, config)
+        return _breakdown(GROUNDING, parsed, True, config, sam_iou=sam_iou, box=box, generalized=True)
     prompts = [Prompt(box=item) for item in boxes]
     results = await sam.segment(image, prompts, ground_truth=dict(truth.mask), return_edge_iou=True)
     gt = decode_rle(truth.mask)
@@ -134,7 +151,9 @@ async def _score_grounding_objects(
     for result in results:
         if result.ok:
             union |= result.mask_array()
-    sam_iou = edge_excluded_iou(union, gt) if all(result.ok for result in results) else 0.0
+    box, sam_iou = objects_grounding(
+        boxes, truth, edge_excluded_iou(union, gt) if all(result.ok for result in results) else 0.0, config
+    )
     return _breakdown(
         GROUNDING,
         parsed,
@@ -142,7 +161,7 @@ async def _score_grounding_objects(
         config,
         steps=[step_json(prompt, result, result.edge_iou) for prompt, result in zip(prompts, results, strict=True)],
         sam_iou=sam_iou,
-        box=box / max(len(answered), len(targets)),
+        box=box,
         sam_called=len(prompts),
         generalized=True,
     )
@@ -238,6 +257,13 @@ def score_auxiliary(response: Response, truth: Truth, config: VeteranRewardConfi
     return _breakdown(AUXILIARY, parsed, True, config, steps=steps, decision=decision, point=point)
 
 
+def _step_records(step: Step) -> list[dict[str, Any]]:
+    """A workflow turn's SAM2 records: its one call (or none), or one per object it segmented."""
+    if len(step.prompts) > 1:
+        return [step_json(p, r, r.edge_iou) for p, r in zip(step.prompts, step.results, strict=False)]
+    return [step_json(step.prompt, step.result, None if step.result is None else step.result.edge_iou)]
+
+
 def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranRewardConfig) -> dict[str, Any]:
     """An on-policy workflow episode: the mean over its turns of each turn's task reward (our choice; the paper
     trains the single-turn tasks). Grounding turns score format + box + ``R_SAM``; refinement turns score format
@@ -256,13 +282,21 @@ def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranR
         tags = config.format_reward * step.parsed.format_ok
         well_formed &= step.parsed.format_ok
         if step.kind == "grounding":
-            box = step.parsed.bbox_2d()
-            well_formed &= box.ok
-            if not box.ok:
+            if truth.generalized:
+                answered = step.parsed.objects(max_objects=config.max_objects)
+                boxes = None if not answered.ok else [item.box for item in answered.value]
+            else:
+                box = step.parsed.bbox_2d()
+                boxes = [box.value] if box.ok else None
+            well_formed &= boxes is not None
+            if boxes is None:
                 turns.append(formulas.turn_reward(config, format_tags=tags, format_answer=0.0))
                 continue
             before = step.result.edge_iou if step.result is not None and step.result.ok else 0.0
-            box_part = formulas.box_reward(box.value, truth.box, config)
+            if truth.generalized:
+                box_part, before = objects_grounding(boxes, truth, before, config)
+            else:
+                box_part = formulas.box_reward(boxes[0], truth.box, config)
             turns.append(
                 formulas.turn_reward(
                     config, format_tags=tags, format_answer=config.format_reward, box=box_part, sam_iou=before
@@ -290,8 +324,6 @@ def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranR
         "stopped": float(termination == "stop"),
         "well_formed": float(well_formed),  # every turn kept both format rules
         "task": WORKFLOW,
-        "failure": "" if termination in ("stop", "max_steps") else termination,
-        SAM_STEPS: encode_steps(
-            step_json(step.prompt, step.result, None if step.result is None else step.result.edge_iou) for step in steps
-        ),
+        "failure": "" if termination in ("stop", "max_steps", NO_TARGET) else termination,
+        SAM_STEPS: encode_steps(record for step in steps for record in _step_records(step)),
     }

@@ -64,6 +64,8 @@ class WorkflowLoop(AgentLoopBase):
             grounding_cot=self.reward_config.grounding_cot,
             mask_cot=self.reward_config.mask_cot,
             coordinates=self.coordinates,
+            objects=truth.generalized,
+            max_objects=self.reward_config.max_objects,
         )
         messages = episode.next_messages()  # the row holds the CoT prompt; the episode follows the ablation
         images = list((await self.process_multi_modal_info(messages)).get("images") or [])
@@ -99,13 +101,13 @@ class WorkflowLoop(AgentLoopBase):
             )
             runtime_ids = merged.token_ids
             text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-            sam_prompt = episode.observe_response(self.opening + text)
-            if sam_prompt is None:
+            sam_prompts = episode.observe_response(self.opening + text)
+            if not sam_prompts:
                 break
-            (result,) = await sam.segment(
-                image, [sam_prompt], ground_truth=episode.gt_ref, return_logits=True, return_edge_iou=True
+            results = await sam.segment(
+                image, sam_prompts, ground_truth=episode.gt_ref, return_logits=True, return_edge_iou=True
             )
-            episode.observe_mask(result)
+            episode.observe_mask(results)
             if episode.done:
                 break
             answered = [*messages, {"role": "assistant", "content": text}]
