@@ -181,6 +181,8 @@ class ParsedResponse:
         answer_error: Why there is no answer, or None.
         image_hw: ``(H, W)`` of the image the coordinates refer to (840x840 model space by default).
         coordinates: The model's convention; every box and point is returned in pixels of that image.
+        json_value: The answer's JSON value whatever its type (a generalized answer is a list), or a private
+            sentinel when there is none (:attr:`has_json`).
     """
 
     format_ok: bool
@@ -189,7 +191,7 @@ class ParsedResponse:
     answer_error: str | None
     image_hw: tuple[int, int] = _DEFAULT_HW
     coordinates: Coordinates = Coordinates.PIXELS
-    json_value: Any = _MISSING  # the answer's JSON whatever its type (a generalized answer is a list)
+    json_value: Any = _MISSING
 
     @property
     def has_json(self) -> bool:
