@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,15 +82,16 @@ async def _score_objects(
     truth: GroundTruth,
     scored: RewardBreakdown,
     extra_info: Mapping[str, Any] | None,
-    client_of: Any,
+    sam: Callable[[], SamClient],
+    *,
     tiers: Sequence[Sequence[float]],
     format_reward: float,
     format_penalty: float,
     max_objects: int,
 ) -> RewardBreakdown:
     """A generalized row's tiered reward and segmentation format (module docstring); ``scored`` holds the
-    reasoning format. ``iou`` is the matched objects' mask IoUs summed over the larger count (1 for a correct
-    "none")."""
+    reasoning format and ``sam`` gives the SAM2 client. ``iou`` is the matched objects' mask IoUs summed over the
+    larger count (1 for a correct "none")."""
     objects = parsed.objects(with_point=True, with_label=True, max_objects=max_objects)
     if not objects.ok:
         category = "objects" if parsed.has_json else "no_answer"
@@ -110,7 +111,7 @@ async def _score_objects(
         return replace(scored, failure="no_image", failure_detail="no image")
     pairs = match_boxes([item.box for item in answered], [target.box for target in targets])
     prompts = [Prompt(box=answered[i].box, points=(answered[i].point,), labels=(1,)) for i, _ in pairs]
-    client = client_of()
+    client = sam()
     calls = [
         client.segment(image, [prompt], ground_truth=dict(targets[j].mask))
         for prompt, (_, j) in zip(prompts, pairs, strict=True)
@@ -172,11 +173,23 @@ async def compute_score(
     )
     reasoning = format_reward if parsed.format_ok else format_penalty
     truth = GroundTruth.of(ground_truth)
-    client_of = lambda: sam_client or get_sam_client(reward_server or {})  # noqa: E731 - built only when SAM2 runs
+
+    def sam() -> SamClient:  # connected only when SAM2 is called
+        return sam_client or get_sam_client(reward_server or {})
+
     if truth.generalized:
-        scored = RewardBreakdown(reasoning_format=reasoning)
-        args = (extra_info, client_of, tiers, format_reward, format_penalty, max_objects)
-        return (await _score_objects(parsed, truth, scored, *args)).as_dict()
+        scored = await _score_objects(
+            parsed,
+            truth,
+            RewardBreakdown(reasoning_format=reasoning),
+            extra_info,
+            sam,
+            tiers=tiers,
+            format_reward=format_reward,
+            format_penalty=format_penalty,
+            max_objects=max_objects,
+        )
+        return scored.as_dict()
     failure, detail = _segmentation_failure(parsed)
     scored = RewardBreakdown(
         reasoning_format=reasoning,
@@ -192,7 +205,7 @@ async def compute_score(
     if image is None:
         return replace(scored, failure="no_image", failure_detail="no image").as_dict()
     prompt = Prompt(box=box.value, points=(point.value,), labels=(1,))
-    (result,) = await client_of().segment(image, [prompt], ground_truth=dict(truth.mask))
+    (result,) = await sam().segment(image, [prompt], ground_truth=dict(truth.mask))
     scored = replace(scored, sam_steps=encode_steps([step_json(prompt, result, result.iou)]))
     if not result.ok:
         logger.warning("SAM2 answered %s: %s", result.code, result.error)
