@@ -14,7 +14,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-learn lint format bench bench-reward bench-step bench-eval bench-learn gpu-check data data-samr1-10k data-grefcoco data-veteran smoke train-samr1 \
+.PHONY: setup test test-learn lint format bench bench-reward bench-step bench-eval bench-learn gpu-check docs docs-serve data data-samr1-10k data-grefcoco data-veteran smoke train-samr1 \
 	train-veteran eval eval-checkpoints eval-smoke infer demo lock clean-venv flash-attn
 
 setup: $(STAMP)
@@ -55,25 +55,25 @@ bench: $(STAMP)
 bench-reward: $(STAMP)
 	$(BIN)/python -m bench.reward $(ARGS)
 
-# A training step's cost and SAM2's share of it, per recipe, from verl's timing metrics of a real CPU run (README).
+# A training step's cost and SAM2's share of it, per recipe, from verl's timing metrics of a real CPU run (docs/cpu-run.md).
 bench-step: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m bench.step $(ARGS)
 
-# The evaluator's batched path against a per-sample generate + SAM2 predictor loop, tiny models on a CPU (README).
+# The evaluator's batched path against a per-sample generate + SAM2 predictor loop, tiny models on a CPU (docs/evaluation.md).
 bench-eval: $(STAMP)
 	$(BIN)/python -m bench.eval $(ARGS)
 
 # Does training improve the policy? Each recipe's warm-started tiny model through verl's real trainer on a CPU, and a
-# control whose rollout never receives the new weights; one line per recipe (README, "Is it learning?").
+# control whose rollout never receives the new weights; one line per recipe (docs/learning.md).
 bench-learn: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m bench.learn $(ARGS)
 
 # One GPU in at most 8 minutes: both recipes for 2 steps on vLLM, the GPU tests, parity checks, SAM2-Large throughput
-# (ARGS="--bare": PyTorch alone; ARGS="--quick": the CPU dry run). README, "Checking a GPU node".
+# (ARGS="--bare": PyTorch alone; ARGS="--quick": the CPU dry run). docs/gpu-check.md.
 gpu-check: $(STAMP)
 	$(BIN)/python -m bench.gpu_check $(ARGS)
 
-# Both recipes through verl's real trainer on a CPU (tiny models, synthetic data): 2 steps, then a resumed 3rd (README).
+# Both recipes through verl's real trainer on a CPU (tiny models, synthetic data): 2 steps, then a resumed 3rd (docs/cpu-run.md).
 smoke: $(STAMP)
 	VERL_PLATFORM=cpu $(BIN)/python -m recipe.smoke $(ARGS)
 
@@ -93,7 +93,7 @@ flash-attn: $(STAMP)
 	@command -v nvcc >/dev/null || { echo "make flash-attn: nvcc not found; install the CUDA toolkit matching torch (or put its bin/ on PATH)"; exit 2; }
 	$(BIN)/uv pip install --python $(BIN)/python flash-attn --no-build-isolation
 
-# Datasets (README, "Data"): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
+# Datasets (docs/data.md): REFER_ROOT holds refcoco/, refcoco+/, refcocog/ (instances.json, refs(*).p);
 # COCO_IMAGES is COCO train2014; REASONSEG_ROOT holds train/, val/, test/ (optional). Outputs go to DATA_DIR.
 # VETERAN_IDS: a file of RefCOCOg ref_ids (one per line) for SAM-Veteran's grounding set instead of a random 9,000.
 DATA_DIR ?= data
@@ -118,7 +118,7 @@ data-samr1-10k: $(STAMP)
 	@test -n "$(REFER_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data-samr1-10k: set REFER_ROOT=... COCO_IMAGES=..."; exit 2; }
 	$(REFER) --dataset refcocog --split train --limit 10000 --seed 0 --recipe samr1 --out $(DATA_DIR)/samr1/refcocog_train_10k.parquet
 
-# Several objects or none (README, "Several objects or none"): GREFCOCO_ROOT holds grefs(unc).json and instances.json;
+# Several objects or none (docs/generalized.md): GREFCOCO_ROOT holds grefs(unc).json and instances.json;
 # training rows for +ablation=generalized and +veteran_ablation=generalized, evaluation rows in DATA_DIR/eval_grefcoco.
 data-grefcoco: $(STAMP)
 	@test -n "$(GREFCOCO_ROOT)" -a -n "$(COCO_IMAGES)" || { echo "make data-grefcoco: set GREFCOCO_ROOT=... COCO_IMAGES=..."; exit 2; }
@@ -135,7 +135,7 @@ data-veteran: $(STAMP)
 		--out-mask $(DATA_DIR)/veteran/mask_comprehension.parquet --out-aux $(DATA_DIR)/veteran/auxiliary.parquet \
 		--sam large --sam-checkpoint "$(SAM2_CHECKPOINT)"
 
-# Evaluation (README, "Evaluation"): MODEL is a Hugging Face checkpoint, DATA parquet files or directories of them
+# Evaluation (docs/evaluation.md): MODEL is a Hugging Face checkpoint, DATA parquet files or directories of them
 # (space-separated), MODE samr1 | veteran | baseline | oracle_box; Hydra overrides in ARGS. A rerun resumes.
 MODE ?= samr1
 DATA ?= $(DATA_DIR)/eval
@@ -149,7 +149,7 @@ eval: $(STAMP)
 	$(BIN)/python -m recipe.evaluate mode=$(MODE) $(if $(MODEL),model.path=$(MODEL)) \
 		'data.files=[$(subst $(space),$(comma),$(strip $(DATA)))]' output_dir=$(EVAL_OUT) $(ARGS)
 
-# Every checkpoint of a training run (README, "Evaluation"): RUN is the run's directory (its checkpoints/global_step_*),
+# Every checkpoint of a training run (docs/evaluation.md): RUN is the run's directory (its checkpoints/global_step_*),
 # each merged by verl's model merger and evaluated like make eval; a table and plot of gIoU/cIoU against the step go
 # to OUT (default RUN/eval_checkpoints). A rerun resumes.
 eval-checkpoints: $(STAMP)
@@ -157,14 +157,14 @@ eval-checkpoints: $(STAMP)
 	$(BIN)/python -m recipe.evaluate.checkpoints --run "$(RUN)" $(foreach file,$(DATA),--data $(file)) --mode $(MODE) \
 		$(if $(OUT),--out "$(OUT)") $(ARGS)
 
-# One image (README, "Segment one image"): prints each step's reasoning and answer, writes step PNGs and the final
+# One image (docs/segment-one-image.md): prints each step's reasoning and answer, writes step PNGs and the final
 # mask (PNG and COCO RLE) under OUT (default outputs/infer/<image stem>); options and Hydra overrides in ARGS.
 infer: $(STAMP)
 	@test -n "$(MODEL)" -a -n "$(IMAGE)" -a -n "$(QUESTION)" || { echo 'make infer: set MODEL=/path/to/hf_checkpoint IMAGE=photo.jpg QUESTION="..." [MODE=samr1|veteran] [OUT=...]'; exit 2; }
 	$(BIN)/python -m recipe.evaluate.infer --model "$(MODEL)" --image "$(IMAGE)" --question "$(QUESTION)" --mode $(MODE) \
 		$(if $(OUT),--out "$(OUT)") $(ARGS)
 
-# A web page for one image at a time (README, "Demo page") on http://127.0.0.1:$(PORT); options and Hydra overrides
+# A web page for one image at a time (docs/segment-one-image.md) on http://127.0.0.1:$(PORT); options and Hydra overrides
 # in ARGS (--sam-checkpoint ..., --host ...).
 PORT ?= 7860
 demo: $(STAMP)
@@ -178,6 +178,14 @@ eval-smoke: $(STAMP)
 
 # Regenerates requirements.lock from pyproject.toml: one universal lock (CPython 3.11 and 3.12, CPU-only and GPU
 # nodes alike) with hashes.
+# The manual (docs/, mkdocs.yml): built strictly; the test suite runs the same build (tests/test_docs.py).
+SITE_DIR ?= outputs/site
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --clean --site-dir "$(SITE_DIR)"
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
 		--no-header --quiet -o requirements.lock

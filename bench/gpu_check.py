@@ -1,6 +1,6 @@
 """``make gpu-check``: what a freshly installed GPU node must show before a week-long job, within ``--budget-s``.
 
-Two parts (README, "Checking a GPU node"):
+Two parts (docs/gpu-check.md):
 
 - **full** (the default), on a node with the whole environment, one GPU, nothing downloaded:
 

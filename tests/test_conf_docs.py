@@ -1,4 +1,5 @@
-"""``conf/README.md`` names every config and every preset, so a new file cannot go undocumented.
+"""The configuration reference (``docs/configuration.md``) names every config and every preset, so a new file
+cannot go undocumented.
 
 Reference: the files under ``conf/`` themselves.
 """
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DOC = (CONF / "README.md").read_text()
+DOC = (CONF.parent / "docs" / "configuration.md").read_text()
 CONFIGS = sorted(path.relative_to(CONF) for path in CONF.rglob("*.yaml"))
 
 

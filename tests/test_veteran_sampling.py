@@ -57,8 +57,8 @@ def algorithm_1(batches, R=8, A=3, E=2, tau=0.8):
     return chosen
 
 
-# Algorithm 2's "cases" line, verbatim, for the paper's R = 8; Table 10's 4 and 16 by the README's rule (shares of 8,
-# largest remainder, ties to the case listed first).
+# Algorithm 2's "cases" line, verbatim, for the paper's R = 8; Table 10's 4 and 16 by the rule in
+# docs/training-veteran.md (shares of 8, largest remainder, ties to the case listed first).
 PAPER_CASES = {"error": 2, "terminate": 1, "positive": 2, "negative": 2, "both": 1}
 QUOTAS_FOR = {
     8: PAPER_CASES,

@@ -47,5 +47,5 @@ def mismatch(metrics: Mapping[str, float], config: RolloutCheckConfig) -> str | 
         return None
     return (
         f"rollout and actor disagree on the step's token probabilities ({', '.join(broken)}): the rollout may sample "
-        "from other weights or other inputs than the actor trains (README, 'Is it learning?')"
+        "from other weights or other inputs than the actor trains (docs/learning.md)"
     )

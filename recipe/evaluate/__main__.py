@@ -1,4 +1,5 @@
-"""``python -m recipe.evaluate [key=value ...]``: evaluate a checkpoint with ``conf/evaluate.yaml`` (README).
+"""``python -m recipe.evaluate [key=value ...]``: evaluate a checkpoint with ``conf/evaluate.yaml``
+(docs/evaluation.md).
 
 ``--cfg job`` prints the composed config.
 """
