@@ -41,11 +41,17 @@ def product_modules() -> dict[str, Path]:
     return {module_name(path): path for package in PRODUCT for path in sorted((ROOT / package).rglob("*.py"))}
 
 
-def imported_modules(name: str, path: Path) -> set[str]:
-    """Every module ``path`` imports, relative imports resolved against its package ``name``."""
+def imported_modules(name: str, path: Path, runtime: bool = False) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved against its package ``name``; ``runtime`` leaves out
+    the imports under ``if TYPE_CHECKING:``, which never run."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    if runtime:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = [ast.Pass()]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -102,3 +108,47 @@ def test_every_shared_module_is_used_by_the_product():
         if not users:
             unused.append(name)
     assert unused == []
+
+
+def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), and modules that import themselves."""
+    graph = {name: sorted(m for m in modules if m in imports and m != name) for name, modules in imports.items()}
+    index, low, stack, on_stack, groups, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_no_import_circle_among_the_projects_modules():
+    """A circle makes the modules in it one module in disguise (and imports order-dependent)."""
+    imports = {name: imported_modules(name, path, runtime=True) for name, path in product_modules().items()}
+    assert import_cycles(imports) == []
+
+
+def test_a_circle_is_found():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []

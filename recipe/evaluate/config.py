@@ -12,6 +12,7 @@ from typing import Any
 
 from recipe.common.episodes import WorkflowConfig
 from recipe.common.metrics import check_convention
+from recipe.evaluate.modes import get_mode
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.config import EngineConfig, ServerConfig, to_dataclass
 from reward_server.ray_setup import LocalRayConfig
@@ -194,9 +195,6 @@ class EvalConfig:
                 f"gives each fewer: set parallel.gpus_per_worker={tp}"
             )
         if self.generation.max_new_tokens is None:
-            # Imported here: modes builds episodes from this config.
-            from recipe.evaluate.modes import get_mode
-
             self.generation = replace(self.generation, max_new_tokens=get_mode(self.mode).max_new_tokens)
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -25,10 +25,12 @@ from recipe.common.coordinates import Coordinates, model_coordinates
 from recipe.common.episodes import Episode, Messages, SingleTurnEpisode, Step
 from recipe.common.prompts import build_prompt
 from recipe.common.registration import unique
-from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.samples import EvalSample
 from reward_server.masks import model_to_original
 from reward_server.protocol import ImageRef, Prompt
+
+if TYPE_CHECKING:  # the config reads each mode's defaults from here, so this module reads it only for its type
+    from recipe.evaluate.config import EvalConfig
 
 
 @dataclass
