@@ -70,6 +70,7 @@ def test_a_nav_entry_without_its_page_fails_the_build(manual):
 
 def test_names_that_resolve_are_not_reported():
     text = "`recipe/common/answer.py`, `conf/ablation/`, `recipe.common.metrics.SegMetrics`, `recipe.evaluate`, "
-    text += "`outputs/smoke/<recipe>/run/`, `data/eval/x.parquet`, `make docs`"
+    text += "`outputs/smoke/<recipe>/run/`, `data/eval/x.parquet`, `make docs`, `recipe.common.preflight.host_checks`"
     assert unresolved(text) == []
+    assert unresolved("`recipe.common.preflight.nothing_here`") == ["recipe.common.preflight.nothing_here"]
     assert unresolved("```\nrecipe/absent.py\n```\n`recipe/absent.py`") == ["recipe/absent.py"]

@@ -36,6 +36,7 @@ from recipe.common.preflight import (
     check_workflow_budget,
     preflight,
 )
+from recipe.common.preflight import machine as machine_checks
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +71,12 @@ def fixed_by(message: str) -> list[str]:
 def machine(tmp_path, monkeypatch):
     """A node where everything preflight looks at is present: CUDA, 64 CPUs, a compiler, Python.h, online."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(pf.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(machine_checks.os, "cpu_count", lambda: 64)
     monkeypatch.setenv("CC", "gcc")
     header = tmp_path / "include" / "Python.h"
     header.parent.mkdir()
     header.touch()
-    monkeypatch.setattr(pf, "_python_header", lambda: header)
+    monkeypatch.setattr(machine_checks, "_python_header", lambda: header)
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(variable, raising=False)
     return tmp_path
@@ -170,8 +171,8 @@ def test_the_batch_is_drawn_from_all_training_files_together(machine):
 
 def test_a_cpu_run_skips_the_gpu_checks(machine, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(pf.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(pf, "_c_compiler", lambda: None)
+    monkeypatch.setattr(machine_checks.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine_checks, "_c_compiler", lambda: None)
     config = good(machine, "samr1", "trainer.device=cpu")
     assert preflight(config, available_gpus=0) == []
     assert len(preflight(good(machine, "samr1"), available_gpus=0)) == 4  # driver, compiler, GPU and CPU counts
@@ -240,7 +241,7 @@ def test_a_gpu_run_needs_a_compiler_and_python_headers_even_in_eager_mode(machin
     """vLLM 0.24 runs Qwen2.5-VL's M-RoPE as a Triton kernel when eager mode switches its custom ops on
     (``VllmConfig.__post_init__`` adds "all" without compilation; ``MRotaryEmbedding.forward_cuda``)."""
     assert check_compiler(good(machine, "samr1")) == []
-    monkeypatch.setattr(pf, "_c_compiler", lambda: None)
+    monkeypatch.setattr(machine_checks, "_c_compiler", lambda: None)
     every_switch_off = (
         "actor_rollout_ref.rollout.enforce_eager=true",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
@@ -250,7 +251,7 @@ def test_a_gpu_run_needs_a_compiler_and_python_headers_even_in_eager_mode(machin
     (error,) = check_compiler(good(machine, "samr1", *every_switch_off))
     assert "C compiler" in error and "apt-get install gcc" in error and "eager" in error
     assert fixed_by(error) == []  # nothing to set: install them
-    monkeypatch.setattr(pf, "_python_header", lambda: machine / "absent" / "Python.h")
+    monkeypatch.setattr(machine_checks, "_python_header", lambda: machine / "absent" / "Python.h")
     (error,) = check_compiler(good(machine, "veteran"))
     assert "C compiler" in error and f"Python.h ({machine / 'absent'})" in error
     assert check_compiler(good(machine, "samr1", "trainer.device=cpu")) == []
@@ -274,7 +275,7 @@ def test_several_nodes_with_rdma_need_unlimited_locked_memory(machine, monkeypat
 
     devices = machine / "infiniband"
     (devices / "mlx5_0").mkdir(parents=True)
-    monkeypatch.setattr(pf, "INFINIBAND", devices)
+    monkeypatch.setattr(machine_checks, "INFINIBAND", devices)
     monkeypatch.setattr(resource, "getrlimit", lambda which: (64 << 10, 64 << 10))  # a container's default
     (error,) = pf.check_locked_memory(good(machine, "samr1", "trainer.nnodes=2"))
     assert "limited to 64 KiB" in error and "memlock=-1" in error
@@ -360,7 +361,7 @@ def test_batch_sizes_follow_verl_where_it_balances_by_tokens(machine):
 
 
 def test_a_local_ray_needs_the_cpus_the_run_reserves(machine, monkeypatch):
-    monkeypatch.setattr(pf.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(machine_checks.os, "cpu_count", lambda: 16)
     config = good(machine, "samr1")
     (error,) = check_cpus(config)
     assert fixed_by(error)[0] == "ray_kwargs.ray_init.num_cpus=33"  # 7 x 3 + 2 SAM2 + 9 TransferQueue + 1

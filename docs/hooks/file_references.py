@@ -28,13 +28,15 @@ def missing_path(name: str) -> bool:
 
 def missing_module(name: str) -> bool:
     """Whether a dotted name fails to resolve: its leading parts must name packages, until one names a module file
-    (the rest are that module's attributes, not checked here)."""
+    (the rest are that module's attributes, not checked here) or an attribute of the package."""
     path = ROOT
     for part in name.split("."):
         if (path / f"{part}.py").is_file():
             return False
         if not (path / part).is_dir():
-            return True
+            # A package's own attribute (defined or imported in its __init__.py) resolves too.
+            init = path / "__init__.py"
+            return not (init.is_file() and re.search(rf"\b{re.escape(part)}\b", init.read_text()))
         path = path / part
     return False
 
