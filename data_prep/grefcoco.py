@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data_prep.refer import read_coco_instances
 from data_prep.safe_pickle import load_plain_pickle
 from data_prep.samples import Skipped, SourceSample
 from recipe.common.dataset_rows import ExtraInfo
@@ -51,12 +52,7 @@ def read_grefcoco(root: str | Path, image_root: str | Path, split: str) -> tuple
     for path in (refs_path, instances_path):
         if not path.is_file():
             raise ValueError(f"missing {path}: expected <root>/grefs(unc).json and <root>/instances.json")
-    try:
-        instances = json.loads(instances_path.read_text())
-        images = {image["id"]: image for image in instances["images"]}
-        annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{instances_path}: not a COCO instances file ({type(err).__name__}: {err})") from err
+    images, annotations = read_coco_instances(instances_path)
     if refs_path.suffix == ".p":
         refs = load_plain_pickle(refs_path)
     else:

@@ -26,6 +26,21 @@ def refer_files(refer_root: str | Path, dataset: str) -> tuple[Path, Path]:
     return directory / "instances.json", directory / f"refs({SPLIT_BY[dataset]}).p"
 
 
+def read_coco_instances(path: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """A COCO ``instances.json``'s images and annotations, each by id.
+
+    Raises:
+        ValueError: When the file is not a COCO instances file.
+    """
+    try:
+        instances = json.loads(path.read_text())
+        images = {image["id"]: image for image in instances["images"]}
+        annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a COCO instances file ({type(err).__name__}: {err})") from err
+    return images, annotations
+
+
 def read_id_file(path: str | Path) -> frozenset[int]:
     """The ``ref_id`` values listed in ``path``, one per line; blank lines and ``#`` comments are ignored.
 
@@ -76,12 +91,7 @@ def read_refer(
     for path in (instances_path, refs_path):
         if not path.is_file():
             raise ValueError(f"missing {path}: expected <refer-root>/<dataset>/instances.json and refs(<splitBy>).p")
-    try:
-        instances = json.loads(instances_path.read_text())
-        images = {image["id"]: image for image in instances["images"]}
-        annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{instances_path}: not a COCO instances file ({type(err).__name__}: {err})") from err
+    images, annotations = read_coco_instances(instances_path)
     refs = load_plain_pickle(refs_path)
     if not isinstance(refs, list):
         raise ValueError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
