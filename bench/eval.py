@@ -1,7 +1,7 @@
 """``make bench-eval``: the evaluator's batched path against a one-sample-at-a-time loop, same models, same samples.
 
 - loop: per sample, one ``generate`` call and one ``SAM2ImagePredictor`` call (``set_image`` + ``predict``), scored
-  with :class:`~recipe.common.metrics.SegMetrics`, as the public evaluation scripts (Seg-Zero, LISA) run.
+  with :class:`~recipe.task.metrics.SegMetrics`, as the public evaluation scripts (Seg-Zero, LISA) run.
 - batched: :func:`recipe.evaluate.runner.evaluate` in ``samr1`` mode with the transformers backend: one ``generate``
   call per batch of ``generation.batch_size`` samples and one SAM2 engine call per batch.
 
@@ -41,14 +41,14 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from data_prep.smoke import build_eval_sets
-from recipe.common.compose import compose_recipe
-from recipe.common.metrics import SegMetrics
-from recipe.common.tiny_vlm import QWEN2_5_VL_MAX_PIXELS, SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
 from recipe.evaluate.config import EvalConfig, eval_config
 from recipe.evaluate.modes import SamR1Episode, get_mode
 from recipe.evaluate.policies import TransformersPolicy, build_policy, chat_inputs
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.samples import BadSample, EvalSample, iter_samples
+from recipe.task.metrics import SegMetrics
+from recipe.tiny_vlm import QWEN2_5_VL_MAX_PIXELS, SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
+from recipe.verl_runtime.compose import compose_recipe
 from reward_server.segmenters import build_engine
 
 # SAM-R1's answer: strings are forced as they are, a range is a 3-digit number whose leading digit the model picks
@@ -145,8 +145,8 @@ def run_loop(
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
-                max_new_tokens=cfg.generation.max_new_tokens,
-                repetition_penalty=policy.penalty,
+                max_new_tokens=policy.generation.max_new_tokens,
+                repetition_penalty=policy.generation.repetition_penalty,
                 do_sample=False,
             )
         answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> str:
         cfg = eval_config(compose_recipe("evaluate", overrides))
         policy = build_policy(cfg, get_mode(cfg.mode))
         steps = answer_steps(policy.processor.tokenizer)
-        cfg.generation.max_new_tokens = len(steps)
+        # The evaluator decodes with the policy's settings; its fingerprint reads the config's.
+        cfg.generation.max_new_tokens = policy.generation.max_new_tokens = len(steps)
         force_answers(policy.model, steps)
         engine = build_engine(cfg.sam)
         predictor = SAM2ImagePredictor(engine.model)

@@ -260,7 +260,7 @@ def policy_checks(path: Path, device: torch.device) -> list[Check]:
 def tiny_policy(out_dir: Path, quick: bool) -> Path:
     """The tests' tiny random Qwen2.5-VL with the real vocabulary, built in ``out_dir``; with ``quick``, its processor
     shrinks each image to 16 tokens (the CPU runs' setting) instead of keeping the 840x840 image's 900."""
-    from recipe.common.tiny_vlm import QWEN2_5_VL_MAX_PIXELS, SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
+    from recipe.tiny_vlm import QWEN2_5_VL_MAX_PIXELS, SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
 
     pixels = SMALL_IMAGE_MAX_PIXELS if quick else QWEN2_5_VL_MAX_PIXELS
     return build_tiny_qwen2_5_vl(out_dir / "tiny_qwen2_5_vl", max_pixels=pixels)

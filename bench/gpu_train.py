@@ -42,8 +42,8 @@ def _overrides(argv: list[str]) -> list[str]:
 
 def dry_run(argvs: dict[str, list[str]]) -> list[str]:
     """One line per recipe: its command's config composed and checked as preflight checks it, nothing launched."""
-    from recipe.common.compose import compose_recipe
-    from recipe.common.preflight import preflight
+    from recipe.verl_runtime.compose import compose_recipe
+    from recipe.verl_runtime.preflight import preflight
 
     lines = []
     for recipe, argv in argvs.items():

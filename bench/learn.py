@@ -29,8 +29,8 @@ import numpy as np
 from bench.negated_agent_loops import write_negated_agent_loops
 from bench.warm_start import Answer, PromptInputs, fit_answers, rollout_prompts, workflow_second_turn
 from data_prep.smoke import SmokeInputs, build_smoke_inputs
-from recipe.common.dataset_rows import GroundTruth, Row
 from recipe.smoke import Launch, command, launch, recipe_overrides
+from recipe.task.dataset_rows import GroundTruth, Row
 from reward_server.masks import box_iou, box_to_mask, decode_rle, mask_iou
 
 STEPS = 14

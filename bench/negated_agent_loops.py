@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW
+from recipe.task.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, WORKFLOW
 from recipe.veteran.agent_loops import AuxiliaryLoop, GroundingLoop, MaskComprehensionLoop
 from recipe.veteran.workflow_loop import WorkflowLoop
 

@@ -98,9 +98,9 @@ def workflow_second_turn(
     """
     from verl.utils import hf_processor, hf_tokenizer
 
-    from recipe.common.dataset_rows import Row
-    from recipe.common.episodes import Episode
-    from recipe.common.prompts import first_image
+    from recipe.task.dataset_rows import Row
+    from recipe.task.episodes import Episode
+    from recipe.task.prompts import first_image
     from recipe.veteran.config import veteran_config
     from reward_server.config import server_config
     from reward_server.images import to_rgb
@@ -141,7 +141,7 @@ def workflow_second_turn(
 
 
 def _compose(recipe: str, model: Path, overrides: Sequence[str]) -> Any:
-    from recipe.common.compose import compose_recipe
+    from recipe.verl_runtime.compose import compose_recipe
 
     # No length filter: the trainer applies its own, and datasets' filter forks a worker, which deadlocks in a
     # process whose torch threads already ran (data_prep's SAM2 pass before a SAM-Veteran warm start).

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from recipe.common.dataset_rows import BOTH_ERRORS, FALSE_NEGATIVE, FALSE_POSITIVE, NO_ERROR
+from recipe.task.dataset_rows import BOTH_ERRORS, FALSE_NEGATIVE, FALSE_POSITIVE, NO_ERROR
 
 MIN_REGION_FRACTION = 0.03  # of the object's area, so an error is visible in the overlay
 MIN_REGION_PIXELS = 64
@@ -51,7 +51,7 @@ class Corruption:
 
     @property
     def case(self) -> str:
-        """The auxiliary case: ``none``, ``fp``, ``fn`` or ``both`` (``recipe.common.dataset_rows``)."""
+        """The auxiliary case: ``none``, ``fp``, ``fn`` or ``both`` (``recipe.task.dataset_rows``)."""
         included, excluded = self.false_positive is not None, self.false_negative is not None
         if included and excluded:
             return BOTH_ERRORS

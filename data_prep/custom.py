@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data_prep.render import render_coco, union_labels
 from data_prep.samples import Skipped, SourceSample
-from recipe.common.dataset_rows import IGNORE_LABEL
+from recipe.task.dataset_rows import IGNORE_LABEL
 
 REQUIRED = ("image", "question")
 TARGET_FIELDS = ("mask", "masks")

@@ -15,7 +15,7 @@ from typing import Any
 from data_prep.refer import read_coco_instances
 from data_prep.safe_pickle import load_plain_pickle
 from data_prep.samples import Skipped, SourceSample
-from recipe.common.dataset_rows import ExtraInfo
+from recipe.task.dataset_rows import ExtraInfo
 
 DATASET = "grefcoco"
 SPLITS = ("train", "val", "testA", "testB")

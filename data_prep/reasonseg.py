@@ -9,7 +9,7 @@ from typing import Any
 
 from data_prep.samples import Skipped, SourceSample
 from data_prep.shards import Report
-from recipe.common.dataset_rows import SOURCE_IDS, ExtraInfo
+from recipe.task.dataset_rows import SOURCE_IDS, ExtraInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Images per split of the ReasonSeg release (LISA, Lai et al. 2024); published results use all of val and test.

@@ -14,7 +14,7 @@ from typing import Any
 
 from data_prep.safe_pickle import load_plain_pickle
 from data_prep.samples import Skipped, SourceSample
-from recipe.common.dataset_rows import ExtraInfo
+from recipe.task.dataset_rows import ExtraInfo
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 SPLITS = {"unc": ("train", "val", "testA", "testB"), "umd": ("train", "val", "test")}

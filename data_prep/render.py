@@ -10,7 +10,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from data_prep.samples import SourceSample
-from recipe.common.dataset_rows import IGNORE_LABEL
+from recipe.task.dataset_rows import IGNORE_LABEL
 from reward_server.masks import decode_rle
 
 

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data_prep.render import render_label_mask, render_objects
 from data_prep.samples import Skipped, SourceSample
-from recipe.common.dataset_rows import (
+from recipe.task.dataset_rows import (
     ABILITY,
     GROUNDING,
     IGNORE_LABEL,
@@ -29,7 +29,7 @@ from recipe.common.dataset_rows import (
     Target,
     image_entry,
 )
-from recipe.common.prompts import build_messages
+from recipe.task.prompts import build_messages
 from reward_server.images import model_image_jpeg
 from reward_server.masks import MODEL_SIZE, encode_rle, mask_to_box, original_to_model, resize_mask
 

@@ -21,7 +21,7 @@ class SourceSample:
         lisa_shapes: LISA polygon shapes (``label``, ``points``), for ReasonSeg.
         objects: A generalized sample's objects (gRefCOCO: each one's COCO segmentation; empty: no target), or None
             for a sample of one target. Its row lists them (``ground_truth.objects``) and asks for a list.
-        ids: Source ids by their ``extra_info`` field (``recipe.common.dataset_rows.SOURCE_IDS``), None where a
+        ids: Source ids by their ``extra_info`` field (``recipe.task.dataset_rows.SOURCE_IDS``), None where a
             dataset has none.
     """
 

@@ -2,7 +2,7 @@
 
 verl concatenates the files of ``data.train_files``; they concatenate only when their schemas match, so the
 SAM-Veteran task files (grounding, mask comprehension, auxiliary) share this schema and leave unused fields null.
-The fields and their order are the row contract's (``recipe.common.dataset_rows``, whose views every reader and
+The fields and their order are the row contract's (``recipe.task.dataset_rows``, whose views every reader and
 writer uses; tests/test_dataset_rows.py checks that both name the same fields); this module gives them their types.
 """
 
@@ -13,9 +13,9 @@ import pyarrow as pa
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 REGION = pa.struct([("mask", RLE), ("center", pa.list_(pa.float64()))])
 TARGET = pa.struct([("mask", RLE), ("box", pa.list_(pa.float64()))])
-LOGITS = pa.struct([("shape", pa.list_(pa.int32())), ("data", pa.binary())])  # recipe.common.stored_logits
+LOGITS = pa.struct([("shape", pa.list_(pa.int32())), ("data", pa.binary())])  # recipe.task.stored_logits
 
-# recipe.common.labels.label_mask reads these masks back as evaluation labels.
+# recipe.task.labels.label_mask reads these masks back as evaluation labels.
 GROUND_TRUTH = pa.struct(
     [
         ("mask", RLE),  # target at 840x840 (model space)

@@ -1,5 +1,5 @@
 """The inputs of ``make smoke``: synthetic RefCOCOg rows converted for a recipe, and a tiny random base model
-(Qwen2.5-VL, or Qwen3-VL: ``recipe.common.tiny_vlm``).
+(Qwen2.5-VL, or Qwen3-VL: ``recipe.tiny_vlm``).
 
 SAM-Veteran's inputs hold one file per training task (grounding, mask comprehension, auxiliary, the multi-turn
 workflow), derived from the grounding rows exactly as ``make data-veteran`` derives them, with the tiny SAM2.
@@ -28,8 +28,8 @@ from data_prep.synthetic import (
     write_refer_dataset,
 )
 from data_prep.veteran import build_auxiliary, build_mask_comprehension, build_workflow
-from recipe.common.dataset_rows import Row
-from recipe.common.tiny_vlm import build_tiny_vlm
+from recipe.task.dataset_rows import Row
+from recipe.tiny_vlm import build_tiny_vlm
 from reward_server.config import load_preset
 from reward_server.engine import SamEngine
 
@@ -66,7 +66,7 @@ def build_smoke_inputs(
     out_dir: Path, recipe: str, prompts: int, seed: int = 0, base: str = "qwen2_5_vl", generalized: bool = False
 ) -> SmokeInputs:
     """Writes ``recipe``'s smoke inputs under ``out_dir`` (``prompts`` grounding rows; every task derives from them),
-    with the tiny model of the ``base`` family (a key of ``recipe.common.tiny_vlm.TINY_BUILDERS``); ``generalized``
+    with the tiny model of the ``base`` family (a key of ``recipe.tiny_vlm.TINY_BUILDERS``); ``generalized``
     adds :func:`generalized_rows` as the last file."""
     # Images rotate through train, val and test; 3 per prompt leaves every prompt an image of its own.
     grounding = synthetic_refer_parquet(

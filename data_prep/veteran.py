@@ -33,7 +33,7 @@ from data_prep.corruption import SEED_RETRIES, Corruption, corrupt_mask
 from data_prep.samples import Skipped
 from data_prep.schema import GROUND_TRUTH, ROW
 from data_prep.shards import Report, write_dataset
-from recipe.common.dataset_rows import (
+from recipe.task.dataset_rows import (
     AUXILIARY,
     GOOD_ENOUGH,
     GOOD_ENOUGH_IOU,
@@ -47,8 +47,8 @@ from recipe.common.dataset_rows import (
     RewardModel,
     Row,
 )
-from recipe.common.prompts import build_messages
-from recipe.common.stored_logits import encode_logits
+from recipe.task.prompts import build_messages
+from recipe.task.stored_logits import encode_logits
 from reward_server.config import load_preset
 from reward_server.engine import SamEngine
 from reward_server.masks import decode_rle, encode_rle, region_center
@@ -76,7 +76,7 @@ class ScoredMask:
     Attributes:
         mask: The mask (COCO RLE at 840).
         edge_iou: Its edge-excluded IoU with the ground truth.
-        logits: Its low-resolution logits (``recipe.common.stored_logits``).
+        logits: Its low-resolution logits (``recipe.task.stored_logits``).
         case: :data:`GOOD_ENOUGH` or :data:`NEED_REFINEMENT`.
     """
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from data_prep.smoke import build_smoke_inputs
-from recipe.common.dataset_rows import Row
-from recipe.common.preflight import image_tokens, workflow_response_tokens
-from recipe.common.tiny_vlm import TINY_BUILDERS
+from recipe.task.dataset_rows import Row
+from recipe.tiny_vlm import TINY_BUILDERS
+from recipe.verl_runtime.preflight import image_tokens, workflow_response_tokens
 
 RECIPES = ("samr1", "veteran")
 # The smoke model sees 112x112 images (16 tokens, data_prep.smoke): every smoke prompt fits in 256 tokens.

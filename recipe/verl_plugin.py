@@ -19,14 +19,14 @@ import recipe.cpu.platform  # first: see the module docstring
 # Each import registers on import: reward manager "sam_image", trainer "sync_reward_metrics", policy loss "samr1",
 # advantage estimator "grpo_batch_std", agent loops "veteran_grounding", "veteran_mask_comprehension" and
 # "veteran_auxiliary" and "veteran_workflow".
-import recipe.common.reward_manager
-import recipe.common.trainer
 import recipe.samr1.loss
+import recipe.verl_runtime.reward_manager
+import recipe.verl_runtime.trainer
 import recipe.veteran.advantage
 import recipe.veteran.agent_loops
 import recipe.veteran.workflow_loop
-from recipe.common.verl_workarounds import apply_image_free_fix, apply_transfer_queue_fix
-from recipe.cpu import selected as cpu_platform_selected
+from recipe.verl_runtime.cpu_selection import selected as cpu_platform_selected
+from recipe.verl_runtime.verl_workarounds import apply_image_free_fix, apply_transfer_queue_fix
 
 apply_transfer_queue_fix()
 apply_image_free_fix()

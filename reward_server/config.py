@@ -173,7 +173,7 @@ SCHEMA_GROUP = "schema"
 """The ConfigStore group of every schema dataclass: a config composes over one with ``/schema/<name>``."""
 
 SERVER_SCHEMAS: dict[str, type] = {"reward_server": ServerConfig, "reward_server_app": ServerAppConfig}
-"""The SAM2 server's schemas by their name in :data:`SCHEMA_GROUP` (``recipe.common.run_config`` adds the
+"""The SAM2 server's schemas by their name in :data:`SCHEMA_GROUP` (``recipe.verl_runtime.run_config`` adds the
 recipes')."""
 
 PRESET_SCHEMA = f"/{SCHEMA_GROUP}/reward_server@_here_"

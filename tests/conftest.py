@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Path of a tiny random Qwen2.5-VL saved with `save_pretrained` (real Qwen2.5 vocabulary)."""
-    from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+    from recipe.tiny_vlm import build_tiny_qwen2_5_vl
 
     return str(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl")))
 
@@ -47,7 +47,7 @@ def tiny_qwen_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Path of a tiny random Qwen3-VL saved with `save_pretrained` (real Qwen3 vocabulary, 0-1000 coordinates)."""
-    from recipe.common.tiny_vlm import build_tiny_qwen3_vl
+    from recipe.tiny_vlm import build_tiny_qwen3_vl
 
     return str(build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl")))
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from recipe.common.answer import ParsedResponse, parse_response
+from recipe.task.answer import ParsedResponse, parse_response
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 HW = (840, 840)
@@ -289,7 +289,7 @@ def test_parsing_an_answer_imports_neither_torch_nor_sam2():
     """Rewards, loops and evaluation parse every response: that must not cost seconds of torch and SAM2 imports."""
     code = """
 import sys
-from recipe.common.answer import parse_response
+from recipe.task.answer import parse_response
 parsed = parse_response('<think>t</think><answer>{"bbox_2d": [1, 2, 30, 40], "point_2d": [5, 6]}</answer>')
 assert parsed.bbox_2d().value == (1.0, 2.0, 30.0, 40.0) and parsed.point_2d().value == (5.0, 6.0)
 print(sorted(name for name in ("torch", "torchvision", "sam2", "cv2") if name in sys.modules))

@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from bench.eval import main, same_metrics
-from recipe.common.metrics import SegMetrics
+from recipe.task.metrics import SegMetrics
 
 LINE = re.compile(
     r"bench-eval: samples=(\d+) loop_s=(\d+\.\d\d) batched_s=(\d+\.\d\d) speedup=(\d+\.\d\d) same_metrics=(true|false)"

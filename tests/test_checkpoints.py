@@ -15,7 +15,7 @@ import pytest
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path, get_checkpoint_tracker_filename
 
-from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER, repair_tracker, resume_step
+from recipe.verl_runtime.checkpoints import COMPLETE_MARKER, TRACKER, repair_tracker, resume_step
 
 
 def checkpoint(root: Path, step: int, complete: bool = True) -> Path:

@@ -1,8 +1,8 @@
 """Each default is defined once: in its schema dataclass, never again in a YAML file, a constant or another dataclass.
 
-A knob is a leaf of a schema dataclass (``recipe.common.run_config.schemas``: the recipes' ``samrl`` and ``veteran``
-blocks, the ``reward_server`` group, the evaluator's and the SAM2 server's root configs) as an app composes it.
-References: the dataclasses' own source (a default is either a literal, which makes its field the owner, or a name,
+A knob is a leaf of a schema dataclass (``recipe.verl_runtime.run_config.schemas``: the recipes' ``samrl`` and
+``veteran`` blocks, the ``reward_server`` group, the evaluator's and the SAM2 server's root configs) as an app composes
+it. References: the dataclasses' own source (a default is either a literal, which makes its field the owner, or a name,
 which reads another owner), the apps as composed without presets, and every YAML file under ``conf/``.
 """
 
@@ -18,9 +18,9 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 from ray._private import ray_constants
 
-from recipe.common.compose import compose_recipe
-from recipe.common.run_config import schemas
 from recipe.evaluate.config import EvalConfig, eval_config
+from recipe.verl_runtime.compose import compose_recipe
+from recipe.verl_runtime.run_config import schemas
 from recipe.veteran.config import veteran_config
 from reward_server.config import PRESET_SCHEMA, ServerAppConfig, ServerConfig, load_preset, server_config, to_dataclass
 
@@ -336,7 +336,7 @@ def test_a_key_added_with_plus_is_refused_when_converted(app, added, convert):
 
 
 def test_the_launcher_reads_the_ray_block(tmp_path):
-    from recipe.common.launcher import ray_init_kwargs
+    from recipe.verl_runtime.launcher import ray_init_kwargs
 
     local = ["samrl.ray.address=null", "samrl.ray.dashboard_port=9000", "samrl.ray.include_dashboard=false"]
     kwargs = ray_init_kwargs(compose_recipe("samr1", [f"samrl.output_dir={tmp_path}", *local]))

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from recipe.common.answer import parse_response
-from recipe.common.coordinates import Coordinates, coordinates_of, model_coordinates
-from recipe.common.episodes import Episode
 from recipe.samr1.reward import compute_score
+from recipe.task.answer import parse_response
+from recipe.task.coordinates import Coordinates, coordinates_of, model_coordinates
+from recipe.task.episodes import Episode
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from recipe.veteran.task_scoring import parse_answer, score_grounding
 from reward_server.masks import encode_rle
@@ -119,7 +119,7 @@ def thinking_qwen3(tiny_qwen3_path, tmp_path_factory) -> str:
 
 
 def test_the_templates_opening_of_the_turn_is_read_from_the_checkpoint(tiny_qwen_path, tiny_qwen3_path, thinking_qwen3):
-    from recipe.common.prompts import checkpoint_opening
+    from recipe.task.prompts import checkpoint_opening
 
     assert checkpoint_opening(tiny_qwen_path) == checkpoint_opening(tiny_qwen3_path) == ""
     assert checkpoint_opening(thinking_qwen3) == "<think>\n"

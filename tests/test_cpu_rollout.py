@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recipe.common.prompts import build_messages
+from recipe.task.prompts import build_messages
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_the_server_sees_what_the_processor_gives_the_actor(tiny_qwen_path):
 
 
 def test_scripted_answers_are_scored_by_the_model(tiny_qwen_path, prompt):
-    from recipe.common.answer import parse_response
+    from recipe.task.answer import parse_response
 
     ids, images, processed = prompt
     # The per-turn cap binds the sampled answer only: a scripted answer cut short would not parse.
@@ -121,7 +121,7 @@ def test_weight_sync_loads_the_actors_weights(tiny_qwen_path, prompt, tmp_path):
     from transformers import AutoModelForImageTextToText
     from verl.utils.model import convert_weight_keys
 
-    from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+    from recipe.tiny_vlm import build_tiny_qwen2_5_vl
 
     server = _server(tiny_qwen_path, _config())
     other = AutoModelForImageTextToText.from_pretrained(build_tiny_qwen2_5_vl(tmp_path / "other", seed=1))
@@ -160,7 +160,7 @@ def test_samples_are_reproducible_and_distinct_under_one_request_id(tiny_qwen_pa
 def test_without_weight_sync_the_server_keeps_its_weights(tiny_qwen_path, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
+    from recipe.tiny_vlm import build_tiny_qwen2_5_vl
 
     server = _server(tiny_qwen_path, _config(sync_weights=False))
     before = {name: tensor.clone() for name, tensor in server.model.state_dict().items()}

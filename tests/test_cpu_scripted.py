@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from recipe.common.answer import parse_response
-from recipe.common.prompts import build_prompt
 from recipe.cpu.scripted import last_task, scripted_answer
+from recipe.task.answer import parse_response
+from recipe.task.prompts import build_prompt
 
 QUESTION = 'the man in the "red" {shirt}'
 TASKS = ["samr1", "grounding", "mask_comprehension", "auxiliary"]

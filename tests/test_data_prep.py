@@ -18,8 +18,8 @@ from data_prep.corruption import corrupt_mask
 from data_prep.safe_pickle import UnsafePickleError, load_plain_pickle
 from data_prep.shards import Report
 from data_prep.synthetic import write_reasonseg_split, write_refer_dataset
-from recipe.common.labels import label_mask
 from recipe.evaluate.samples import EvalSample, iter_samples
+from recipe.task.labels import label_mask
 from reward_server.masks import MODEL_SIZE, decode_rle, mask_to_box, original_to_model, resize_mask
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ from pycocotools import mask as mask_utils
 from data_prep import __main__ as cli
 from data_prep.grefcoco import read_grefcoco
 from data_prep.synthetic import write_grefcoco_dataset
-from recipe.common.dataset_rows import Row
-from recipe.common.prompts import GROUNDING_OBJECTS_PROMPT, SAMR1_OBJECTS_PROMPT
+from recipe.task.dataset_rows import Row
+from recipe.task.prompts import GROUNDING_OBJECTS_PROMPT, SAMR1_OBJECTS_PROMPT
 from reward_server.masks import MODEL_SIZE, decode_rle, mask_to_box, original_to_model, resize_mask
 
 

@@ -18,7 +18,7 @@ from data_prep.refer import read_id_file, read_refer
 from data_prep.schema import GROUND_TRUTH, ROW
 from data_prep.synthetic import synthetic_refer_parquet, write_refer_dataset
 from data_prep.veteran import build_auxiliary, build_mask_comprehension, case_counts
-from recipe.common.stored_logits import decode_logits
+from recipe.task.stored_logits import decode_logits
 from reward_server.masks import decode_rle, edge_excluded_iou
 
 from support.fake_sam import GoodEveryNth

@@ -1,4 +1,4 @@
-"""The row contract (recipe/common/dataset_rows.py) against its independent references: the parquet schema that
+"""The row contract (recipe/task/dataset_rows.py) against its independent references: the parquet schema that
 data_prep writes, rows written by data_prep's real writers and read back from disk, and the papers' definitions
 (SAM-Veteran's Good Enough mask, LISA's ignore label)."""
 
@@ -19,7 +19,8 @@ from data_prep.schema import EXTRA_INFO, GROUND_TRUTH, REGION, ROW
 from data_prep.shards import write_dataset
 from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import Thresholds, build_auxiliary, build_mask_comprehension, build_workflow, classify
-from recipe.common.dataset_rows import (
+from recipe.evaluate.samples import BadSample, EvalSample, load_sample
+from recipe.task.dataset_rows import (
     AUXILIARY,
     AUXILIARY_CASES,
     GOOD_ENOUGH,
@@ -40,11 +41,10 @@ from recipe.common.dataset_rows import (
     reward_image,
     with_reward_image,
 )
-from recipe.common.labels import label_mask
-from recipe.common.metrics import SegMetrics
-from recipe.common.prompts import build_messages
-from recipe.common.stored_logits import decode_logits
-from recipe.evaluate.samples import BadSample, EvalSample, load_sample
+from recipe.task.labels import label_mask
+from recipe.task.metrics import SegMetrics
+from recipe.task.prompts import build_messages
+from recipe.task.stored_logits import decode_logits
 from reward_server.masks import MODEL_SIZE, decode_rle, edge_excluded_iou, resize_mask
 
 from support.fake_sam import GoodEveryNth

@@ -54,7 +54,7 @@ def citations(root: Path) -> list[str]:
 
 def test_there_are_files_to_check():
     checked = {path.relative_to(ROOT).as_posix() for path in checked_files(ROOT)}
-    assert {"README.md", "docs/conventions.md", "conf/samr1.yaml", "recipe/common/registration.py"} <= checked
+    assert {"README.md", "docs/conventions.md", "conf/samr1.yaml", "recipe/verl_runtime/registration.py"} <= checked
     assert "tests/test_doc_references.py" in checked, "this file is checked too"
 
 

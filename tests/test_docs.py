@@ -50,7 +50,7 @@ def test_the_copy_builds_before_it_is_broken(manual):
     [
         ("See [the data page](data-prep.md).", "data-prep.md"),
         ("The reward lives in `recipe/samr1/rewards.py`.", "recipe/samr1/rewards.py"),
-        ("The metrics are `recipe.common.scores.SegMetrics`.", "recipe.common.scores.SegMetrics"),
+        ("The metrics are `recipe.task.scores.SegMetrics`.", "recipe.task.scores.SegMetrics"),
     ],
 )
 def test_a_broken_link_or_a_missing_file_fails_the_build(manual, breakage, message):
@@ -69,8 +69,10 @@ def test_a_nav_entry_without_its_page_fails_the_build(manual):
 
 
 def test_names_that_resolve_are_not_reported():
-    text = "`recipe/common/answer.py`, `conf/ablation/`, `recipe.common.metrics.SegMetrics`, `recipe.evaluate`, "
-    text += "`outputs/smoke/<recipe>/run/`, `data/eval/x.parquet`, `make docs`, `recipe.common.preflight.host_checks`"
+    text = "`recipe/task/answer.py`, `conf/ablation/`, `recipe.task.metrics.SegMetrics`, `recipe.evaluate`, "
+    text += (
+        "`outputs/smoke/<recipe>/run/`, `data/eval/x.parquet`, `make docs`, `recipe.verl_runtime.preflight.host_checks`"
+    )
     assert unresolved(text) == []
-    assert unresolved("`recipe.common.preflight.nothing_here`") == ["recipe.common.preflight.nothing_here"]
+    assert unresolved("`recipe.verl_runtime.preflight.nothing_here`") == ["recipe.verl_runtime.preflight.nothing_here"]
     assert unresolved("```\nrecipe/absent.py\n```\n`recipe/absent.py`") == ["recipe/absent.py"]

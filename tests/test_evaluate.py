@@ -17,13 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from data_prep.schema import ROW
-from recipe.common.episodes import Episode, run_episodes
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.records import RECORDS_DIR, RecordWriter, first_box_iou, read_records
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.samples import EvalSample, iter_samples
 from recipe.evaluate.segmenter import BatchedSegmenter
 from recipe.evaluate.summary import box_accuracy, markdown_table, step_curves, summarize
+from recipe.task.episodes import Episode, run_episodes
 from recipe.veteran.reward_formulas import PAPER
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, encode_rle

@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recipe.common.prompts import build_prompt
 from recipe.evaluate.config import EvalConfig, GenerationConfig
 from recipe.evaluate.modes import MODES, NullPolicy
 from recipe.evaluate.policies import (
     TransformersPolicy,
     build_policy,
-    repetition_penalty,
     vllm_prompts,
     vllm_sampling_kwargs,
 )
 from recipe.evaluate.samples import EvalSample
+from recipe.task.prompts import build_prompt
 from reward_server.protocol import Prompt
 
 
@@ -55,10 +54,11 @@ def test_sampling_settings_follow_the_mode():
     from vllm import SamplingParams
 
     generation = GenerationConfig()
-    assert repetition_penalty(generation, MODES["veteran"]) == 1.1, "SAM-Veteran evaluates with 1.1"
-    assert repetition_penalty(generation, MODES["samr1"]) == 1.0
-    assert repetition_penalty(GenerationConfig(repetition_penalty=1.3), MODES["veteran"]) == 1.3
-    params = SamplingParams(**vllm_sampling_kwargs(EvalConfig(mode="samr1").generation, 1.1))
+    assert MODES["veteran"].decoding(generation).repetition_penalty == 1.1, "SAM-Veteran evaluates with 1.1"
+    assert MODES["samr1"].decoding(generation).repetition_penalty == 1.0
+    assert MODES["veteran"].decoding(GenerationConfig(repetition_penalty=1.3)).repetition_penalty == 1.3
+    assert generation.repetition_penalty is None and generation.max_new_tokens is None, "the config is left as it is"
+    params = SamplingParams(**vllm_sampling_kwargs(MODES["samr1"].decoding(GenerationConfig(repetition_penalty=1.1))))
     assert params.repetition_penalty == 1.1 and params.temperature == 0.0 and params.max_tokens == 1024
 
 

@@ -18,10 +18,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
 
-from recipe.common.compose import compose_recipe
 from recipe.evaluate.config import EvalConfig, eval_config
+from recipe.evaluate.modes import get_mode
 from recipe.evaluate.records import RECORDS_DIR, read_records
 from recipe.evaluate.runner import evaluate
+from recipe.verl_runtime.compose import compose_recipe
 from reward_server.sam2_build import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,10 +68,11 @@ def test_the_answer_budget_covers_the_training_response_length(mode):
     """Evaluation decodes at least as many tokens per turn as the recipe trained its answers with."""
     trained = OmegaConf.load(ROOT / "conf" / f"{mode}.yaml").data.max_response_length
     cfg = eval_config(compose_recipe("evaluate", [f"mode={mode}"]))
-    assert cfg.generation.max_new_tokens >= trained
-    assert EvalConfig(mode=mode).generation.max_new_tokens == cfg.generation.max_new_tokens
+    budget = get_mode(mode).decoding(cfg.generation).max_new_tokens
+    assert budget >= trained
+    assert get_mode(mode).decoding(EvalConfig(mode=mode).generation).max_new_tokens == budget
     explicit = eval_config(compose_recipe("evaluate", [f"mode={mode}", "generation.max_new_tokens=77"]))
-    assert explicit.generation.max_new_tokens == 77
+    assert get_mode(mode).decoding(explicit.generation).max_new_tokens == 77
 
 
 def test_eval_presets_compose():
@@ -78,7 +80,7 @@ def test_eval_presets_compose():
     ``facebook/sam2-hiera-large`` (SAM 2.0, what Seg-Zero's scripts load); ``large`` stays SAM 2.1."""
     seg_zero = eval_config(compose_recipe("evaluate", ["+eval=seg_zero", "mode=veteran"]))
     assert seg_zero.metrics.convention == "seg_zero" and seg_zero.sam.multimask_output
-    assert seg_zero.mode == "veteran" and seg_zero.generation.max_new_tokens >= 1300
+    assert seg_zero.mode == "veteran" and get_mode("veteran").decoding(seg_zero.generation).max_new_tokens >= 1300
     packaged = Path(str(resources.files("sam2"))).resolve()
     for config, hub_id in (
         (seg_zero.sam.model, "facebook/sam2-hiera-large"),

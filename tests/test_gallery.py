@@ -1,4 +1,4 @@
-"""Pictures of training (``recipe.common.gallery``) and the SAM2 records the reward path carries for them.
+"""Pictures of training (``recipe.verl_runtime.gallery``) and the SAM2 records the reward path carries for them.
 
 References: the answers' own JSON (what the reward must have sent SAM2), pycocotools' decoding of the recorded
 masks, the drawn pixels at known places, and TransferQueue-shaped fields with a broken rollout (a counted error,
@@ -16,13 +16,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-import recipe.common.trainer as trainer_module
-from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields
-from recipe.common.panels import GT_COLOR, TITLE_HEIGHT
-from recipe.common.prompts import first_image
-from recipe.common.sam_steps import SAM_STEPS, decode_steps
-from recipe.common.trainer import RewardMetricsTrainer
+import recipe.verl_runtime.trainer as trainer_module
 from recipe.samr1.reward import compute_score
+from recipe.task.panels import GT_COLOR, TITLE_HEIGHT
+from recipe.task.prompts import first_image
+from recipe.task.sam_steps import SAM_STEPS, decode_steps
+from recipe.verl_runtime.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields
+from recipe.verl_runtime.trainer import RewardMetricsTrainer
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from recipe.veteran.task_scoring import score_auxiliary, score_grounding
 from reward_server.masks import encode_rle
@@ -188,7 +188,7 @@ def test_bad_gallery_settings_are_refused_with_their_key(bad):
 
 
 def test_preflight_names_a_misspelt_or_bad_gallery_key():
-    from recipe.common.preflight import check_gallery
+    from recipe.verl_runtime.preflight import check_gallery
 
     assert check_gallery(OmegaConf.create({"samrl": {"gallery": {"every_n_steps": 5}}})) == []
     (typo,) = check_gallery(OmegaConf.create({"samrl": {"gallery": {"every_n_step": 5}}}))

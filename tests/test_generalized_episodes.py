@@ -17,13 +17,13 @@ from pycocotools import mask as mask_utils
 
 from data_prep import __main__ as cli
 from data_prep.synthetic import write_grefcoco_dataset
-from recipe.common.episodes import NO_TARGET, Episode, route_click, run_episodes
-from recipe.common.panels import OBJECT_COLORS, draw_step
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.infer import describe, segment, write_outputs
 from recipe.evaluate.records import read_records
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.summary import markdown_table
+from recipe.task.episodes import NO_TARGET, Episode, route_click, run_episodes
+from recipe.task.panels import OBJECT_COLORS, draw_step
 from reward_server.box_engine import BoxEngine
 from reward_server.config import BOX_MODEL, EngineConfig
 from reward_server.masks import box_to_mask, decode_rle, encode_rle
@@ -256,7 +256,7 @@ def test_infer_draws_each_object_in_its_colour_and_says_no_object(tmp_path):
 
 
 def test_the_workflow_reward_scores_the_objects_and_a_correct_none():
-    from recipe.common.dataset_rows import GroundTruth, Target
+    from recipe.task.dataset_rows import GroundTruth, Target
     from recipe.veteran.reward_formulas import PAPER
     from recipe.veteran.task_scoring import score_workflow
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from recipe.common.metrics import GeneralizedMetrics
+from recipe.task.metrics import GeneralizedMetrics
 
 
 def compute_iou(pred_seg, gd_seg):

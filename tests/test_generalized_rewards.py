@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from recipe.common.answer import AnsweredObject, parse_response
-from recipe.common.dataset_rows import GroundTruth, Target
-from recipe.common.matching import assign, match_boxes
 from recipe.samr1.reward import compute_score
+from recipe.task.answer import AnsweredObject, parse_response
+from recipe.task.dataset_rows import GroundTruth, Target
+from recipe.task.matching import assign, match_boxes
 from recipe.veteran.reward_formulas import PAPER
 from recipe.veteran.task_scoring import score_grounding
 from reward_server.box_engine import BoxEngine

@@ -16,10 +16,10 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from bench.sam2_parity import parity_cases, predictor_reference, random_image, segment_afresh, tf32
 from bench.sam2_throughput import compile_unavailable
-from recipe.common.prompts import build_prompt
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.modes import MODES
 from recipe.evaluate.policies import VLLMPolicy, build_policy, vllm_prompts
+from recipe.task.prompts import build_prompt
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine
 from reward_server.masks import mask_iou

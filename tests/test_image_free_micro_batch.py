@@ -7,7 +7,7 @@ verl's patched Qwen2-VL forward then runs a placeholder vision pass that fails o
 import pytest
 import torch
 
-from recipe.common import verl_workarounds
+from recipe.verl_runtime import verl_workarounds
 
 pytestmark = pytest.mark.slow
 

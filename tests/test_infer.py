@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 import recipe.evaluate.policies
-from recipe.common.compose import compose_recipe
-from recipe.common.panels import draw_step
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.infer import InferError, load_image, main, model_image, segment
 from recipe.evaluate.records import read_records
 from recipe.evaluate.runner import evaluate
+from recipe.task.panels import draw_step
+from recipe.verl_runtime.compose import compose_recipe
 
 from support.scripted_answers import coco_decode, scripts
 

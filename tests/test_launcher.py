@@ -6,8 +6,8 @@ import os
 import pytest
 import ray
 
-from recipe.common import launcher
-from recipe.common.compose import compose_recipe
+from recipe.verl_runtime import launcher
+from recipe.verl_runtime.compose import compose_recipe
 
 pytestmark = pytest.mark.slow
 

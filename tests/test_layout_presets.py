@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_preflight import good, machine, model_dir  # noqa: F401 (machine is the fixture good needs)
 
-from recipe.common.preflight import check_gpus, preflight
+from recipe.verl_runtime.preflight import check_gpus, preflight
 from reward_server.config import server_config
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,7 @@ MODELS = {
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("name", MODELS)
 def test_each_base_model_preset_names_its_checkpoint_and_passes_verl_and_preflight(machine, recipe, name):  # noqa: F811
-    from recipe.common.compose import compose_recipe
+    from recipe.verl_runtime.compose import compose_recipe
 
     checkpoint, family = MODELS[name]
     assert compose_recipe(recipe, [f"+model={name}"]).actor_rollout_ref.model.path == checkpoint
@@ -168,7 +168,7 @@ def test_each_base_model_preset_names_its_checkpoint_and_passes_verl_and_preflig
 
 
 def test_the_papers_model_preset_is_the_recipes_default():
-    from recipe.common.compose import compose_recipe
+    from recipe.verl_runtime.compose import compose_recipe
 
     for recipe in RECIPES:
         chosen = compose_recipe(recipe, ["+model=qwen2_5_vl_7b"])

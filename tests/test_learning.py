@@ -30,8 +30,8 @@ import ray
 
 from bench.learn import CHECKS, FROZEN, STEPS, LearnSetup, learn_line, negated, prepare, train, window_mean
 from bench.processes import kill_tree
-from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
 from recipe.smoke import Launch, logged_steps, metrics_files
+from recipe.verl_runtime.checkpoints import COMPLETE_MARKER, TRACKER
 from reward_server.config import PoolConfig
 from reward_server.pool import actor_name
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recipe.common.metrics import SegMetrics
+from recipe.task.metrics import SegMetrics
 
 # ------------------------------------------------------------------ LISA (utils/utils.py and test loop of validate())
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recipe.common.overlay import (
+from recipe.task.overlay import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
     draw_box,

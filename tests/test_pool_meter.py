@@ -1,6 +1,6 @@
 """Per-step SAM2 pool metrics from successive health() snapshots, restarts included (hand-computed counts)."""
 
-from recipe.common.pool_meter import PoolMeter
+from recipe.verl_runtime.pool_meter import PoolMeter
 
 
 def _actor(name: str, pid: int, requests: int, encodes: int = 0, hits: int = 0, served: float = 0.0) -> dict:

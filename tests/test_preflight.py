@@ -13,10 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recipe.common import preflight as pf
-from recipe.common.checkpoints import COMPLETE_MARKER, TRACKER
-from recipe.common.compose import compose_recipe
-from recipe.common.preflight import (
+from recipe.verl_runtime import preflight as pf
+from recipe.verl_runtime.checkpoints import COMPLETE_MARKER, TRACKER
+from recipe.verl_runtime.compose import compose_recipe
+from recipe.verl_runtime.preflight import (
     ANSWER_TOKENS,
     IMAGE_TOKENS,
     OVERLAY_TEXT_TOKENS,
@@ -36,7 +36,7 @@ from recipe.common.preflight import (
     check_workflow_budget,
     preflight,
 )
-from recipe.common.preflight import machine as machine_checks
+from recipe.verl_runtime.preflight import machine as machine_checks
 
 pytestmark = pytest.mark.slow
 
@@ -432,7 +432,7 @@ def test_the_overlay_turn_fits_the_budgets_token_estimate(tiny_qwen_path):
     from PIL import Image
     from transformers import AutoProcessor
 
-    from recipe.common.prompts import build_prompt
+    from recipe.task.prompts import build_prompt
 
     processor = AutoProcessor.from_pretrained(tiny_qwen_path)
     image = Image.fromarray(np.zeros((840, 840, 3), np.uint8))
@@ -457,7 +457,7 @@ def test_the_budget_counts_image_tokens_with_the_checkpoints_own_processor(machi
     from PIL import Image
     from transformers import AutoProcessor
 
-    from recipe.common.tiny_vlm import SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
+    from recipe.tiny_vlm import SMALL_IMAGE_MAX_PIXELS, build_tiny_qwen2_5_vl
 
     small = build_tiny_qwen2_5_vl(machine / "small_images", max_pixels=SMALL_IMAGE_MAX_PIXELS)
     processor = AutoProcessor.from_pretrained(small)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from recipe.common.answer import parse_response
-from recipe.common.prompts import (
+from recipe.task.answer import parse_response
+from recipe.task.prompts import (
     GROUNDING_PROMPT,
     REFINEMENT_PROMPT,
     build_messages,
@@ -70,7 +70,7 @@ def test_the_example_answers_in_the_prompts_are_rejected_placeholders():
 
 
 def test_answer_only_prompts_for_the_no_cot_ablation():
-    from recipe.common.prompts import ANSWER_ONLY_PROMPTS
+    from recipe.task.prompts import ANSWER_ONLY_PROMPTS
 
     for task in ("grounding", "mask_comprehension", "auxiliary"):
         prompt = build_prompt(task, "the cup", reasoning=False)

@@ -26,14 +26,14 @@ from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 
 import recipe.verl_plugin  # noqa: F401  (what verl's entry point loads in every process)
-from recipe.common import registration
-from recipe.common.reward_manager import SamImageRewardManager
-from recipe.common.trainer import TRAINER_MODE, RewardMetricsTrainer
-from recipe.cpu import PLATFORM
 from recipe.cpu.platform import PlatformCPU
 from recipe.cpu.rollout import ROLLOUT_NAME, HFReplica, HFServerAdapter
 from recipe.evaluate.modes import MODES, Mode, get_mode, register_mode
 from recipe.samr1.loss import compute_policy_loss_samr1
+from recipe.verl_runtime import registration
+from recipe.verl_runtime.cpu_selection import PLATFORM
+from recipe.verl_runtime.reward_manager import SamImageRewardManager
+from recipe.verl_runtime.trainer import TRAINER_MODE, RewardMetricsTrainer
 from recipe.veteran.advantage import compute_grpo_batch_std_advantage
 from recipe.veteran.agent_loops import AuxiliaryLoop, GroundingLoop, MaskComprehensionLoop
 from recipe.veteran.workflow_loop import WorkflowLoop

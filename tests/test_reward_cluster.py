@@ -8,9 +8,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from recipe.common.compose import compose_recipe
-from recipe.common.launcher import check_gpu_nodes
-from recipe.common.preflight import host_checks, preflight
+from recipe.verl_runtime.compose import compose_recipe
+from recipe.verl_runtime.launcher import check_gpu_nodes
+from recipe.verl_runtime.preflight import host_checks, preflight
 from reward_server.client import SamClient
 from reward_server.config import EngineConfig, PoolConfig, ServerConfig
 from reward_server.pool import actor_name, pool_health, shutdown_pool, start_pool

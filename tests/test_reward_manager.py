@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from verl import DataProto
 
-from recipe.common.reward_manager import SamImageRewardManager
-from recipe.common.tiny_vlm import build_qwen2_5_tokenizer
+from recipe.tiny_vlm import build_qwen2_5_tokenizer
+from recipe.verl_runtime.reward_manager import SamImageRewardManager
 
 RESPONSES = [
     '<think>the cup</think><answer>{"bbox_2d": [1, 2, 30, 40]}</answer>',

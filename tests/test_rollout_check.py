@@ -3,7 +3,7 @@
 import pytest
 from verl.utils.debug.metrics import calculate_debug_metrics
 
-from recipe.common.rollout_check import MAX_DIFF, MEAN_DIFF, RolloutCheckConfig, mismatch
+from recipe.verl_runtime.rollout_check import MAX_DIFF, MEAN_DIFF, RolloutCheckConfig, mismatch
 
 
 def test_the_metric_names_are_verls():

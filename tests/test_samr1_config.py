@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from recipe.common.compose import compose_recipe
-from recipe.common.preflight import check_gpus, preflight
-from recipe.common.trainer import RewardMetricsTrainer, reward_component_metrics
+from recipe.verl_runtime.compose import compose_recipe
+from recipe.verl_runtime.preflight import check_gpus, preflight
+from recipe.verl_runtime.trainer import RewardMetricsTrainer, reward_component_metrics
 from reward_server.config import server_config
 
 pytestmark = pytest.mark.slow
@@ -146,7 +146,7 @@ def test_policy_updates_per_step_is_one_knob_that_verl_validates(recipe):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from recipe.common.compose import compose_recipe
+    from recipe.verl_runtime.compose import compose_recipe
 
     for preset, updates in (("on_policy", 1), ("updates_2", 2), ("updates_4", 4)):
         config = compose_recipe(recipe, [f"policy_updates={preset}"])

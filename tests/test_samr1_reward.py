@@ -171,7 +171,7 @@ def test_the_default_tiers_are_eq5_on_every_iou():
 
 
 def test_one_client_per_pool_and_process(monkeypatch):
-    from recipe.common import sam_client
+    from recipe.verl_runtime import sam_client
 
     connects = []
     monkeypatch.setattr(sam_client, "_clients", {})

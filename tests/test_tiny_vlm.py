@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
-from recipe.common.tiny_vlm import QWEN2_5_FIRST_SPECIAL_ID, QWEN2_5_SPECIAL_TOKENS
+from recipe.tiny_vlm import QWEN2_5_FIRST_SPECIAL_ID, QWEN2_5_SPECIAL_TOKENS
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from recipe.common.compose import compose_recipe
-from recipe.common.episodes import run_episodes
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.modes import get_mode
 from recipe.evaluate.policies import build_policy, vllm_prompts
 from recipe.evaluate.samples import EvalSample, iter_samples
+from recipe.task.episodes import run_episodes
+from recipe.verl_runtime.compose import compose_recipe
 from recipe.veteran import agent_loops, workflow_loop
 
 from support.agent_loops import ScriptedServer, instantiate_agent_loop

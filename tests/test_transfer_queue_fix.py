@@ -5,7 +5,7 @@ tensors with ``torch.nested.as_nested_tensor(layout=jagged)``; when every sample
 (the 4 channels) the ragged one, and verl's ``maybe_fix_3d_position_ids`` then declares dim 2 ragged. The values
 of such a tensor cannot be split per sample any more, and everything after it fails or mixes samples up.
 
-The fix (``recipe/common/verl_workarounds.py``, installed by ``import verl`` through the plugin) replaces
+The fix (``recipe/verl_runtime/verl_workarounds.py``, installed by ``import verl`` through the plugin) replaces
 ``AsyncSimpleStorageManager.get_data`` with ``get_data_with_ragged_positions``: TransferQueue's own ``get_data``,
 then ``position_ids`` alone repacked with its sequence dim ragged. Every other field keeps TransferQueue's packing,
 so (L, k) fields such as teacher top-k log-probs or routed experts stay ragged along L.
@@ -43,8 +43,8 @@ from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleSt
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine.utils import prepare_micro_batches
 
-from recipe.common import verl_workarounds
-from recipe.common.verl_workarounds import (
+from recipe.verl_runtime import verl_workarounds
+from recipe.verl_runtime.verl_workarounds import (
     apply_transfer_queue_fix,
     get_data_with_ragged_positions,
     ragged_sequence_dim,

@@ -33,8 +33,8 @@ def test_registries_are_filled_inside_a_ray_worker():
 
         assert ray.get(lookup.remote()) == {
             "loss": "recipe.samr1.loss",
-            "reward_manager": "recipe.common.reward_manager",
-            "trainer": "recipe.common.trainer",
+            "reward_manager": "recipe.verl_runtime.reward_manager",
+            "trainer": "recipe.verl_runtime.trainer",
             "advantage": "recipe.veteran.advantage",
             "agent_loops": [
                 "veteran_auxiliary",
@@ -98,7 +98,10 @@ def test_the_cpu_platform_must_be_registered_before_verls_modules_resolve_it():
     # Through the entry point, the plugin registers it first and every registration follows.
     wrong_order, right_order = run_at_once(
         [
-            ("import verl, recipe.common.trainer", _environment(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none")),
+            (
+                "import verl, recipe.verl_runtime.trainer",
+                _environment(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none"),
+            ),
             (
                 "import verl; from verl.utils.device import get_device_name;"
                 "from verl.trainer.ppo.v1 import get_trainer_cls;"
@@ -109,7 +112,7 @@ def test_the_cpu_platform_must_be_registered_before_verls_modules_resolve_it():
     )
     assert wrong_order.returncode != 0 and "Unknown platform 'cpu'" in wrong_order.stderr
     assert right_order.returncode == 0, right_order.stderr[-2000:]
-    assert right_order.stdout.split()[-2:] == ["cpu", "recipe.common.trainer"]
+    assert right_order.stdout.split()[-2:] == ["cpu", "recipe.verl_runtime.trainer"]
 
 
 def test_the_cpu_platform_is_never_auto_detected():
@@ -123,7 +126,12 @@ def test_the_cpu_platform_is_never_auto_detected():
 # The modules the plugin and its modules take names from: if importing one first started `import verl`, verl would
 # load the plugin while that module is half-initialised, and swallow the ImportError (a debug log line) - no
 # registry, no fix.
-FIRST_IMPORTS = ("recipe.common.verl_workarounds", "recipe.cpu.platform", "recipe.common.registration")
+FIRST_IMPORTS = (
+    "recipe.verl_runtime.verl_workarounds",
+    "recipe.cpu.platform",
+    "recipe.verl_runtime.registration",
+    "recipe.verl_runtime.cpu_selection",
+)
 
 
 def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first():
@@ -132,7 +140,7 @@ def test_the_plugin_loads_whichever_of_its_modules_a_process_imports_first():
         "import verl\n"
         "from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager\n"
         "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
-        "from recipe.common.verl_workarounds import get_data_with_ragged_positions\n"
+        "from recipe.verl_runtime.verl_workarounds import get_data_with_ragged_positions\n"
         "fixed = AsyncSimpleStorageManager.get_data is get_data_with_ragged_positions\n"
         "print(get_policy_loss_fn('samr1').__module__, fixed)\n"
     )

@@ -1,7 +1,7 @@
 """The project's workarounds of verl and TransferQueue internals: pinned sources, and each one active only where due.
 
 When an upgrade changes a pinned function, ``test_pinned_sources_are_unchanged`` fails first: re-read the change,
-then re-pin (``python -c "from recipe.common import verl_workarounds as w; print(w.source_digest(TARGET))"``) or
+then re-pin (``python -c "from recipe.verl_runtime import verl_workarounds as w; print(w.source_digest(TARGET))"``) or
 drop the workaround.
 """
 
@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from recipe.common import verl_workarounds
+from recipe.verl_runtime import verl_workarounds
 
 from support.interpreters import run_at_once
 
@@ -47,7 +47,7 @@ from verl.workers.engine.fsdp import transformer_impl
 from verl.workers.rollout import base
 from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager
 from verl.models.transformers import qwen2_vl
-from recipe.common import verl_workarounds
+from recipe.verl_runtime import verl_workarounds
 
 report = {
     "adapter": base._ROLLOUT_REGISTRY.get(("hf_cpu", "async")),

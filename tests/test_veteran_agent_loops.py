@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from data_prep.synthetic import synthetic_refer_parquet
 from data_prep.veteran import build_auxiliary, build_mask_comprehension
-from recipe.common.overlay import overlay_mask
-from recipe.common.stored_logits import decode_logits
+from recipe.task.overlay import overlay_mask
+from recipe.task.stored_logits import decode_logits
 from recipe.veteran import agent_loops
 from recipe.veteran.agent_loops import PARSED_RESPONSE
 from reward_server.images import to_rgb

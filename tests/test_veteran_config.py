@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from recipe.common.compose import compose_recipe
+from recipe.verl_runtime.compose import compose_recipe
 from recipe.veteran.config import veteran_config
 
 pytestmark = pytest.mark.slow

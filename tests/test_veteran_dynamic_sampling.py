@@ -15,8 +15,8 @@ import ray
 from omegaconf import OmegaConf, open_dict
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
-from recipe.common.answer import parse_response
-from recipe.common.compose import compose_recipe
+from recipe.task.answer import parse_response
+from recipe.verl_runtime.compose import compose_recipe
 from recipe.veteran import dynamic_sampling
 from recipe.veteran.agent_loops import PARSED_RESPONSE
 from recipe.veteran.config import DynamicSamplingConfig

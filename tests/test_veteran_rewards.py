@@ -13,10 +13,10 @@ from pycocotools import mask as mask_utils
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from bench.sam2_parity import predictor_reference
-from recipe.common.answer import parse_response
-from recipe.common.episodes import Step
-from recipe.common.sam_steps import SAM_STEPS, decode_steps
-from recipe.common.stored_logits import decode_logits, encode_logits
+from recipe.task.answer import parse_response
+from recipe.task.episodes import Step
+from recipe.task.sam_steps import SAM_STEPS, decode_steps
+from recipe.task.stored_logits import decode_logits, encode_logits
 from recipe.veteran.reward_formulas import (
     PAPER,
     VeteranRewardConfig,

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from recipe.common.episodes import Episode, run_episodes
-from recipe.common.overlay import overlay_mask
+from recipe.task.episodes import Episode, run_episodes
+from recipe.task.overlay import overlay_mask
 from recipe.veteran.reward_formulas import PAPER
 from reward_server.config import EngineConfig
 from reward_server.engine import SamEngine

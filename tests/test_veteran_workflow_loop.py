@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from data_prep.synthetic import synthetic_refer_parquet
-from recipe.common.compose import compose_recipe
-from recipe.common.overlay import overlay_mask
+from recipe.task.overlay import overlay_mask
+from recipe.verl_runtime.compose import compose_recipe
 from recipe.veteran import workflow_loop
 from reward_server.images import to_rgb
 

@@ -1,7 +1,7 @@
 """A mkdocs hook: every repository path or module a page names in code spans must exist.
 
-mkdocs checks links between pages; the manual also names files (``recipe/common/answer.py``, ``conf/ablation/``) and
-modules (``recipe.common.metrics.SegMetrics``) in code spans. A name that does not resolve is logged as a warning,
+mkdocs checks links between pages; the manual also names files (``recipe/task/answer.py``, ``conf/ablation/``) and
+modules (``recipe.task.metrics.SegMetrics``) in code spans. A name that does not resolve is logged as a warning,
 which ``mkdocs build --strict`` (``make docs``) turns into a failed build, so a moved or renamed file cannot leave the
 manual pointing at nothing.
 """

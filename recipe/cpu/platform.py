@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from verl.plugin.platform import PlatformBase
 
-from recipe.common import registration
-from recipe.cpu import PLATFORM
+from recipe.verl_runtime import registration
+from recipe.verl_runtime.cpu_selection import PLATFORM
 
 
 class CpuDeviceModule:

@@ -14,10 +14,10 @@ import os
 import torch
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-from recipe.common import registration
-from recipe.common.verl_workarounds import apply_cpu_workarounds
-from recipe.cpu import PLATFORM
 from recipe.cpu.rollout import ROLLOUT_NAME
+from recipe.verl_runtime import registration
+from recipe.verl_runtime.cpu_selection import PLATFORM
+from recipe.verl_runtime.verl_workarounds import apply_cpu_workarounds
 
 
 @registration.rollout_replica(ROLLOUT_NAME)

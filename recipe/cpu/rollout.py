@@ -29,8 +29,8 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from recipe.common.coordinates import model_coordinates
 from recipe.cpu.scripted import scripted_answer
+from recipe.task.coordinates import model_coordinates
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 
-from recipe.common.coordinates import Coordinates
-from recipe.common.prompts import ANSWER_ONLY_PROMPTS, OBJECTS_PROMPTS, PROMPTS, QUESTION_SLOT
+from recipe.task.coordinates import Coordinates
+from recipe.task.prompts import ANSWER_ONLY_PROMPTS, OBJECTS_PROMPTS, PROMPTS, QUESTION_SLOT
 from reward_server.masks import MODEL_SIZE
 
 _TASK_KIND = {"samr1": "samr1", "grounding": "box", "mask_comprehension": "points", "auxiliary": "points"}

@@ -9,9 +9,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from recipe.common.run_config import register_schemas
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.runner import evaluate
+from recipe.verl_runtime.run_config import register_schemas
 
 register_schemas()  # before Hydra composes the config
 

@@ -27,11 +27,11 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from recipe.common.checkpoints import step_folders
-from recipe.common.compose import compose_recipe
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.runner import RUN_FILE, run_fingerprint
 from recipe.evaluate.summary import DATASET_LABELS, dataset_order, markdown_table
+from recipe.verl_runtime.checkpoints import step_folders
+from recipe.verl_runtime.compose import compose_recipe
 
 METRICS = ("gIoU", "cIoU")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]

@@ -1,18 +1,17 @@
 """Dataclass config of the evaluator, and the one place its defaults live.
 
-``conf/evaluate.yaml`` composes over :class:`EvalConfig` (registered by ``recipe.common.run_config``), so it and the
-``+eval`` presets hold only what they change; :func:`eval_config` converts the composed config.
+``conf/evaluate.yaml`` composes over :class:`EvalConfig` (registered by ``recipe.verl_runtime.run_config``), so it and
+the ``+eval`` presets hold only what they change; :func:`eval_config` converts the composed config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipe.common.episodes import WorkflowConfig
-from recipe.common.metrics import check_convention
-from recipe.evaluate.modes import get_mode
+from recipe.task.episodes import WorkflowConfig
+from recipe.task.metrics import check_convention
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.config import EngineConfig, ServerConfig, to_dataclass
 from reward_server.ray_setup import LocalRayConfig
@@ -47,8 +46,8 @@ class GenerationConfig:
 
     Attributes:
         max_new_tokens: Answer budget per turn; None takes the mode's default (``Mode.max_new_tokens``: 1300 for
-            ``veteran``, its training response length; else 1024, as Seg-Zero's evaluation), filled in by
-            :class:`EvalConfig`.
+            ``veteran``, its training response length; else 1024, as Seg-Zero's evaluation), as
+            ``Mode.decoding`` fills it in.
         temperature: 0 is greedy.
         top_p: Nucleus sampling (with ``temperature`` > 0).
         repetition_penalty: None takes the mode's default (1.1 for ``veteran``, as its paper evaluates; else 1.0).
@@ -97,7 +96,7 @@ class DataConfig:
 
 @dataclass
 class MetricsConfig:
-    """How masks are scored (``recipe.common.metrics``; docs/conventions.md).
+    """How masks are scored (``recipe.task.metrics``; docs/conventions.md).
 
     Attributes:
         convention: ``lisa`` (ignore pixels excluded, an empty union scores 1) or ``seg_zero`` (Seg-Zero's released
@@ -194,8 +193,6 @@ class EvalConfig:
                 f"model.tensor_parallel_size={tp} needs {tp} GPUs per worker, parallel.gpus_per_worker={gpus:g} "
                 f"gives each fewer: set parallel.gpus_per_worker={tp}"
             )
-        if self.generation.max_new_tokens is None:
-            self.generation = replace(self.generation, max_new_tokens=get_mode(self.mode).max_new_tokens)
 
     @property
     def sam(self) -> EngineConfig:

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recipe.common.panels import draw_step
 from recipe.evaluate.infer import (
     Inferencer,
     InferError,
@@ -44,6 +43,7 @@ from recipe.evaluate.infer import (
     one_line,
     write_outputs,
 )
+from recipe.task.panels import draw_step
 from reward_server.masks import mask_iou
 
 # Gradio reads this when it builds a page; set before the import so no code path phones home.

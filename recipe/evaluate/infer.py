@@ -27,15 +27,15 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from recipe.common.answer import THINK_CLOSE, THINK_OPEN
-from recipe.common.compose import compose_recipe
-from recipe.common.episodes import NO_TARGET, Step, run_episodes
-from recipe.common.panels import draw_step
 from recipe.evaluate.config import EvalConfig, eval_config
 from recipe.evaluate.modes import get_mode
 from recipe.evaluate.records import object_records, prompt_record
 from recipe.evaluate.samples import EvalSample
 from recipe.evaluate.segmenter import BatchedSegmenter
+from recipe.task.answer import THINK_CLOSE, THINK_OPEN
+from recipe.task.episodes import NO_TARGET, Step, run_episodes
+from recipe.task.panels import draw_step
+from recipe.verl_runtime.compose import compose_recipe
 from reward_server.images import model_image_jpeg, to_rgb
 from reward_server.masks import encode_rle
 
@@ -76,7 +76,7 @@ class StepResult:
     objects: list[dict[str, Any]] | None = None
 
     def drawn(self) -> dict[str, Any]:
-        """The turn as :func:`recipe.common.panels.draw_step` draws it."""
+        """The turn as :func:`recipe.task.panels.draw_step` draws it."""
         mask = {} if self.mask is None else {"mask": encode_rle(self.mask)}
         return {"prompt": self.prompt, **mask, "objects": self.objects}
 

@@ -1,4 +1,4 @@
-"""Evaluation modes: how one sample becomes an episode that :func:`recipe.common.episodes.run_episodes` drives.
+"""Evaluation modes: how one sample becomes an episode that :func:`recipe.task.episodes.run_episodes` drives.
 
 Every mode shows the model the 840x840 image and sends SAM2 the original image, the model's coordinates scaled back
 (``x * W / 840``, ``y * H / 840``; docs/conventions.md, Spaces and coordinates). A generalized row (several objects
@@ -14,23 +14,21 @@ prediction, and a "none" answer predicts an empty mask:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
-from recipe.common.answer import parse_response
-from recipe.common.coordinates import Coordinates, model_coordinates
-from recipe.common.episodes import Episode, Messages, SingleTurnEpisode, Step
-from recipe.common.prompts import build_prompt
-from recipe.common.registration import unique
+from recipe.evaluate.config import EvalConfig, GenerationConfig
 from recipe.evaluate.samples import EvalSample
+from recipe.task.answer import parse_response
+from recipe.task.coordinates import Coordinates, model_coordinates
+from recipe.task.episodes import Episode, Messages, SingleTurnEpisode, Step
+from recipe.task.prompts import build_prompt
+from recipe.verl_runtime.registration import unique
 from reward_server.masks import model_to_original
 from reward_server.protocol import ImageRef, Prompt
-
-if TYPE_CHECKING:  # the config reads each mode's defaults from here, so this module reads it only for its type
-    from recipe.evaluate.config import EvalConfig
 
 
 @dataclass
@@ -137,6 +135,16 @@ class Mode:
     repetition_penalty: float = 1.0
     iterative: bool = False
     max_new_tokens: int = 1024
+
+    def decoding(self, generation: GenerationConfig) -> GenerationConfig:
+        """``generation`` as this mode decodes: the mode's ``max_new_tokens`` and ``repetition_penalty`` where null."""
+        return replace(
+            generation,
+            max_new_tokens=self.max_new_tokens if generation.max_new_tokens is None else generation.max_new_tokens,
+            repetition_penalty=(
+                self.repetition_penalty if generation.repetition_penalty is None else generation.repetition_penalty
+            ),
+        )
 
 
 MODES: dict[str, Mode] = {}

@@ -5,9 +5,9 @@
 - ``transformers``: ``model.generate`` with left padding; runs on CPU (tests, ``make eval-smoke``) or GPU.
 
 Both build the prompt with the checkpoint's own chat template and resize each image as verl's agent loops do
-(:func:`recipe.common.prompts.as_the_model_sees`: Qwen2.5-VL keeps the 840x840 image and its 900 visual tokens,
+(:func:`recipe.task.prompts.as_the_model_sees`: Qwen2.5-VL keeps the 840x840 image and its 900 visual tokens,
 Qwen3-VL sees it at 832x832), so the model sees what it saw in training. Each answer comes back with the chat
-template's opening of the turn before it (:func:`recipe.common.prompts.template_opening`: ``<think>`` for thinking
+template's opening of the turn before it (:func:`recipe.task.prompts.template_opening`: ``<think>`` for thinking
 models), as the training rewards read it.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from recipe.common.episodes import Messages
-from recipe.common.prompts import as_the_model_sees, template_opening
 from recipe.evaluate.config import EvalConfig, GenerationConfig, ModelConfig
 from recipe.evaluate.modes import Mode, NullPolicy
+from recipe.task.episodes import Messages
+from recipe.task.prompts import as_the_model_sees, template_opening
 
 
 def chat_inputs(processor: Any, batch: Sequence[Messages]) -> list[tuple[str, list[Any]]]:
@@ -36,20 +36,15 @@ def chat_inputs(processor: Any, batch: Sequence[Messages]) -> list[tuple[str, li
     return inputs
 
 
-def repetition_penalty(generation: GenerationConfig, mode: Mode) -> float:
-    return generation.repetition_penalty if generation.repetition_penalty is not None else mode.repetition_penalty
-
-
 class TransformersPolicy:
     """Batched ``model.generate`` of a Hugging Face checkpoint.
 
     Args:
         model: Checkpoint and dtype (float32 on CPU).
-        generation: Decoding settings.
-        penalty: The repetition penalty in effect.
+        generation: Decoding settings, the mode's defaults filled in (``Mode.decoding``).
     """
 
-    def __init__(self, model: ModelConfig, generation: GenerationConfig, penalty: float):
+    def __init__(self, model: ModelConfig, generation: GenerationConfig):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,7 +52,7 @@ class TransformersPolicy:
         self.processor = AutoProcessor.from_pretrained(model.path)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row from its last token
         self.model = AutoModelForImageTextToText.from_pretrained(model.path, dtype=dtype).to(device).eval()
-        self.generation, self.penalty, self.seconds = generation, penalty, 0.0
+        self.generation, self.seconds = generation, 0.0
         self.opening = template_opening(self.processor)
         torch.manual_seed(generation.seed)
 
@@ -74,20 +69,23 @@ class TransformersPolicy:
         )
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, max_new_tokens=self.generation.max_new_tokens, repetition_penalty=self.penalty, **sampling
+                **inputs,
+                max_new_tokens=self.generation.max_new_tokens,
+                repetition_penalty=self.generation.repetition_penalty,
+                **sampling,
             )
         answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         self.seconds += time.perf_counter() - started
         return [self.opening + answer for answer in answers]
 
 
-def vllm_sampling_kwargs(generation: GenerationConfig, penalty: float) -> dict[str, Any]:
-    """``vllm.SamplingParams`` keywords of the decoding settings."""
+def vllm_sampling_kwargs(generation: GenerationConfig) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keywords of the decoding settings (the mode's defaults filled in)."""
     return {
         "max_tokens": generation.max_new_tokens,
         "temperature": generation.temperature,
         "top_p": generation.top_p,
-        "repetition_penalty": penalty,
+        "repetition_penalty": generation.repetition_penalty,
         "seed": generation.seed,
     }
 
@@ -105,11 +103,10 @@ class VLLMPolicy:
 
     Args:
         model: Checkpoint and engine settings.
-        generation: Decoding settings.
-        penalty: The repetition penalty in effect.
+        generation: Decoding settings, the mode's defaults filled in (``Mode.decoding``).
     """
 
-    def __init__(self, model: ModelConfig, generation: GenerationConfig, penalty: float):
+    def __init__(self, model: ModelConfig, generation: GenerationConfig):
         from transformers import AutoProcessor
         from vllm import LLM, SamplingParams
 
@@ -124,7 +121,7 @@ class VLLMPolicy:
             seed=generation.seed,
             limit_mm_per_prompt={"image": 1},
         )
-        self.params = SamplingParams(**vllm_sampling_kwargs(generation, penalty))
+        self.params = SamplingParams(**vllm_sampling_kwargs(generation))
         self.opening = template_opening(self.processor)
         self.seconds = 0.0
 
@@ -135,7 +132,7 @@ class VLLMPolicy:
         return [self.opening + output.outputs[0].text for output in outputs]
 
 
-POLICIES: dict[str, Callable[[ModelConfig, GenerationConfig, float], Any]] = {
+POLICIES: dict[str, Callable[[ModelConfig, GenerationConfig], Any]] = {
     "vllm": VLLMPolicy,
     "transformers": TransformersPolicy,
 }
@@ -158,4 +155,4 @@ def build_policy(cfg: EvalConfig, mode: Mode) -> Any:
         backend = "vllm" if torch.cuda.is_available() else "transformers"
     if backend not in POLICIES:
         raise ValueError(f"unknown model.backend {backend!r}; choose auto or one of {sorted(POLICIES)}")
-    return POLICIES[backend](cfg.model, cfg.generation, repetition_penalty(cfg.generation, mode))
+    return POLICIES[backend](cfg.model, mode.decoding(cfg.generation))

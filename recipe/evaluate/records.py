@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from recipe.common.episodes import NO_TARGET, Step
-from recipe.common.metrics import SegMetrics
-from recipe.common.sam_steps import prompt_json
 from recipe.evaluate.samples import BadSample, EvalSample
+from recipe.task.episodes import NO_TARGET, Step
+from recipe.task.metrics import SegMetrics
+from recipe.task.sam_steps import prompt_json
 from reward_server.masks import box_iou
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def sample_record(
     ``gt_area`` is the target's area under the metrics' convention (the union of a failed answer); ``box_iou`` is
     :func:`first_box_iou` against the GT box (the target's tight box at the original resolution). A generalized
     row's record adds ``no_target`` (its target is empty) and ``said_none`` (:func:`said_none`), gRefCOCO's metrics'
-    inputs (``recipe.common.metrics.GeneralizedMetrics``).
+    inputs (``recipe.task.metrics.GeneralizedMetrics``).
     """
     steps = [step_record(step, sample.labels, metrics) for step in episode.steps]
     gt_area = metrics.target_area(sample.labels)

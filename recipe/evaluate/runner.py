@@ -19,14 +19,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipe.common.episodes import run_episodes
-from recipe.common.metrics import SegMetrics
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.modes import get_mode
 from recipe.evaluate.records import RECORDS_DIR, RecordWriter, bad_sample_record, read_records, sample_record
 from recipe.evaluate.samples import BadSample, EvalSample, all_uids, iter_samples
 from recipe.evaluate.segmenter import BatchedSegmenter
 from recipe.evaluate.summary import markdown_table, steps_table, summarize
+from recipe.task.episodes import run_episodes
+from recipe.task.metrics import SegMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,12 @@ RUN_FILE = "run.json"
 
 def run_fingerprint(cfg: EvalConfig, files: list[Path]) -> dict[str, Any]:
     """What makes records comparable: a resumed run must match it (the method's name and the report may change)."""
+    mode = get_mode(cfg.mode)
     return {
         "mode": cfg.mode,
         "model": cfg.model.path,
-        "generation": {k: v for k, v in asdict(cfg.generation).items() if k != "batch_size"},
-        "veteran": asdict(cfg.veteran) if get_mode(cfg.mode).iterative or cfg.mode == "baseline" else None,
+        "generation": {k: v for k, v in asdict(mode.decoding(cfg.generation)).items() if k != "batch_size"},
+        "veteran": asdict(cfg.veteran) if mode.iterative or cfg.mode == "baseline" else None,
         "data": [{"file": str(path.resolve()), "bytes": path.stat().st_size} for path in files],
         "limit": cfg.data.limit,
         "sam": {

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from recipe.common.dataset_rows import Row
-from recipe.common.labels import label_mask
+from recipe.task.dataset_rows import Row
+from recipe.task.labels import label_mask
 from reward_server.images import to_rgb
 from reward_server.masks import MODEL_SIZE, mask_to_box, model_to_original
 

@@ -1,6 +1,6 @@
 """SAM2 for the evaluator: the reward server's engine in process, batched across the samples of a step.
 
-:func:`recipe.common.episodes.run_episodes` asks for one mask per episode, concurrently. Calls made in the same
+:func:`recipe.task.episodes.run_episodes` asks for one mask per episode, concurrently. Calls made in the same
 event-loop turn are answered by one :meth:`SamEngine.segment` call (the reward server's
 :class:`~reward_server.batching.MicroBatcher` with no window and no cap), so each image is encoded once and the
 prompts of the whole batch go through the mask decoder together.

@@ -13,12 +13,12 @@ import argparse
 import time
 from pathlib import Path
 
-from recipe.common.compose import compose_recipe
-from recipe.common.tiny_vlm import build_tiny_qwen2_5_vl
 from recipe.evaluate.config import eval_config
 from recipe.evaluate.modes import MODES
 from recipe.evaluate.runner import evaluate
 from recipe.evaluate.summary import markdown_table
+from recipe.tiny_vlm import build_tiny_qwen2_5_vl
+from recipe.verl_runtime.compose import compose_recipe
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -1,10 +1,10 @@
 """From per-sample records to the papers' numbers: gIoU/cIoU and box accuracy per dataset, per-step curves and time
 per sample.
 
-Metrics are accumulated with :class:`recipe.common.metrics.SegMetrics` from the intersections and unions stored in
+Metrics are accumulated with :class:`recipe.task.metrics.SegMetrics` from the intersections and unions stored in
 the records, so a summary can be recomputed at any time from the records alone (e.g. of a run still going). A
 dataset of generalized rows (gRefCOCO: several objects or none) is scored as gRefCOCO's authors score it
-(:class:`recipe.common.metrics.GeneralizedMetrics`): its gIoU and cIoU count no-target samples their way, and it
+(:class:`recipe.task.metrics.GeneralizedMetrics`): its gIoU and cIoU count no-target samples their way, and it
 adds the no-target accuracy ``N_acc`` and the target accuracy ``T_acc``.
 """
 
@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from recipe.common.metrics import GeneralizedMetrics, SegMetrics
 from recipe.evaluate.records import mask_overlap
+from recipe.task.metrics import GeneralizedMetrics, SegMetrics
 
 DATASET_LABELS = {
     "reasonseg_val": "ReasonSeg val",
@@ -37,7 +37,7 @@ CONVENTION_NOTES = {
     "lisa": "lisa convention: ignore pixels excluded, an empty union scores 1",
     "seg_zero": "seg_zero convention: ignore pixels are target, an empty union is dropped",
 }
-"""How each convention scores (``recipe.common.metrics``), in the notes under every table."""
+"""How each convention scores (``recipe.task.metrics``), in the notes under every table."""
 
 
 def dataset_order(names: Iterable[str]) -> list[str]:
@@ -139,7 +139,7 @@ def summarize(
         method: The method's name in the table.
         mode: The evaluation mode.
         max_steps: Refinement steps of an iterative mode (curves are computed when given).
-        convention: The metrics convention the records were scored under (``recipe.common.metrics``).
+        convention: The metrics convention the records were scored under (``recipe.task.metrics``).
     """
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:

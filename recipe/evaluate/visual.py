@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image
 
-from recipe.common.panels import LEGEND, draw_step, draw_truth, fit, tile_row, titled
 from recipe.evaluate.config import EvalConfig
 from recipe.evaluate.samples import EvalSample, iter_samples
+from recipe.task.panels import LEGEND, draw_step, draw_truth, fit, tile_row, titled
 
 REPORT_DIR = "report"
 

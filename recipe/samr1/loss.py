@@ -19,7 +19,7 @@ import torch
 from verl.trainer.ppo.core_algos import agg_loss
 from verl.utils import torch_functional as verl_F
 
-from recipe.common.registration import policy_loss
+from recipe.verl_runtime.registration import policy_loss
 
 LOG_RATIO_CLAMP = 20.0  # as verl's losses: exp() of larger log-ratios overflows
 

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from recipe.common.launcher import launch
-from recipe.common.run_config import register_schemas
+from recipe.verl_runtime.launcher import launch
+from recipe.verl_runtime.run_config import register_schemas
 
 register_schemas()  # before Hydra composes the recipe
 

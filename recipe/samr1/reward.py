@@ -5,7 +5,7 @@ The answer's box and point (a positive click) go to the SAM2 pool; the IoU of it
 format, so an answer with a valid box and point but no valid label still earns its tier. Without a valid box and
 point, SAM2 is not called and the tier is 0.
 A generalized row (several objects or none, ``ground_truth.objects``) asks for a list of such answers. Each
-answered object is matched one to one to a ground-truth object by box IoU (:mod:`recipe.common.matching`), SAM2
+answered object is matched one to one to a ground-truth object by box IoU (:mod:`recipe.task.matching`), SAM2
 segments each matched object from its box and point, and the tiered rewards of the matched objects' mask IoUs are
 summed and divided by the larger of the two counts, so a missed object and an extra one cost alike. A correct "none"
 (``[]`` for no target) earns the top tier; any box for an absent object earns nothing.
@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from recipe.common.answer import MAX_OBJECTS, ParsedResponse, parse_response
-from recipe.common.coordinates import Coordinates, model_coordinates
-from recipe.common.dataset_rows import GroundTruth, reward_image
-from recipe.common.matching import match_boxes
-from recipe.common.prompts import checkpoint_opening
-from recipe.common.sam_client import get_sam_client
-from recipe.common.sam_steps import encode_steps, step_json
+from recipe.task.answer import MAX_OBJECTS, ParsedResponse, parse_response
+from recipe.task.coordinates import Coordinates, model_coordinates
+from recipe.task.dataset_rows import GroundTruth, reward_image
+from recipe.task.matching import match_boxes
+from recipe.task.prompts import checkpoint_opening
+from recipe.task.sam_steps import encode_steps, step_json
+from recipe.verl_runtime.sam_client import get_sam_client
 from reward_server.client import SamClient
 from reward_server.protocol import Prompt
 
@@ -56,7 +56,7 @@ class RewardBreakdown:
     well_formed: float = 0.0  # 1 when both format rules hold: the share a learning run must raise first
     failure: str = ""  # category: no_answer, bbox, point, label, objects, no_image, sam_<code>; "" when nothing lost
     failure_detail: str = ""
-    sam_steps: str = "[]"  # the SAM2 call as recipe.common.sam_steps records it, for the training gallery
+    sam_steps: str = "[]"  # the SAM2 call as recipe.task.sam_steps records it, for the training gallery
 
     def as_dict(self) -> dict[str, Any]:
         score = self.tiered + self.reasoning_format + self.segmentation_format
@@ -156,8 +156,8 @@ async def compute_score(
         format_reward: Reward of a satisfied format rule.
         format_penalty: Reward of a violated format rule.
         model_path: The policy's checkpoint: the answer follows its coordinate convention
-            (:func:`recipe.common.coordinates.model_coordinates`) and continues its chat template's opening of the
-            turn (:func:`recipe.common.prompts.checkpoint_opening`); None reads pixels and no opening.
+            (:func:`recipe.task.coordinates.model_coordinates`) and continues its chat template's opening of the
+            turn (:func:`recipe.task.prompts.checkpoint_opening`); None reads pixels and no opening.
         sam_client: A client to use instead of the process's pool client (tests).
         max_objects: How many objects a generalized answer may list.
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from recipe.common.registration import adv_estimator
+from recipe.verl_runtime.registration import adv_estimator
 
 
 @adv_estimator("grpo_batch_std")

@@ -14,13 +14,13 @@ from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
-from recipe.common.answer import ParsedResponse
-from recipe.common.coordinates import model_coordinates
-from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, Row
-from recipe.common.overlay import overlay_mask
-from recipe.common.prompts import build_prompt, first_image, template_opening
-from recipe.common.registration import agent_loop
-from recipe.common.sam_client import get_sam_client
+from recipe.task.answer import ParsedResponse
+from recipe.task.coordinates import model_coordinates
+from recipe.task.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS, Row
+from recipe.task.overlay import overlay_mask
+from recipe.task.prompts import build_prompt, first_image, template_opening
+from recipe.verl_runtime.registration import agent_loop
+from recipe.verl_runtime.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
 from recipe.veteran.task_scoring import parse_answer, score_auxiliary, score_grounding, score_mask_comprehension
 from reward_server.masks import decode_rle

@@ -1,7 +1,7 @@
 """The ``veteran`` block of the SAM-Veteran recipe, and the one place its defaults live (the paper's values).
 
-``conf/veteran.yaml`` composes over :class:`VeteranConfig` (registered by ``recipe.common.run_config``), so the YAML
-holds only what a preset changes; every consumer converts the block with :func:`veteran_config`.
+``conf/veteran.yaml`` composes over :class:`VeteranConfig` (registered by ``recipe.verl_runtime.run_config``), so
+the YAML holds only what a preset changes; every consumer converts the block with :func:`veteran_config`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS
-from recipe.common.episodes import WorkflowConfig
+from recipe.task.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, TASK_AGENTS
+from recipe.task.episodes import WorkflowConfig
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.config import to_dataclass
 

@@ -27,8 +27,8 @@ import ray
 import transfer_queue as tq
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 
-from recipe.common.answer import ParsedResponse
-from recipe.common.dataset_rows import Row
+from recipe.task.answer import ParsedResponse
+from recipe.task.dataset_rows import Row
 from recipe.veteran.agent_loops import PARSED_RESPONSE
 from recipe.veteran.config import veteran_config
 from recipe.veteran.sampling import select_box_rollouts, select_point_rollouts

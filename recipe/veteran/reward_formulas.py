@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recipe.common.answer import MAX_OBJECTS
-from recipe.common.prompts import asks_for_reasoning
+from recipe.task.answer import MAX_OBJECTS
+from recipe.task.prompts import asks_for_reasoning
 from reward_server.masks import box_iou, box_mean_l1
 
 IOU_GAIN_TIERS: tuple[tuple[float, float], ...] = ((0.5, 3.0), (0.1, 2.0), (0.0, 1.0))

@@ -5,7 +5,7 @@ valid ``pos_point`` and ``neg_point``, ``null`` allowed, for the refinement task
 what formatting it has, and SAM2 is not called. IoUs are edge-excluded (training rewards).
 
 A generalized grounding row (``ground_truth.objects``: several objects or none) is answered with a list of boxes.
-The box reward is each box's, matched one to one to the objects by box IoU (:mod:`recipe.common.matching`), summed
+The box reward is each box's, matched one to one to the objects by box IoU (:mod:`recipe.task.matching`), summed
 over the larger count; ``R_SAM`` is the edge-excluded IoU of the union of SAM2's masks with the union of the
 objects. A correct "none" (``[]`` for no target) earns both in full; a box for an absent object earns neither.
 """
@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from recipe.common.answer import ParsedResponse, parse_response
-from recipe.common.coordinates import Coordinates
-from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
-from recipe.common.episodes import NO_TARGET, Step
-from recipe.common.matching import match_boxes
-from recipe.common.sam_steps import SAM_STEPS, encode_steps, step_json
-from recipe.common.stored_logits import decode_logits
+from recipe.task.answer import ParsedResponse, parse_response
+from recipe.task.coordinates import Coordinates
+from recipe.task.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, WORKFLOW, GroundTruth, is_good_enough
+from recipe.task.episodes import NO_TARGET, Step
+from recipe.task.matching import match_boxes
+from recipe.task.sam_steps import SAM_STEPS, encode_steps, step_json
+from recipe.task.stored_logits import decode_logits
 from recipe.veteran import reward_formulas as formulas
 from recipe.veteran.reward_formulas import VeteranRewardConfig
 from reward_server.client import SamClient
@@ -66,7 +66,7 @@ def _breakdown(
     **summed,
 ) -> dict:
     """Every component (0 when not applicable), ``well_formed``, the total ``score``, the task, a failure category
-    and the SAM2 ``steps`` (:mod:`recipe.common.sam_steps` records).
+    and the SAM2 ``steps`` (:mod:`recipe.task.sam_steps` records).
 
     ``iou_gain`` (part of ``case`` already) and ``sam_called`` are logged only; ``summed`` are the task components
     of ``formulas.turn_reward``. ``generalized``: the answer is a list of objects (any JSON parsed is an answer).
@@ -271,7 +271,7 @@ def score_workflow(steps: list, truth: Truth, termination: str, config: VeteranR
     is 1.
 
     Args:
-        steps: The episode's :class:`recipe.common.episodes.Step` records.
+        steps: The episode's :class:`recipe.task.episodes.Step` records.
         truth: The row's ground truth (``box`` at least).
         termination: The episode's termination reason.
         config: Reward knobs.

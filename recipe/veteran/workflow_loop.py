@@ -3,7 +3,7 @@
 The grounding answer and every refinement answer are model tokens (loss mask 1); each overlay turn SAM2 produces
 is appended as a user message with the new image through verl's continuous-token merge (loss mask 0). Each turn may
 generate at most the response budget left, and a turn that would not fit ends the episode. The steps themselves
-are :class:`recipe.common.episodes.Episode`'s, shared with evaluation, and so is every turn's prompt, the first
+are :class:`recipe.task.episodes.Episode`'s, shared with evaluation, and so is every turn's prompt, the first
 included: the row's prompt only supplies the image, and ``veteran.reward.grounding_cot`` / ``mask_cot`` choose each
 turn's prompt and tag rule together.
 """
@@ -15,12 +15,12 @@ from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
-from recipe.common.coordinates import model_coordinates
-from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
-from recipe.common.episodes import Episode
-from recipe.common.prompts import as_the_model_sees, first_image, template_opening
-from recipe.common.registration import agent_loop
-from recipe.common.sam_client import get_sam_client
+from recipe.task.coordinates import model_coordinates
+from recipe.task.dataset_rows import TASK_AGENTS, WORKFLOW, Row
+from recipe.task.episodes import Episode
+from recipe.task.prompts import as_the_model_sees, first_image, template_opening
+from recipe.verl_runtime.registration import agent_loop
+from recipe.verl_runtime.sam_client import get_sam_client
 from recipe.veteran.config import veteran_config
 from recipe.veteran.task_scoring import score_workflow
 from reward_server.images import to_rgb

@@ -1,6 +1,6 @@
 """SAM-Veteran's prompts as the paper prints them (Figure 5), and the answer-only variants its Table 6 ablates.
 
-Typed here, independently of ``recipe.common.prompts``, so tests can check what the policy is shown against the paper.
+Typed here, independently of ``recipe.task.prompts``, so tests can check what the policy is shown against the paper.
 ``{Question}`` is the slot the question fills.
 """
 

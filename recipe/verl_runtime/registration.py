@@ -144,7 +144,7 @@ def rollout_adapter(name: str, mode: str = "async") -> Callable[[str], str]:
 
     Applied to the path, as in ``rollout_adapter("hf_cpu")("recipe.cpu.rollout.HFServerAdapter")``; verl imports
     it when a worker asks ``get_rollout_class(name, mode)``. verl offers no register function for this private dict:
-    :data:`recipe.common.verl_workarounds.PINNED_SOURCES` pins the getter that reads it.
+    :data:`recipe.verl_runtime.verl_workarounds.PINNED_SOURCES` pins the getter that reads it.
     """
     from verl.workers.rollout import base
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from recipe.common.preflight.base import never_raises, on_gpu, replica_gpus, verl_gpus
-from recipe.common.preflight.files import checkpoint_model_type
-from recipe.common.preflight.layout import Layout
+from recipe.verl_runtime.preflight.base import never_raises, on_gpu, replica_gpus, verl_gpus
+from recipe.verl_runtime.preflight.files import checkpoint_model_type
+from recipe.verl_runtime.preflight.layout import Layout
 from reward_server.config import server_config
 
 _FLASH_OFF = (

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from recipe.common.run_config import register_schemas
+from recipe.verl_runtime.run_config import register_schemas
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from recipe.common.dataset_rows import IGNORE_LABEL, GroundTruth
+from recipe.task.dataset_rows import IGNORE_LABEL, GroundTruth
 from reward_server.masks import decode_rle
 
 

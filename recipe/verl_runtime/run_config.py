@@ -4,15 +4,15 @@ Hydra composes each config over the structured configs registered here (``conf/c
 first in its defaults), so every field exists with its type and default before any YAML sets it: YAML holds only what
 a recipe or preset changes, a command-line override needs no ``+``, and a misspelt or mistyped key is refused at
 composition. :func:`register_schemas` must run before a config is composed; the entry points and
-:func:`recipe.common.compose.compose_recipe` call it.
+:func:`recipe.verl_runtime.compose.compose_recipe` call it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recipe.common.gallery import GalleryConfig
-from recipe.common.rollout_check import RolloutCheckConfig
+from recipe.verl_runtime.gallery import GalleryConfig
+from recipe.verl_runtime.rollout_check import RolloutCheckConfig
 from reward_server.config import SERVER_SCHEMAS, store_schemas
 from reward_server.ray_setup import RayConfig
 
@@ -25,9 +25,9 @@ class RunConfig:
         output_dir: The run's directory (checkpoints, TensorBoard, gallery, Hydra's record of the config).
         ray: The cluster to join, or the local Ray's dashboard (:class:`reward_server.ray_setup.RayConfig`); verl
             starts the local Ray, with the resources in ``ray_kwargs.ray_init``.
-        gallery: Pictures of training (:class:`recipe.common.gallery.GalleryConfig`).
+        gallery: Pictures of training (:class:`recipe.verl_runtime.gallery.GalleryConfig`).
         rollout_check: When a step warns that the rollout and the actor disagree
-            (:class:`recipe.common.rollout_check.RolloutCheckConfig`).
+            (:class:`recipe.verl_runtime.rollout_check.RolloutCheckConfig`).
     """
 
     output_dir: str = "outputs/${trainer.project_name}/${trainer.experiment_name}"
@@ -37,7 +37,7 @@ class RunConfig:
 
 
 SCHEMAS: dict[str, str] = {
-    "samrl": "recipe.common.run_config.RunConfig",
+    "samrl": "recipe.verl_runtime.run_config.RunConfig",
     "veteran": "recipe.veteran.config.VeteranConfig",
     "evaluate": "recipe.evaluate.config.EvalConfig",
 }

@@ -17,7 +17,8 @@ from typing import Any
 import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recipe.common.preflight import absolute_paths, check_gpus, check_pool_devices, host_checks, preflight
+from recipe.verl_runtime.cpu_selection import PLATFORM, selected
+from recipe.verl_runtime.preflight import absolute_paths, check_gpus, check_pool_devices, host_checks, preflight
 from reward_server.config import to_dataclass
 from reward_server.ray_setup import RayConfig
 
@@ -40,8 +41,6 @@ def ray_init_kwargs(config: DictConfig) -> dict[str, Any]:
     bound to loopback, with the dashboard as ``samrl.ray`` sets it. On the CPU platform the local
     Ray declares one virtual GPU per verl worker, because verl's resource pools place workers on ``GPU`` bundles.
     """
-    from recipe.cpu import PLATFORM, selected
-
     kwargs = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
     env_vars = kwargs.setdefault("runtime_env", {}).setdefault("env_vars", {})
     output_dir = Path(config.samrl.output_dir).resolve()
@@ -102,7 +101,8 @@ NODE_CHECK_TIMEOUT_S = 300
 
 
 def check_gpu_nodes(config: DictConfig) -> list[str]:
-    """:func:`recipe.common.preflight.host_checks` on every GPU node of the cluster, as ``node <address>: ...`` lines.
+    """:func:`recipe.verl_runtime.preflight.host_checks` on every GPU node of the cluster, as ``node <address>: ...``
+    lines.
 
     Each runs in a task that holds one of the node's GPUs, before the SAM2 pool or verl take any: Ray hides the GPUs
     from a task that holds none (an empty ``CUDA_VISIBLE_DEVICES``), and the driver, compiler and attention backend
@@ -152,8 +152,6 @@ def launch(config: DictConfig) -> None:
     """Trains with ``config``; exits with status 2 and one line per problem when preflight fails."""
     absolute_paths(config)  # the TaskRunner may run on another node, in another working directory
     size_rollout_context(config)
-    from recipe.cpu import selected
-
     # A cluster's GPUs are counted once Ray runs; the CPU platform's are virtual.
     cluster = _ray_config(config).cluster
     local_gpus = None if cluster or selected() else _local_gpu_count()

@@ -4,7 +4,7 @@ A response is ``<think>...</think>`` followed by ``<answer>...</answer>`` whose 
 generalized row (several objects or none), a JSON list of objects (:meth:`ParsedResponse.objects`). Parsing
 never raises: a malformed response is data (a failed format check, a missing answer, an invalid field), each with a
 reason that rewards log and counters aggregate. Coordinates are validated in the model's own convention (pixels, or
-Qwen3-VL's 0-1000) and returned in pixels of the image the model saw (:mod:`recipe.common.coordinates`).
+Qwen3-VL's 0-1000) and returned in pixels of the image the model saw (:mod:`recipe.task.coordinates`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from recipe.common.coordinates import Coordinates
+from recipe.task.coordinates import Coordinates
 from reward_server.masks import MODEL_SIZE
 from reward_server.validation import Box, Point, check_box, check_point
 
@@ -296,7 +296,7 @@ def parse_response(
         image_hw: ``(H, W)`` of the image that the answer's coordinates refer to.
         reasoning: The tag rule asks for ``<think>`` before ``<answer>``; False is the answer-only format of the
             no-chain-of-thought ablation.
-        coordinates: The model's convention (:func:`recipe.common.coordinates.model_coordinates`).
+        coordinates: The model's convention (:func:`recipe.task.coordinates.model_coordinates`).
 
     Returns:
         The tag-rule verdict and the answer object, each with the reason when it fails.

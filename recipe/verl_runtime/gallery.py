@@ -1,7 +1,7 @@
 """Pictures of training: a gallery of a few rollouts every ``samrl.gallery.every_n_steps`` steps.
 
 Each rollout is drawn from what its step already holds: the model's image and the ground truth from the row, the
-response, the reward components and the SAM2 calls the reward path recorded (:mod:`recipe.common.sam_steps`), so
+response, the reward components and the SAM2 calls the reward path recorded (:mod:`recipe.task.sam_steps`), so
 drawing never calls SAM2. One panel per rollout (the ground truth, the mask the prompt showed for SAM-Veteran's
 refinement tasks, then each SAM2 step with its box, clicks, mask and IoU, and the reward components underneath) goes
 to TensorBoard and to ``<samrl.output_dir>/gallery/step_<N>/index.html``, listed in ``gallery/index.html``.
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from recipe.common.dataset_rows import ExtraInfo, RewardModel
-from recipe.common.overlay import draw_mask_outline, overlay_mask
-from recipe.common.panels import GT_COLOR, LEGEND, draw_step, draw_truth, fit, tile_row, titled
-from recipe.common.sam_steps import SAM_STEPS, decode_steps
+from recipe.task.dataset_rows import ExtraInfo, RewardModel
+from recipe.task.overlay import draw_mask_outline, overlay_mask
+from recipe.task.panels import GT_COLOR, LEGEND, draw_step, draw_truth, fit, tile_row, titled
+from recipe.task.sam_steps import SAM_STEPS, decode_steps
 from reward_server.images import to_rgb
 from reward_server.masks import decode_rle, encode_rle, resize_mask
 
@@ -115,7 +115,7 @@ def rollout_from_fields(
 
     Args:
         key: The rollout's key.
-        picture: The prompt's image (bytes or PIL), as ``recipe.common.prompts.first_image`` finds it.
+        picture: The prompt's image (bytes or PIL), as ``recipe.task.prompts.first_image`` finds it.
         reward_model: The row's ``reward_model`` (``ground_truth.mask`` at least).
         extra_info: The row's ``extra_info`` (``question``).
         response: The decoded response.

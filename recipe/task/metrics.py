@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recipe.common.dataset_rows import IGNORE_LABEL
+from recipe.task.dataset_rows import IGNORE_LABEL
 
 CONVENTIONS = ("lisa", "seg_zero")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from recipe.common.checkpoints import resume_step, step_folder
-from recipe.common.preflight.base import never_raises, verl_gpus
+from recipe.verl_runtime.checkpoints import resume_step, step_folder
+from recipe.verl_runtime.preflight.base import never_raises, verl_gpus
 
 _SHARD = re.compile(r"^model_world_size_(\d+)_rank_\d+\.pt$")
 

@@ -30,7 +30,7 @@ IGNORE_LABEL = 255
 """Label mask value of ignored pixels (ReasonSeg's "ignore" regions; LISA's ``ignore_index``): 0 is background,
 1 the target."""
 
-# Task names (``extra_info.task``; ``recipe.common.prompts`` selects its template by them).
+# Task names (``extra_info.task``; ``recipe.task.prompts`` selects its template by them).
 SAMR1 = "samr1"
 GROUNDING = "grounding"
 MASK_COMPREHENSION = "mask_comprehension"
@@ -192,7 +192,7 @@ def _targets(value: list[Any]) -> list[Target]:
 
 class GroundTruth(_Struct):
     """``reward_model.ground_truth``: the target at 840 (model space) and at the original resolution, and the task
-    fields of SAM-Veteran's rows (null in other rows). ``recipe.common.labels.label_mask`` reads it as labels.
+    fields of SAM-Veteran's rows (null in other rows). ``recipe.task.labels.label_mask`` reads it as labels.
 
     A *generalized* row (gRefCOCO, or custom data with ``masks``) lists its objects in ``objects``, possibly none:
     its prompt asks for a list of objects, and rewards and evaluation read the answer as one
@@ -209,7 +209,7 @@ class GroundTruth(_Struct):
         init_mask: The mask a refinement task shows (SAM2's mask of the GT box, or the corrupted GT).
         init_edge_iou: Mask comprehension: the edge-excluded IoU of ``init_mask``, the IoU gain's baseline.
         init_logits: Mask comprehension: SAM2's low-res logits of ``init_mask``
-            (``recipe.common.stored_logits``), a refinement's ``mask_input``.
+            (``recipe.task.stored_logits``), a refinement's ``mask_input``.
         case: One of :data:`MASK_COMPREHENSION_CASES` or :data:`AUXILIARY_CASES`.
         false_positive: Auxiliary: the wrongly included region.
         false_negative: Auxiliary: the wrongly excluded region.
@@ -297,7 +297,7 @@ class Row(_Struct):
 
     Attributes:
         data_source: ``<dataset>_<split>`` (the evaluation table's column).
-        prompt: The chat messages (``recipe.common.prompts.build_messages``).
+        prompt: The chat messages (``recipe.task.prompts.build_messages``).
         images: The 840x840 model image, ``[{"bytes": JPEG}]`` (:func:`image_entry`).
         ability: :data:`ABILITY`.
         reward_model: Reward style and ground truth.

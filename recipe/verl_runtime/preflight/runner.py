@@ -7,11 +7,11 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipe.common.gallery import GalleryConfig
-from recipe.common.preflight.base import never_raises, on_gpu
-from recipe.common.preflight.files import check_datasets, check_model, check_sam_checkpoint
-from recipe.common.preflight.layout import check_batch_sizes, check_workflow_budget
-from recipe.common.preflight.machine import (
+from recipe.verl_runtime.gallery import GalleryConfig
+from recipe.verl_runtime.preflight.base import never_raises, on_gpu
+from recipe.verl_runtime.preflight.files import check_datasets, check_model, check_sam_checkpoint
+from recipe.verl_runtime.preflight.layout import check_batch_sizes, check_workflow_budget
+from recipe.verl_runtime.preflight.machine import (
     check_attention,
     check_compiler,
     check_cpus,
@@ -22,13 +22,13 @@ from recipe.common.preflight.machine import (
     check_scripted_answers,
     check_shared_memory,
 )
-from recipe.common.preflight.resume import check_resume
+from recipe.verl_runtime.preflight.resume import check_resume
 from reward_server.config import to_dataclass
 
 
 @never_raises
 def check_gallery(config: DictConfig) -> list[str]:
-    """``samrl.gallery`` converts to :class:`recipe.common.gallery.GalleryConfig` (known keys, sane values)."""
+    """``samrl.gallery`` converts to :class:`recipe.verl_runtime.gallery.GalleryConfig` (known keys, sane values)."""
     try:
         to_dataclass(OmegaConf.select(config, "samrl.gallery", default=None), GalleryConfig)
     except (ValueError, OmegaConfBaseException) as err:
@@ -44,7 +44,7 @@ HOST_CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_locked_memory,
 ]
 """Checks of the machine the work runs on: this one when the run starts its own Ray, each GPU node of a cluster it
-joins otherwise (``recipe.common.launcher.check_gpu_nodes``)."""
+joins otherwise (``recipe.verl_runtime.launcher.check_gpu_nodes``)."""
 
 
 CHECKS: list[Callable[[DictConfig], list[str]]] = [

@@ -33,11 +33,11 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from recipe.common.answer import MAX_OBJECTS, ParsedResponse, parse_response
-from recipe.common.coordinates import Coordinates
-from recipe.common.dataset_rows import GROUNDING, MASK_COMPREHENSION
-from recipe.common.overlay import overlay_mask
-from recipe.common.prompts import asks_for_reasoning, build_prompt
+from recipe.task.answer import MAX_OBJECTS, ParsedResponse, parse_response
+from recipe.task.coordinates import Coordinates
+from recipe.task.dataset_rows import GROUNDING, MASK_COMPREHENSION
+from recipe.task.overlay import overlay_mask
+from recipe.task.prompts import asks_for_reasoning, build_prompt
 from reward_server.masks import decode_rle, edge_excluded_iou, encode_rle, mask_iou, resize_mask, scale_xy
 from reward_server.protocol import GroundTruthRef, ImageRef, Prompt, SegResult
 
@@ -163,7 +163,7 @@ class Episode:
             keyword with no default, as ``mask_cot``: the caller passes its reward config's (SAM-Veteran's
             ``VeteranRewardConfig``) or the evaluator's value, so the two can never disagree.
         mask_cot: Likewise for refinement turns.
-        coordinates: The policy's coordinate convention (:func:`recipe.common.coordinates.model_coordinates`).
+        coordinates: The policy's coordinate convention (:func:`recipe.task.coordinates.model_coordinates`).
         objects: Ask for a list of objects, or none (a generalized row; module docstring).
         max_objects: How many objects a generalized answer may list.
         segment_image: The image SAM2 segments when it is not ``image`` (evaluation: the original, as

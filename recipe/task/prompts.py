@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from recipe.common.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, SAMR1
+from recipe.task.dataset_rows import AUXILIARY, GROUNDING, MASK_COMPREHENSION, SAMR1
 
 QUESTION_SLOT = "{Question}"
 

@@ -5,10 +5,10 @@ each numeric component's batch mean as ``reward/<name>/mean``, each failure cate
 ``reward/failure/<category>`` and each task's share as ``reward/task/<task>`` (SAM-Veteran's mix) to every step's
 metrics, so they move on the console and in TensorBoard. It also logs the SAM2 pool's work in the step
 (``sam/requests``, ``sam/encodes``, ``sam/cache_hits``, ``sam/served_s``, ``sam/restarts``; see
-:mod:`recipe.common.pool_meter`); an unreachable pool is logged and counted, never a failed step. Every
-``samrl.gallery.every_n_steps`` steps it draws a gallery of rollouts (:mod:`recipe.common.gallery`); a rollout that
-cannot be drawn is logged and counted (``gallery/errors``), never a failed step. Before verl resumes, a
-checkpoint tracker that a killed job left unusable is repaired (:mod:`recipe.common.checkpoints`).
+:mod:`recipe.verl_runtime.pool_meter`); an unreachable pool is logged and counted, never a failed step. Every
+``samrl.gallery.every_n_steps`` steps it draws a gallery of rollouts (:mod:`recipe.verl_runtime.gallery`); a rollout
+that cannot be drawn is logged and counted (``gallery/errors``), never a failed step. Before verl resumes, a
+checkpoint tracker that a killed job left unusable is repaired (:mod:`recipe.verl_runtime.checkpoints`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from recipe.common.checkpoints import repair_tracker
-from recipe.common.dataset_rows import Row
-from recipe.common.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
-from recipe.common.pool_meter import PoolMeter
-from recipe.common.prompts import first_image
-from recipe.common.registration import trainer
-from recipe.common.rollout_check import RolloutCheckConfig, mismatch
+from recipe.task.dataset_rows import Row
+from recipe.task.prompts import first_image
+from recipe.verl_runtime.checkpoints import repair_tracker
+from recipe.verl_runtime.gallery import GalleryConfig, choose_keys, render_rollout, rollout_from_fields, write_gallery
+from recipe.verl_runtime.pool_meter import PoolMeter
+from recipe.verl_runtime.registration import trainer
+from recipe.verl_runtime.rollout_check import RolloutCheckConfig, mismatch
 from reward_server.config import to_dataclass
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ class RewardMetricsTrainer(PPOTrainerSync):
             metrics.update(self._draw_gallery(batch.partition_id, keys, global_steps))
 
     def _check_rollout(self, metrics: dict[str, float], step: int) -> dict[str, float]:
-        """Warns when the step's rollout and actor disagree (:mod:`recipe.common.rollout_check`); counts such steps."""
+        """Warns when the step's rollout and actor disagree (:mod:`recipe.verl_runtime.rollout_check`); counts such
+        steps."""
         reason = mismatch(metrics, self._rollout_check)
         if reason is not None:
             self._mismatch_steps += 1

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from recipe.common import registration
+from recipe.verl_runtime import registration
 
 VERL_VERSION = "0.9.1"
 TRANSFER_QUEUE_VERSION = "0.1.11"

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from recipe.common.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, GroundTruth, RewardModel, Row
-from recipe.common.preflight.base import files_of, never_raises
+from recipe.task.dataset_rows import MASK_COMPREHENSION, TASK_AGENTS, GroundTruth, RewardModel, Row
+from recipe.verl_runtime.preflight.base import files_of, never_raises
 from reward_server.config import BOX_MODEL, EngineConfig, server_config
 from reward_server.sam2_build import HF_MODEL_ID_TO_FILENAMES
 from reward_server.sam3_engine import SAM3_MODELS, SAM3_TINY_MODEL
@@ -78,14 +78,14 @@ def check_model(config: DictConfig) -> list[str]:
 def _coordinate_errors(path: str) -> list[str]:
     """The rewards read a model's answers in its family's coordinate convention: a family with none known would
     fail in every reward worker at its first answer."""
-    from recipe.common.coordinates import MODEL_TYPES
+    from recipe.task.coordinates import MODEL_TYPES
 
     family = checkpoint_model_type(path)
     if family is None or family in MODEL_TYPES:
         return []
     return [
         f"model {path} is a {family!r} model, whose coordinate convention is not known (known: "
-        f"{sorted(MODEL_TYPES)}); add it to recipe/common/coordinates.py"
+        f"{sorted(MODEL_TYPES)}); add it to recipe/task/coordinates.py"
     ]
 
 

@@ -7,14 +7,14 @@ the datasets; :func:`absolute_paths`), ``machine`` (hardware and environment; :f
 SAM2 pool started), ``layout`` (batch and layout arithmetic, the workflow's token budget) and ``resume``.
 """
 
-from recipe.common.preflight.files import (
+from recipe.verl_runtime.preflight.files import (
     REQUIRED_COLUMNS,
     absolute_paths,
     check_datasets,
     check_model,
     check_sam_checkpoint,
 )
-from recipe.common.preflight.layout import (
+from recipe.verl_runtime.preflight.layout import (
     ANSWER_TOKENS,
     IMAGE_TOKENS,
     OVERLAY_TEXT_TOKENS,
@@ -23,7 +23,7 @@ from recipe.common.preflight.layout import (
     image_tokens,
     workflow_response_tokens,
 )
-from recipe.common.preflight.machine import (
+from recipe.verl_runtime.preflight.machine import (
     check_attention,
     check_compiler,
     check_cpus,
@@ -34,8 +34,8 @@ from recipe.common.preflight.machine import (
     check_sam_placement,
     check_shared_memory,
 )
-from recipe.common.preflight.resume import check_resume
-from recipe.common.preflight.runner import check_gallery, host_checks, preflight
+from recipe.verl_runtime.preflight.resume import check_resume
+from recipe.verl_runtime.preflight.runner import check_gallery, host_checks, preflight
 
 __all__ = [
     "ANSWER_TOKENS",

@@ -2,7 +2,7 @@
 
 A panel is a row of titled tiles: the ground truth, then one tile per SAM2 step (its mask in green, the ground
 truth's outline in magenta, the prompt's box and clicks on top). A step is the JSON record the evaluator writes and
-the reward path carries (:mod:`recipe.common.sam_steps`): ``prompt`` (``box``, ``points``, ``labels`` or None) and,
+the reward path carries (:mod:`recipe.task.sam_steps`): ``prompt`` (``box``, ``points``, ``labels`` or None) and,
 when SAM2 gave one, ``mask`` as COCO RLE. A step of several objects (a generalized answer) carries ``objects``, each
 its own ``prompt`` and ``mask``, drawn one colour each.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from recipe.common.overlay import draw_box, draw_mask_outline, draw_points, overlay_mask
+from recipe.task.overlay import draw_box, draw_mask_outline, draw_points, overlay_mask
 from reward_server.masks import decode_rle
 
 GT_COLOR = (255, 0, 255)

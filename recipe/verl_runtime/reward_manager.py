@@ -1,5 +1,5 @@
 """verl's naive reward manager, plus the image: ``compute_score`` finds the bytes of the image the model saw in
-its ``extra_info`` (``recipe.common.dataset_rows.reward_image``), so SAM2 segments exactly the pixels the policy was
+its ``extra_info`` (``recipe.task.dataset_rows.reward_image``), so SAM2 segments exactly the pixels the policy was
 shown."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import numpy as np
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
-from recipe.common.dataset_rows import Row, with_reward_image
-from recipe.common.prompts import first_image
-from recipe.common.registration import reward_manager
+from recipe.task.dataset_rows import Row, with_reward_image
+from recipe.task.prompts import first_image
+from recipe.verl_runtime.registration import reward_manager
 
 
 @reward_manager("sam_image")

@@ -72,7 +72,7 @@ def coordinates_of(model_type: str) -> Coordinates:
     except KeyError:
         raise ValueError(
             f"no coordinate convention is known for model_type {model_type!r}; known: {sorted(MODEL_TYPES)} "
-            "(recipe/common/coordinates.py)"
+            "(recipe/task/coordinates.py)"
         ) from None
 
 

@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from recipe.common.dataset_rows import TASK_AGENTS, WORKFLOW, Row
-from recipe.common.preflight.base import files_of, never_raises, replica_gpus, verl_gpus
-from recipe.common.preflight.files import HUB_ID, cached
-from recipe.common.run_config import schemas
+from recipe.task.dataset_rows import TASK_AGENTS, WORKFLOW, Row
+from recipe.verl_runtime.preflight.base import files_of, never_raises, replica_gpus, verl_gpus
+from recipe.verl_runtime.preflight.files import HUB_ID, cached
+from recipe.verl_runtime.run_config import schemas
 from reward_server.masks import MODEL_SIZE
 
 WORKFLOW_AGENT = TASK_AGENTS[WORKFLOW]
