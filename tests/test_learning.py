@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from omegaconf import OmegaConf
 
 from bench.learn import CHECKS, FROZEN, STEPS, LearnSetup, learn_line, negated, prepare, train, window_mean
 from bench.processes import kill_tree
@@ -42,6 +43,7 @@ from support.trainer_runs import (
     printed_steps,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 learning_tier = pytest.mark.learning
 
@@ -123,15 +125,22 @@ def test_samr1_learns_the_tiered_iou_reward(learning):
     assert window_mean(learned.steps, tiered, last=True) > window_mean(learned.steps, tiered, last=False) + 1.0
 
 
+CPU_BOUND = OmegaConf.load(ROOT / "conf" / "smoke" / "cpu.yaml").samrl.rollout_check.max_probs_diff
+"""The largest token's difference past which ``+smoke=cpu`` runs warn."""
+
+
 def assert_rollout_follows_the_actor(synced: Launch, frozen: Launch) -> None:
     """With weight sync the rollout's token probabilities are the actor's (fp32 both: float noise); without it they
     drift apart as the actor trains, and every step past the bound is warned about and counted."""
-    assert max(series(synced, "training/rollout_probs_diff_max")) < 0.05
+    followed = series(synced, "training/rollout_probs_diff_max")
+    assert max(followed) < CPU_BOUND
     assert series(synced, "training/rollout_mismatch_steps")[-1] == 0
     assert "rollout and actor disagree" not in synced.output
     drift = series(frozen, "training/rollout_probs_diff_max")
-    # Step 1 samples the weights both sides start from; after the first update the actor has moved away.
-    assert drift[0] < 0.05 and max(drift[1:]) > 0.5, drift
+    # Step 1 samples the weights both sides start from; after the first update the actor has moved away, by orders
+    # of magnitude more than float noise.
+    assert drift[0] < CPU_BOUND < max(drift[1:]), drift
+    assert max(drift[1:]) > 100 * max(followed), (drift, followed)
     assert series(frozen, "training/rollout_mismatch_steps")[-1] > 0
     assert "rollout and actor disagree" in frozen.output
 
