@@ -117,9 +117,13 @@ def metrics_files(run_dir: Path) -> set[Path]:
 
 
 def logged_steps(run_dir: Path, since: set[Path]) -> list[dict]:
-    """The step records of the run's metrics files that are not in ``since`` (the launches after it was taken)."""
+    """The step records of the run's metrics files that are not in ``since`` (the launches after it was taken).
+
+    A record is a line with its newline. The text after the last newline is left out: verl's logger may be writing it
+    while this reads (a reader can see a write of more than a page half done), or a kill cut it short.
+    """
     new = sorted(metrics_files(run_dir) - since)
-    return [json.loads(line) for path in new for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for path in new for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
 def generalized_count(files: list[Path]) -> int:

@@ -202,10 +202,14 @@ def launch_and_kill(argv: list[str], run_dir: Path, log: Path, kill_when: Callab
     with log.open("w") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **WATCHED_ENV})
         deadline = time.monotonic() + 1200
-        while not kill_when(logged_steps(run_dir, before)):
-            assert process.poll() is None, f"ended (exit {process.returncode}) before the kill; log in {log}"
-            assert time.monotonic() < deadline, f"no kill point within 1200 s; log in {log}"
-            time.sleep(0.01)
+        try:
+            while not kill_when(logged_steps(run_dir, before)):
+                assert process.poll() is None, f"ended (exit {process.returncode}) before the kill; log in {log}"
+                assert time.monotonic() < deadline, f"no kill point within 1200 s; log in {log}"
+                time.sleep(0.01)
+        except BaseException:
+            kill_tree(process.pid)  # a launch left running would hold Ray's ports for the next test's launch
+            raise
         alive = kill_tree(process.pid)
         assert not alive, f"processes of the killed launch survive: {alive}"
         process.wait()
