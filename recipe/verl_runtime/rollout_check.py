@@ -23,8 +23,8 @@ class RolloutCheckConfig:
     Attributes:
         max_probs_diff: Bound of the largest per-token probability difference of the step. fp32 CPU runs stay below
             1e-3 with weight sync; a rollout without it, or with the wrong positions, reaches 0.35 to 1 after one or
-            two updates, depending on the machine (the learning check's control), so ``+smoke=cpu`` bounds it at
-            0.05. bf16 GPU runs have not been measured yet: set it from the first steps.
+            two updates, depending on the machine (the learning check's control), so ``+smoke=cpu`` sets a tighter
+            bound (``conf/smoke/cpu.yaml``). bf16 GPU runs have not been measured yet: set it from the first steps.
         mean_probs_diff: Bound of the mean per-token difference.
     """
 
